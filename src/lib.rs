@@ -1,0 +1,22 @@
+//! velro-authz: an authorization sidecar for Envoy ext_authz (and HTTP forward-auth).
+//!
+//! The decision path reads top to bottom, each step one module:
+//! `grpc` / `http` (adapters) → `authz` (the check) → `routes` → `authn` →
+//! `policy` (pure) → `facts` (L1 cache, single-flight, version stamps) → `store`
+//! (Postgres) ; `invalidate` keeps `facts` fresh from LISTEN/NOTIFY.
+
+pub mod app;
+pub mod authn;
+pub mod authz;
+pub mod config;
+pub mod demo;
+pub mod facts;
+pub mod grpc;
+pub mod http;
+pub mod invalidate;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod routes;
+pub mod store;
+pub mod telemetry;
