@@ -1,0 +1,1242 @@
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+const SECRET: &str = "an-hs256-test-secret-of-more-than-32-bytes";
+const ISS: &str = "https://id.velro.test";
+const AUD: &str = "velro-api";
+const USER: &str = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
+const SID: &str = "11111111-2222-4333-8444-555555555555";
+/// The verification clock of most tests (2027-01-15).
+const NOW: i64 = 1_800_000_000;
+
+// ---- helpers ----
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+}
+
+fn read_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("fixture readable")
+}
+
+fn hs_key(kid: Option<&str>) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: kid.map(str::to_owned),
+        alg: "HS256".to_owned(),
+        secret: Some(SECRET.to_owned()),
+        public_key_pem: None,
+        public_key_file: None,
+        private_key_file: None,
+    }
+}
+
+/// A public-key key config from fixture files (private one optional).
+fn pk_key(kid: Option<&str>, alg: &str, public: &str, private: Option<&str>) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: kid.map(str::to_owned),
+        alg: alg.to_owned(),
+        secret: None,
+        public_key_pem: None,
+        public_key_file: Some(fixture(public)),
+        private_key_file: private.map(fixture),
+    }
+}
+
+fn rsa_key(kid: Option<&str>) -> JwtKeyConfig {
+    pk_key(kid, "RS256", "rsa_public.pem", Some("rsa_private.pem"))
+}
+
+fn config(keys: Vec<JwtKeyConfig>) -> JwtConfig {
+    JwtConfig {
+        issuer: Some(ISS.to_owned()),
+        audience: Some(AUD.to_owned()),
+        keys,
+        ..JwtConfig::default()
+    }
+}
+
+fn verifier(keys: Vec<JwtKeyConfig>) -> JwtVerifier {
+    JwtVerifier::new(&config(keys)).expect("valid config")
+}
+
+fn jwks_config(path: PathBuf, reload_secs: u64) -> JwtConfig {
+    JwtConfig {
+        jwks_file: Some(path),
+        jwks_reload_min_interval_secs: reload_secs,
+        ..config(Vec::new())
+    }
+}
+
+fn claims() -> Value {
+    json!({ "sub": USER, "iss": ISS, "aud": AUD, "iat": NOW, "exp": NOW + 300 })
+}
+
+/// `claims()` with `changes` applied; a `null` in `changes` removes the claim.
+fn claims_with(changes: Value) -> Value {
+    let mut claims = claims();
+    let (Value::Object(base), Value::Object(changes)) = (&mut claims, changes) else {
+        panic!("objects expected");
+    };
+    for (name, value) in changes {
+        if value.is_null() {
+            base.remove(&name);
+        } else {
+            base.insert(name, value);
+        }
+    }
+    claims
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::RS256 => {
+            EncodingKey::from_rsa_pem(&read_fixture("rsa_private.pem")).expect("rsa")
+        }
+        Algorithm::ES256 => {
+            EncodingKey::from_ec_pem(&read_fixture("ec_p256_private.pem")).expect("ec")
+        }
+        Algorithm::EdDSA => {
+            EncodingKey::from_ed_pem(&read_fixture("ed25519_private.pem")).expect("ed")
+        }
+        other => panic!("no test key for {other:?}"),
+    }
+}
+
+/// Signs `claims` with the fixture key of `alg`.
+fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &encoding_key(alg)).expect("sign")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A hand-made token: any header JSON, HMAC-SHA256 over it with `secret`.
+fn hmac_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(secret),
+        Algorithm::HS256,
+    )
+    .expect("hmac");
+    format!("{message}.{signature}")
+}
+
+/// A temporary file that is removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &[u8]) -> TempFile {
+        let path = std::env::temp_dir().join(format!(
+            "velro-authz-{}-{}-{name}",
+            std::process::id(),
+            Uuid::new_v4()
+        ));
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+
+    fn write(&self, contents: &[u8]) {
+        std::fs::write(&self.0, contents).expect("rewrite temp file");
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The fixture JWKS restricted to the given kids.
+fn jwks_with(kids: &[&str]) -> Vec<u8> {
+    let all: Value = serde_json::from_slice(&read_fixture("jwks.json")).expect("jwks json");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string().into_bytes()
+}
+
+fn user() -> Uuid {
+    Uuid::parse_str(USER).expect("uuid")
+}
+
+// ---- valid tokens ----
+
+#[test]
+fn verify_hs256_valid_token_returns_its_claims() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(Algorithm::HS256, None, &claims());
+    assert_eq!(
+        v.verify_at(&token, NOW),
+        Ok(VerifiedToken {
+            subject: user(),
+            session_id: None,
+            scopes: None,
+            expires_at: NOW + 300
+        })
+    );
+}
+
+#[test]
+fn verify_rs256_valid_token_is_accepted() {
+    let v = verifier(vec![rsa_key(Some("rsa"))]);
+    let token = sign(Algorithm::RS256, Some("rsa"), &claims());
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_es256_valid_token_is_accepted() {
+    let v = verifier(vec![pk_key(
+        Some("ec"),
+        "ES256",
+        "ec_p256_public.pem",
+        None,
+    )]);
+    let token = sign(Algorithm::ES256, Some("ec"), &claims());
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_eddsa_valid_token_is_accepted() {
+    let v = verifier(vec![pk_key(
+        Some("ed"),
+        "EdDSA",
+        "ed25519_public.pem",
+        None,
+    )]);
+    let token = sign(Algorithm::EdDSA, Some("ed"), &claims());
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_inline_public_key_pem_is_accepted() {
+    let mut key = pk_key(Some("rsa"), "RS256", "rsa_public.pem", None);
+    key.public_key_file = None;
+    key.public_key_pem = Some(String::from_utf8(read_fixture("rsa_public.pem")).expect("utf8"));
+    let v = verifier(vec![key]);
+    let token = sign(Algorithm::RS256, Some("rsa"), &claims());
+    assert!(v.verify_at(&token, NOW).is_ok());
+}
+
+#[test]
+fn verify_jwks_file_tokens_of_every_algorithm_are_accepted() {
+    let v = JwtVerifier::new(&jwks_config(fixture("jwks.json"), 10)).expect("valid");
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa-2025"),
+        (Algorithm::ES256, "ec-2025"),
+        (Algorithm::EdDSA, "ed-2025"),
+    ] {
+        let token = sign(alg, Some(kid), &claims());
+        assert_eq!(
+            v.verify_at(&token, NOW).map(|t| t.subject),
+            Ok(user()),
+            "{kid}"
+        );
+    }
+}
+
+#[test]
+fn verify_static_and_jwks_keys_together_are_both_used() {
+    let mut cfg = jwks_config(fixture("jwks.json"), 10);
+    cfg.keys = vec![hs_key(Some("hs"))];
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    assert!(
+        v.verify_at(&sign(Algorithm::HS256, Some("hs"), &claims()), NOW)
+            .is_ok()
+    );
+    assert!(
+        v.verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn verify_now_uses_the_system_clock() {
+    let v = verifier(vec![hs_key(None)]);
+    let now = Utc::now().timestamp();
+    let fresh = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "exp": now + 60 })),
+    );
+    let stale = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "exp": now - 3600 })),
+    );
+    assert!(v.verify(&fresh).is_ok());
+    assert_eq!(v.verify(&stale), Err(AuthnError::TokenExpired));
+}
+
+// ---- signatures and algorithms ----
+
+#[test]
+fn verify_tampered_payload_is_invalid_token() {
+    for (alg, kid, keys) in [
+        (Algorithm::HS256, None, vec![hs_key(None)]),
+        (Algorithm::RS256, Some("rsa"), vec![rsa_key(Some("rsa"))]),
+    ] {
+        let v = verifier(keys);
+        let token = sign(alg, kid, &claims());
+        let other_user = b64(claims_with(json!({ "sub": SID })).to_string().as_bytes());
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], other_user, parts[2]);
+        assert_eq!(
+            v.verify_at(&forged, NOW),
+            Err(AuthnError::InvalidToken),
+            "{alg:?}"
+        );
+    }
+}
+
+#[test]
+fn verify_hs256_with_wrong_secret_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = hmac_token(
+        &json!({ "alg": "HS256", "typ": "JWT" }),
+        &claims(),
+        b"another-secret-that-is-also-long-enough!",
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_alg_none_token_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let payload = b64(claims().to_string().as_bytes());
+    for alg in ["none", "None", "NONE", ""] {
+        let header = b64(json!({ "alg": alg, "typ": "JWT" }).to_string().as_bytes());
+        for token in [
+            format!("{header}.{payload}."),
+            format!("{header}.{payload}.AAAA"),
+            format!("{header}.{payload}"),
+        ] {
+            assert_eq!(
+                v.verify_at(&token, NOW),
+                Err(AuthnError::InvalidToken),
+                "{alg} {token}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_hs256_signed_with_rsa_public_key_is_invalid_token() {
+    // Algorithm confusion: the attacker knows the RSA public key and uses its
+    // PEM bytes as an HMAC secret, hoping the verifier does the same.
+    let public_pem = read_fixture("rsa_public.pem");
+    let single = verifier(vec![rsa_key(None)]);
+    let forged = hmac_token(
+        &json!({ "alg": "HS256", "typ": "JWT" }),
+        &claims(),
+        &public_pem,
+    );
+    assert_eq!(
+        single.verify_at(&forged, NOW),
+        Err(AuthnError::InvalidToken)
+    );
+
+    let with_kid = verifier(vec![rsa_key(Some("rsa")), hs_key(Some("hs"))]);
+    let forged = hmac_token(
+        &json!({ "alg": "HS256", "typ": "JWT", "kid": "rsa" }),
+        &claims(),
+        &public_pem,
+    );
+    assert_eq!(
+        with_kid.verify_at(&forged, NOW),
+        Err(AuthnError::InvalidToken)
+    );
+}
+
+#[test]
+fn verify_header_alg_other_than_the_keys_is_invalid_token() {
+    let v = verifier(vec![rsa_key(Some("rsa")), hs_key(Some("hs"))]);
+    // A genuine RS256 signature, but naming the HS256 key.
+    let token = sign(Algorithm::RS256, Some("hs"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+    // ES256 against an RS256 key.
+    let token = sign(Algorithm::ES256, Some("rsa"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_unsupported_algorithms_are_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for alg in ["HS384", "HS512", "PS256", "RS512", "ES384"] {
+        let token = hmac_token(&json!({ "alg": alg }), &claims(), SECRET.as_bytes());
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "{alg}"
+        );
+    }
+}
+
+#[test]
+fn verify_crit_header_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = hmac_token(
+        &json!({ "alg": "HS256", "crit": ["exp"], "exp": 1 }),
+        &claims(),
+        SECRET.as_bytes(),
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+// ---- kid selection ----
+
+#[test]
+fn verify_kid_selects_the_named_key() {
+    let v = verifier(vec![hs_key(Some("hs")), rsa_key(Some("rsa"))]);
+    assert!(
+        v.verify_at(&sign(Algorithm::HS256, Some("hs"), &claims()), NOW)
+            .is_ok()
+    );
+    assert!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn verify_unknown_kid_is_invalid_token() {
+    let v = verifier(vec![hs_key(Some("hs")), rsa_key(Some("rsa"))]);
+    let token = sign(Algorithm::HS256, Some("nope"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_kid_on_single_kidless_key_is_invalid_token() {
+    // No fallback: a kid must name a configured key, even with one key.
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(Algorithm::HS256, Some("hs"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_no_kid_with_two_keys_is_invalid_token() {
+    let v = verifier(vec![hs_key(Some("hs")), rsa_key(Some("rsa"))]);
+    let token = sign(Algorithm::HS256, None, &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_no_kid_with_one_jwks_key_is_accepted() {
+    let file = TempFile::new("one.json", &jwks_with(&["ec-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect("valid");
+    assert!(
+        v.verify_at(&sign(Algorithm::ES256, None, &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn verify_no_kid_with_several_jwks_keys_is_invalid_token() {
+    let v = JwtVerifier::new(&jwks_config(fixture("jwks.json"), 10)).expect("valid");
+    let token = sign(Algorithm::ES256, None, &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_unknown_kid_rereads_jwks_file_and_finds_new_key() {
+    let file = TempFile::new("rotate.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
+    let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_unknown_kid_within_reload_interval_does_not_reread() {
+    let file = TempFile::new("ratelimit.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+    // An explicit reload ignores the rate limit.
+    assert_eq!(v.reload_jwks(), Ok(2));
+    assert!(v.verify_at(&token, NOW).is_ok());
+}
+
+#[test]
+fn reload_jwks_broken_file_keeps_previous_keys() {
+    let file = TempFile::new("broken.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
+    file.write(b"{ \"keys\": [ truncated");
+    let problems = v.reload_jwks().expect_err("broken file");
+    assert!(problems[0].contains("not a JWKS document"), "{problems:?}");
+    // The unknown kid triggers a reread, which fails too; old keys still work.
+    assert_eq!(
+        v.verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW),
+        Err(AuthnError::InvalidToken)
+    );
+    assert!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn reload_jwks_without_jwks_file_is_error() {
+    let v = verifier(vec![hs_key(None)]);
+    assert!(v.reload_jwks().is_err());
+}
+
+// ---- exp / nbf ----
+
+#[test]
+fn verify_expired_beyond_leeway_is_token_expired() {
+    let v = verifier(vec![hs_key(None)]);
+    for exp in [NOW - 30, NOW - 31, NOW - 86_400, 0, -5] {
+        let token = sign(Algorithm::HS256, None, &claims_with(json!({ "exp": exp })));
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::TokenExpired),
+            "exp {exp}"
+        );
+    }
+}
+
+#[test]
+fn verify_expired_within_leeway_is_accepted() {
+    let v = verifier(vec![hs_key(None)]);
+    for exp in [NOW - 29, NOW, NOW + 1] {
+        let token = sign(Algorithm::HS256, None, &claims_with(json!({ "exp": exp })));
+        assert!(v.verify_at(&token, NOW).is_ok(), "exp {exp}");
+    }
+}
+
+#[test]
+fn verify_zero_leeway_expires_at_exp() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.leeway_secs = 0;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let token = sign(Algorithm::HS256, None, &claims_with(json!({ "exp": NOW })));
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::TokenExpired));
+    assert!(v.verify_at(&token, NOW - 1).is_ok());
+}
+
+#[test]
+fn verify_missing_or_malformed_exp_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for exp in [
+        Value::Null,
+        json!("1800000300"),
+        json!(true),
+        json!([NOW + 300]),
+        json!(1e300),
+    ] {
+        let mut claims = claims();
+        if exp.is_null() {
+            claims.as_object_mut().expect("object").remove("exp");
+        } else {
+            claims["exp"] = exp.clone();
+        }
+        let token = sign(Algorithm::HS256, None, &claims);
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "exp {exp}"
+        );
+    }
+}
+
+#[test]
+fn verify_explicit_null_exp_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let mut claims = claims();
+    claims["exp"] = Value::Null;
+    let token = sign(Algorithm::HS256, None, &claims);
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_fractional_exp_is_accepted_and_floored() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "exp": (NOW + 300) as f64 + 0.75 })),
+    );
+    assert_eq!(
+        v.verify_at(&token, NOW).map(|t| t.expires_at),
+        Ok(NOW + 300)
+    );
+}
+
+#[test]
+fn verify_nbf_beyond_leeway_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "nbf": NOW + 31 })),
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_nbf_within_leeway_or_past_is_accepted() {
+    let v = verifier(vec![hs_key(None)]);
+    for nbf in [NOW + 30, NOW, NOW - 1000] {
+        let token = sign(Algorithm::HS256, None, &claims_with(json!({ "nbf": nbf })));
+        assert!(v.verify_at(&token, NOW).is_ok(), "nbf {nbf}");
+    }
+}
+
+#[test]
+fn verify_malformed_nbf_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "nbf": "yesterday" })),
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+// ---- iss / aud ----
+
+#[test]
+fn verify_wrong_missing_or_array_issuer_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for iss in [
+        json!("https://evil.test"),
+        Value::Null,
+        json!([ISS]),
+        json!(42),
+    ] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "iss": iss.clone() })),
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "iss {iss}"
+        );
+    }
+}
+
+#[test]
+fn verify_wrong_or_missing_audience_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for aud in [
+        json!("other-api"),
+        Value::Null,
+        json!(["other-api"]),
+        json!([]),
+        json!([AUD, 7]),
+        json!(7),
+    ] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "aud": aud.clone() })),
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "aud {aud}"
+        );
+    }
+}
+
+#[test]
+fn verify_audience_array_containing_ours_is_accepted() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "aud": ["other-api", AUD] })),
+    );
+    assert!(v.verify_at(&token, NOW).is_ok());
+}
+
+#[test]
+fn verify_unconfigured_issuer_and_audience_are_not_checked() {
+    let cfg = JwtConfig {
+        keys: vec![hs_key(None)],
+        ..JwtConfig::default()
+    };
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "iss": "anyone", "aud": ["whoever"] })),
+    );
+    assert!(v.verify_at(&token, NOW).is_ok());
+    let bare = sign(
+        Algorithm::HS256,
+        None,
+        &json!({ "sub": USER, "exp": NOW + 60 }),
+    );
+    assert!(v.verify_at(&bare, NOW).is_ok());
+}
+
+// ---- sub / sid / scope ----
+
+#[test]
+fn verify_sub_not_a_canonical_uuid_is_unknown_user() {
+    let v = verifier(vec![hs_key(None)]);
+    for sub in [
+        json!("alice"),
+        json!(format!("{{{USER}}}")),
+        json!(format!("urn:uuid:{USER}")),
+        json!(USER.replace('-', "")),
+        json!(""),
+        json!(42),
+        Value::Null,
+    ] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "sub": sub.clone() })),
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::UnknownUser),
+            "sub {sub}"
+        );
+    }
+}
+
+#[test]
+fn verify_uppercase_sub_is_accepted() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "sub": USER.to_uppercase() })),
+    );
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_canonical_sid_is_returned() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(Algorithm::HS256, None, &claims_with(json!({ "sid": SID })));
+    assert_eq!(
+        v.verify_at(&token, NOW).map(|t| t.session_id),
+        Ok(Some(Uuid::parse_str(SID).expect("uuid")))
+    );
+}
+
+#[test]
+fn verify_malformed_sid_is_session_revoked() {
+    let v = verifier(vec![hs_key(None)]);
+    for sid in [
+        json!(format!("{{{SID}}}")),
+        json!(SID.replace('-', "")),
+        json!(format!("urn:uuid:{SID}")),
+        json!("session-1"),
+        json!(""),
+        json!(12),
+    ] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "sid": sid.clone() })),
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::SessionRevoked),
+            "sid {sid}"
+        );
+    }
+    let mut claims = claims();
+    claims["sid"] = Value::Null;
+    let token = sign(Algorithm::HS256, None, &claims);
+    assert_eq!(
+        v.verify_at(&token, NOW),
+        Err(AuthnError::SessionRevoked),
+        "sid null"
+    );
+}
+
+#[test]
+fn verify_scope_string_becomes_scopes() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "scope": "read  write ops" })),
+    );
+    let scopes = v
+        .verify_at(&token, NOW)
+        .expect("valid")
+        .scopes
+        .expect("scopes");
+    assert!(scopes.allows(crate::model::Action::Read));
+    assert!(scopes.allows(crate::model::Action::Write));
+    assert!(!scopes.allows(crate::model::Action::Delete));
+    assert!(scopes.has_ops());
+}
+
+#[test]
+fn verify_empty_scope_narrows_to_nothing() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = sign(Algorithm::HS256, None, &claims_with(json!({ "scope": "" })));
+    assert_eq!(
+        v.verify_at(&token, NOW).map(|t| t.scopes),
+        Ok(Some(Scopes::default()))
+    );
+}
+
+#[test]
+fn verify_non_string_scope_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for scope in [json!(["read"]), json!(1), json!({ "read": true })] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "scope": scope.clone() })),
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "scope {scope}"
+        );
+    }
+}
+
+// ---- malformed tokens ----
+
+#[test]
+fn verify_malformed_tokens_are_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let good = sign(Algorithm::HS256, None, &claims());
+    let header = good.split('.').next().expect("header").to_owned();
+    let not_json = b64(b"not json");
+    let array_payload = hmac_token(
+        &json!({ "alg": "HS256" }),
+        &json!([1, 2]),
+        SECRET.as_bytes(),
+    );
+    let duplicate_sub = {
+        let body = format!(
+            r#"{{"sub":"{USER}","sub":"{SID}","iss":"{ISS}","aud":"{AUD}","exp":{}}}"#,
+            NOW + 60
+        );
+        let message = format!("{header}.{}", b64(body.as_bytes()));
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            Algorithm::HS256,
+        )
+        .expect("hmac");
+        format!("{message}.{signature}")
+    };
+    for token in [
+        String::new(),
+        "abc".to_owned(),
+        "a.b".to_owned(),
+        "a.b.c".to_owned(),
+        "a..c".to_owned(),
+        format!("{good}.extra"),
+        format!("{good}="),
+        format!(" {good}"),
+        good.replace('.', ".."),
+        format!("{not_json}.{not_json}.{not_json}"),
+        array_payload,
+        duplicate_sub,
+    ] {
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "{token}"
+        );
+    }
+}
+
+#[test]
+fn verify_token_over_8_kib_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    let small = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "pad": "x".repeat(5000) })),
+    );
+    assert!(small.len() <= MAX_TOKEN_LEN);
+    assert!(v.verify_at(&small, NOW).is_ok());
+    let big = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "pad": "x".repeat(7000) })),
+    );
+    assert!(big.len() > MAX_TOKEN_LEN);
+    assert_eq!(v.verify_at(&big, NOW), Err(AuthnError::InvalidToken));
+}
+
+// ---- config ----
+
+#[test]
+fn config_deserialize_applies_defaults() {
+    let cfg: JwtConfig =
+        serde_json::from_str(r#"{ "keys": [{ "alg": "HS256", "secret": "s" }] }"#).expect("parses");
+    assert_eq!(cfg.leeway_secs, 30);
+    assert_eq!(cfg.jwks_reload_min_interval_secs, 10);
+    assert_eq!(JwtConfig::default().leeway_secs, 30);
+    assert_eq!(JwtConfig::default().jwks_reload_min_interval_secs, 10);
+}
+
+#[test]
+fn config_deserialize_unknown_field_is_rejected() {
+    assert!(serde_json::from_str::<JwtConfig>(r#"{ "leeway": 5 }"#).is_err());
+    assert!(
+        serde_json::from_str::<JwtConfig>(r#"{ "keys": [{ "alg": "HS256", "secrt": "s" }] }"#)
+            .is_err()
+    );
+}
+
+#[test]
+fn new_without_keys_or_jwks_file_is_error() {
+    let problems = JwtVerifier::new(&JwtConfig::default()).expect_err("invalid");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("auth.jwt:"), "{problems:?}");
+}
+
+#[test]
+fn new_reports_every_problem_at_once() {
+    let mut short = hs_key(Some("short"));
+    short.secret = Some("too-short".to_owned());
+    let mut no_public = pk_key(Some("nopub"), "RS256", "rsa_public.pem", None);
+    no_public.public_key_file = None;
+    let mut cfg = config(vec![
+        hs_key(Some("a")),
+        JwtKeyConfig {
+            alg: "HS512".to_owned(),
+            ..hs_key(Some("b"))
+        },
+        short,
+        no_public,
+        pk_key(Some("p384"), "ES256", "ec_p384_public.pem", None),
+        hs_key(Some("a")),
+        pk_key(None, "EdDSA", "ed25519_public.pem", None),
+        pk_key(Some("missing"), "RS256", "does-not-exist.pem", None),
+        pk_key(
+            Some("mismatch"),
+            "EdDSA",
+            "ed25519_public.pem",
+            Some("ed25519_other_private.pem"),
+        ),
+        JwtKeyConfig {
+            public_key_pem: Some("x".to_owned()),
+            ..hs_key(Some("hspem"))
+        },
+    ]);
+    cfg.leeway_secs = 3600;
+    cfg.issuer = Some(String::new());
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    let expected = [
+        "auth.jwt.keys[1].alg: unsupported algorithm \"HS512\"",
+        "auth.jwt.keys[2].secret: must be at least 32 bytes",
+        "auth.jwt.keys[3].public_key_pem / public_key_file: one is required",
+        "auth.jwt.keys[4].public_key_file: not a valid P-256 public key",
+        "auth.jwt.keys[5].kid: duplicate kid \"a\" (also auth.jwt.keys[0])",
+        "auth.jwt.keys[6].kid: required",
+        "auth.jwt.keys[7].public_key_file: cannot read",
+        "auth.jwt.keys[8].private_key_file:",
+        "auth.jwt.keys[9].public_key_pem: not used by HS256 keys",
+        "auth.jwt.leeway_secs: must be at most 300",
+        "auth.jwt.issuer: must not be empty",
+    ];
+    for prefix in expected {
+        assert!(
+            problems.iter().any(|p| p.starts_with(prefix)),
+            "{prefix} missing from {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    assert!(
+        problems.iter().any(|p| p.contains("does not match")),
+        "{problems:#?}"
+    );
+    let all = problems.join("\n");
+    assert!(!all.contains(SECRET) && !all.contains("too-short"), "{all}");
+}
+
+#[test]
+fn new_hs256_secret_of_31_bytes_is_error_and_32_is_ok() {
+    let mut key = hs_key(None);
+    key.secret = Some("x".repeat(31));
+    assert!(JwtVerifier::new(&config(vec![key.clone()])).is_err());
+    key.secret = Some("x".repeat(32));
+    assert!(JwtVerifier::new(&config(vec![key])).is_ok());
+}
+
+#[test]
+fn new_public_key_of_wrong_type_is_error() {
+    for (alg, file) in [
+        ("RS256", "ec_p256_public.pem"),
+        ("ES256", "rsa_public.pem"),
+        ("EdDSA", "ec_p256_public.pem"),
+        ("RS256", "rsa_private.pem"),
+    ] {
+        let problems =
+            JwtVerifier::new(&config(vec![pk_key(None, alg, file, None)])).expect_err("invalid");
+        assert!(
+            problems[0].starts_with("auth.jwt.keys[0].public_key_file:"),
+            "{alg} {file}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn new_jwks_file_problems_are_reported() {
+    let missing = JwtVerifier::new(&jwks_config(fixture("nope.json"), 10)).expect_err("missing");
+    assert!(
+        missing[0].starts_with("auth.jwt.jwks_file: cannot read"),
+        "{missing:?}"
+    );
+
+    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let mut no_kid = rsa.clone();
+    no_kid.as_object_mut().expect("object").remove("kid");
+    let mut short_n = rsa.clone();
+    short_n["n"] = json!(b64(&[0xff; 128]));
+    let mut wrong_kty = rsa.clone();
+    wrong_kty["alg"] = json!("ES256");
+    wrong_kty["kid"] = json!("wrong-kty");
+    let bad = json!({ "keys": [
+        no_kid,
+        { "kty": "oct", "kid": "sym", "k": b64(SECRET.as_bytes()) },
+        short_n,
+        wrong_kty,
+        rsa.clone(),
+        { "kty": "EC", "kid": "ec-bad", "alg": "ES256", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[2; 32]) },
+        { "kty": "OKP", "kid": "ed-short", "crv": "Ed25519", "x": b64(&[1; 16]) },
+    ]});
+    let file = TempFile::new("bad.json", bad.to_string().as_bytes());
+    let mut cfg = jwks_config(file.0.clone(), 10);
+    cfg.keys = vec![hs_key(Some("rsa-2025"))];
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    for needle in [
+        "keys[0]: a kid is required",
+        "keys[1]: symmetric (oct) keys",
+        "keys[2]: RSA modulus must be 2048 to 4096 bits (got 1024)",
+        "keys[3]: alg ES256 needs kty \"EC\"",
+        "keys[4]: kid \"rsa-2025\" is also a key in auth.jwt.keys",
+        "keys[5]: not a valid P-256 public key",
+        "keys[6]: not an Ed25519 public key",
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("auth.jwt.jwks_file: ") && p.contains(needle)),
+            "{needle} missing from {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 7, "{problems:#?}");
+}
+
+#[test]
+fn new_jwks_entries_not_for_signing_are_skipped() {
+    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let mut enc = rsa.clone();
+    enc["use"] = json!("enc");
+    enc["kid"] = json!("enc-key");
+    let mut ps256 = rsa.clone();
+    ps256["alg"] = json!("PS256");
+    ps256["kid"] = json!("pss-key");
+    let mut no_alg = rsa.clone();
+    no_alg.as_object_mut().expect("object").remove("alg");
+    let doc = json!({ "keys": [enc, ps256, { "kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA" }, no_alg] });
+    let file = TempFile::new("skip.json", doc.to_string().as_bytes());
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect("valid");
+    // The RSA key without `alg` is taken as RS256; the others are ignored.
+    assert!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
+            .is_ok()
+    );
+    assert_eq!(
+        v.verify_at(&sign(Algorithm::RS256, Some("pss-key"), &claims()), NOW),
+        Err(AuthnError::InvalidToken)
+    );
+
+    let only_enc =
+        json!({ "keys": [{ "kty": "RSA", "use": "enc", "kid": "e", "n": "AQAB", "e": "AQAB" }] });
+    let file = TempFile::new("enc.json", only_enc.to_string().as_bytes());
+    let problems = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect_err("no usable key");
+    assert!(
+        problems[0].contains("no usable signing key"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn debug_never_prints_the_secret() {
+    let cfg = config(vec![hs_key(Some("hs")), rsa_key(Some("rsa"))]);
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    for text in [
+        format!("{cfg:?}"),
+        format!("{:?}", cfg.keys[0]),
+        format!("{v:?}"),
+    ] {
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(!text.contains("BEGIN"), "{text}");
+    }
+    assert!(format!("{:?}", cfg.keys[0]).contains("<redacted>"));
+}
+
+#[test]
+fn verifier_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<JwtVerifier>();
+}
+
+// ---- mint ----
+
+#[test]
+fn mint_hs256_then_verify_round_trips() {
+    let v = verifier(vec![hs_key(None)]);
+    let token = v
+        .mint(&MintClaims {
+            subject: USER.to_owned(),
+            session_id: Some(Uuid::parse_str(SID).expect("uuid")),
+            scope: Some("read ops".to_owned()),
+            ttl: Duration::from_secs(600),
+            kid: None,
+        })
+        .expect("mint");
+    let verified = v.verify(&token).expect("valid");
+    assert_eq!(verified.subject, user());
+    assert_eq!(
+        verified.session_id,
+        Some(Uuid::parse_str(SID).expect("uuid"))
+    );
+    assert!(verified.scopes.is_some_and(Scopes::has_ops));
+    let now = Utc::now().timestamp();
+    assert!((now + 590..=now + 610).contains(&verified.expires_at));
+}
+
+#[test]
+fn mint_with_kid_uses_that_keys_private_key() {
+    let v = verifier(vec![
+        hs_key(Some("hs")),
+        rsa_key(Some("rsa")),
+        pk_key(
+            Some("ec"),
+            "ES256",
+            "ec_p256_public.pem",
+            Some("ec_p256_private.pem"),
+        ),
+        pk_key(
+            Some("ed"),
+            "EdDSA",
+            "ed25519_public.pem",
+            Some("ed25519_private.pem"),
+        ),
+    ]);
+    for (kid, alg) in [
+        ("rsa", Algorithm::RS256),
+        ("ec", Algorithm::ES256),
+        ("ed", Algorithm::EdDSA),
+    ] {
+        let claims = MintClaims {
+            subject: USER.to_owned(),
+            ttl: Duration::from_secs(60),
+            kid: Some(kid.to_owned()),
+            ..MintClaims::default()
+        };
+        let token = v.mint(&claims).expect("mint");
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!((header.alg, header.kid.as_deref()), (alg, Some(kid)));
+        assert_eq!(v.verify(&token).map(|t| t.subject), Ok(user()), "{kid}");
+    }
+}
+
+#[test]
+fn mint_without_signing_key_is_error() {
+    let v = verifier(vec![pk_key(Some("rsa"), "RS256", "rsa_public.pem", None)]);
+    let claims = MintClaims {
+        subject: USER.to_owned(),
+        ..MintClaims::default()
+    };
+    assert!(matches!(v.mint(&claims), Err(MintError::NoSigningKey)));
+    let claims = MintClaims {
+        kid: Some("rsa".to_owned()),
+        ..claims
+    };
+    assert!(matches!(v.mint(&claims), Err(MintError::UnknownKid(kid)) if kid == "rsa"));
+}
+
+#[test]
+fn mint_huge_ttl_is_error() {
+    let v = verifier(vec![hs_key(None)]);
+    let claims = MintClaims {
+        subject: USER.to_owned(),
+        ttl: Duration::MAX,
+        ..MintClaims::default()
+    };
+    assert!(matches!(v.mint(&claims), Err(MintError::TtlOutOfRange)));
+}
+
+// ---- properties ----
+
+fn shared_verifier() -> &'static JwtVerifier {
+    static VERIFIER: std::sync::OnceLock<JwtVerifier> = std::sync::OnceLock::new();
+    VERIFIER.get_or_init(|| verifier(vec![hs_key(Some("hs")), rsa_key(Some("rsa"))]))
+}
+
+proptest! {
+    #[test]
+    fn verify_arbitrary_string_is_never_ok(token in ".{0,300}") {
+        prop_assert!(shared_verifier().verify_at(&token, NOW).is_err());
+    }
+
+    #[test]
+    fn verify_arbitrary_jws_shaped_string_is_never_ok(
+        token in "[A-Za-z0-9_-]{1,80}\\.[A-Za-z0-9_-]{1,200}\\.[A-Za-z0-9_-]{1,100}",
+    ) {
+        prop_assert!(shared_verifier().verify_at(&token, NOW).is_err());
+    }
+
+    #[test]
+    fn verify_arbitrary_header_json_is_never_ok(
+        header in "\\{\"alg\":\"(HS256|RS256|none|ES256)\"(,\"kid\":\"(hs|rsa|x)\")?[^}]{0,20}\\}",
+        payload in "[ -~]{0,80}",
+        signature in "[A-Za-z0-9_-]{1,60}",
+    ) {
+        let token = format!("{}.{}.{signature}", b64(header.as_bytes()), b64(payload.as_bytes()));
+        prop_assert!(shared_verifier().verify_at(&token, NOW).is_err());
+    }
+
+    #[test]
+    fn verify_valid_token_with_one_changed_character_is_never_ok(
+        index in 0usize..10_000,
+        replacement in "[A-Za-z0-9_.-]",
+    ) {
+        let token = sign(Algorithm::HS256, Some("hs"), &claims());
+        let index = index % token.len();
+        let mut bytes = token.clone().into_bytes();
+        let new = replacement.as_bytes()[0];
+        prop_assume!(bytes[index] != new);
+        bytes[index] = new;
+        let changed = String::from_utf8(bytes).expect("ascii");
+        prop_assert!(shared_verifier().verify_at(&changed, NOW).is_err());
+    }
+}

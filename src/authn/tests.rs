@@ -1,0 +1,300 @@
+use chrono::{Duration, TimeZone as _};
+use proptest::prelude::*;
+
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+fn user() -> Uuid {
+    Uuid::parse_str("7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50").expect("uuid")
+}
+
+fn session(user_id: Uuid) -> Session {
+    Session {
+        id: Uuid::parse_str("11111111-2222-4333-8444-555555555555").expect("uuid"),
+        user_id,
+        expires_at: now() + Duration::hours(1),
+        revoked_at: None,
+    }
+}
+
+// ---- extract_credential ----
+
+#[test]
+fn extract_bearer_token_returns_token() {
+    assert_eq!(
+        extract_credential(Some("Bearer abc.def.ghi"), None),
+        Ok(Some(Credential::Bearer("abc.def.ghi")))
+    );
+}
+
+#[test]
+fn extract_bearer_scheme_any_case_returns_token() {
+    for value in ["bearer t0k", "BEARER t0k", "BeArEr t0k"] {
+        assert_eq!(
+            extract_credential(Some(value), None),
+            Ok(Some(Credential::Bearer("t0k"))),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn extract_bearer_several_spaces_returns_token() {
+    assert_eq!(
+        extract_credential(Some("Bearer    t0k"), None),
+        Ok(Some(Credential::Bearer("t0k")))
+    );
+}
+
+#[test]
+fn extract_bearer_surrounding_whitespace_is_ignored() {
+    assert_eq!(
+        extract_credential(Some("  Bearer t0k \t"), None),
+        Ok(Some(Credential::Bearer("t0k")))
+    );
+}
+
+#[test]
+fn extract_two_joined_authorization_values_is_invalid_token() {
+    assert_eq!(
+        extract_credential(Some("Bearer a.b.c,Bearer d.e.f"), None),
+        Err(AuthnError::InvalidToken)
+    );
+    assert_eq!(
+        extract_credential(Some("Bearer a, b"), None),
+        Err(AuthnError::InvalidToken)
+    );
+}
+
+#[test]
+fn extract_non_bearer_scheme_is_invalid_token() {
+    for value in [
+        "Basic dXNlcjpwYXNz",
+        "Token abc",
+        "Bearerx abc",
+        "Digest a=b",
+    ] {
+        assert_eq!(
+            extract_credential(Some(value), None),
+            Err(AuthnError::InvalidToken),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn extract_empty_or_missing_token_is_invalid_token() {
+    for value in ["", " ", "Bearer", "Bearer ", "Bearer    ", "bearer\t"] {
+        assert_eq!(
+            extract_credential(Some(value), None),
+            Err(AuthnError::InvalidToken),
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn extract_token_with_inner_space_or_tab_is_invalid_token() {
+    for value in ["Bearer a b", "Bearer\tabc", "Bearer a\tb", "Bearer a\u{7f}"] {
+        assert_eq!(
+            extract_credential(Some(value), None),
+            Err(AuthnError::InvalidToken),
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn extract_both_headers_is_ambiguous() {
+    assert_eq!(
+        extract_credential(Some("Bearer t"), Some("velro_key")),
+        Err(AuthnError::AmbiguousCredentials)
+    );
+    // Presence is what counts, not validity.
+    assert_eq!(
+        extract_credential(Some(""), Some("")),
+        Err(AuthnError::AmbiguousCredentials)
+    );
+}
+
+#[test]
+fn extract_no_headers_is_none() {
+    assert_eq!(extract_credential(None, None), Ok(None));
+}
+
+#[test]
+fn extract_api_key_returns_key() {
+    let key = apikey::generate();
+    assert_eq!(
+        extract_credential(None, Some(&key.plain)),
+        Ok(Some(Credential::ApiKey(key.plain.as_str())))
+    );
+}
+
+#[test]
+fn extract_malformed_api_key_is_invalid_api_key() {
+    let too_long = "k".repeat(MAX_API_KEY_LEN + 1);
+    for value in ["", "a b", "a,b", "key\n", "clé", too_long.as_str()] {
+        assert_eq!(
+            extract_credential(None, Some(value)),
+            Err(AuthnError::InvalidApiKey),
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn credential_debug_never_prints_the_secret() {
+    let bearer = format!("{:?}", Credential::Bearer("secret-token-value"));
+    let key = format!("{:?}", Credential::ApiKey("velro_secret-key-value"));
+    assert!(!bearer.contains("secret-token-value"), "{bearer}");
+    assert!(!key.contains("secret-key-value"), "{key}");
+}
+
+// ---- check_session ----
+
+#[test]
+fn check_session_live_session_of_user_is_ok() {
+    assert_eq!(check_session(Some(&session(user())), user(), now()), Ok(()));
+}
+
+#[test]
+fn check_session_missing_is_session_revoked() {
+    assert_eq!(
+        check_session(None, user(), now()),
+        Err(AuthnError::SessionRevoked)
+    );
+}
+
+#[test]
+fn check_session_of_other_user_is_session_revoked() {
+    let other = Uuid::parse_str("99999999-2222-4333-8444-555555555555").expect("uuid");
+    assert_eq!(
+        check_session(Some(&session(other)), user(), now()),
+        Err(AuthnError::SessionRevoked)
+    );
+}
+
+#[test]
+fn check_session_revoked_is_session_revoked() {
+    let mut s = session(user());
+    s.revoked_at = Some(now() - Duration::minutes(5));
+    assert_eq!(
+        check_session(Some(&s), user(), now()),
+        Err(AuthnError::SessionRevoked)
+    );
+}
+
+#[test]
+fn check_session_expired_or_expiring_now_is_session_revoked() {
+    let mut s = session(user());
+    s.expires_at = now();
+    assert_eq!(
+        check_session(Some(&s), user(), now()),
+        Err(AuthnError::SessionRevoked)
+    );
+    s.expires_at = now() - Duration::seconds(1);
+    assert_eq!(
+        check_session(Some(&s), user(), now()),
+        Err(AuthnError::SessionRevoked)
+    );
+    s.expires_at = now() + Duration::seconds(1);
+    assert_eq!(check_session(Some(&s), user(), now()), Ok(()));
+}
+
+// ---- AuthnError ----
+
+#[test]
+fn authn_error_reasons_are_stable_codes() {
+    let expected = [
+        (AuthnError::MissingCredentials, "missing_credentials"),
+        (AuthnError::InvalidToken, "invalid_token"),
+        (AuthnError::TokenExpired, "token_expired"),
+        (AuthnError::AmbiguousCredentials, "ambiguous_credentials"),
+        (AuthnError::UnknownUser, "unknown_user"),
+        (AuthnError::SessionRevoked, "session_revoked"),
+        (AuthnError::InvalidApiKey, "invalid_api_key"),
+        (AuthnError::ApiKeyRevoked, "api_key_revoked"),
+        (AuthnError::ApiKeyExpired, "api_key_expired"),
+    ];
+    for (error, reason) in expected {
+        assert_eq!(error.reason(), reason);
+        let message = error.to_string();
+        assert!(!message.is_empty() && !message.contains('_'), "{message}");
+    }
+}
+
+// ---- parse_canonical_uuid ----
+
+#[test]
+fn canonical_uuid_either_case_is_accepted() {
+    let lower = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
+    assert_eq!(parse_canonical_uuid(lower), Some(user()));
+    assert_eq!(parse_canonical_uuid(&lower.to_uppercase()), Some(user()));
+}
+
+#[test]
+fn non_canonical_uuid_forms_are_rejected() {
+    for text in [
+        "{7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50}",
+        "urn:uuid:7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50",
+        "7d4e1f0a3b2c4d5e8f9a0b1c2d3e4f50",
+        " 7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50",
+        "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f5",
+        "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f5g",
+        "7d4e1f0a+3b2c-4d5e-8f9a-0b1c2d3e4f50",
+        "7d4e1f0a-3b2c4-d5e-8f9a-0b1c2d3e4f50",
+        "",
+    ] {
+        assert_eq!(parse_canonical_uuid(text), None, "{text}");
+    }
+}
+
+// ---- properties ----
+
+proptest! {
+    #[test]
+    fn extract_credential_never_panics_and_bearer_token_is_clean(
+        authorization in proptest::option::of(".{0,64}"),
+        api_key in proptest::option::of(".{0,64}"),
+    ) {
+        match extract_credential(authorization.as_deref(), api_key.as_deref()) {
+            Ok(Some(Credential::Bearer(token))) => {
+                prop_assert!(!token.is_empty());
+                prop_assert!(token.bytes().all(|b| b.is_ascii_graphic() && b != b','));
+                prop_assert!(api_key.is_none());
+            }
+            Ok(Some(Credential::ApiKey(key))) => {
+                prop_assert!(!key.is_empty());
+                prop_assert!(authorization.is_none());
+            }
+            Ok(None) => prop_assert!(authorization.is_none() && api_key.is_none()),
+            Err(_) => {}
+        }
+    }
+
+    #[test]
+    fn extract_bearer_prefix_with_scheme_variants_round_trips(
+        scheme in "[bB][eE][aA][rR][eE][rR]",
+        spaces in " {1,4}",
+        token in "[A-Za-z0-9._~+/=-]{1,64}",
+    ) {
+        let value = format!("{scheme}{spaces}{token}");
+        prop_assert_eq!(
+            extract_credential(Some(&value), None),
+            Ok(Some(Credential::Bearer(token.as_str())))
+        );
+    }
+
+    #[test]
+    fn parse_canonical_uuid_accepts_only_the_hyphenated_form(text in ".{0,40}") {
+        if let Some(uuid) = parse_canonical_uuid(&text) {
+            prop_assert_eq!(uuid.hyphenated().to_string(), text.to_ascii_lowercase());
+        }
+    }
+}
