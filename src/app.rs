@@ -1,0 +1,213 @@
+//! Wiring: build the decision path from a [`Config`] and serve it on the gRPC
+//! and HTTP listeners until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+
+use crate::authn::jwt::JwtVerifier;
+use crate::authz::Authorizer;
+use crate::config::{Config, ConfigError};
+use crate::facts::Facts;
+use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
+use crate::http::{HttpState, router};
+use crate::invalidate;
+use crate::metrics::Metrics;
+use crate::store::{self, Store};
+
+/// The decision path over Postgres.
+pub type PgAuthorizer = Authorizer<Store>;
+
+/// Everything a running sidecar is made of.
+pub struct App {
+    /// Decides requests.
+    pub authorizer: Arc<PgAuthorizer>,
+    /// Postgres access.
+    pub store: Store,
+    /// Exported metrics.
+    pub metrics: Metrics,
+    config: Config,
+}
+
+/// A sidecar started by [`spawn`].
+pub struct Running {
+    /// Bound gRPC address (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The decision path, for in-process assertions.
+    pub authorizer: Arc<PgAuthorizer>,
+    /// Metrics, for assertions.
+    pub metrics: Metrics,
+    /// True while LISTEN is up.
+    pub listener: watch::Receiver<bool>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops serving and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl App {
+    /// Builds the decision path (no I/O yet: the pool connects lazily, so start-up
+    /// never blocks on a dependency).
+    pub fn build(config: Config, metrics: Metrics) -> Result<App, ConfigError> {
+        let pool = store::connect(&config.database)
+            .map_err(|e| ConfigError(vec![format!("database.url / DATABASE_URL: {e}")]))?;
+        App::with_pool(config, pool, metrics)
+    }
+
+    /// Builds over an existing pool (tests with `#[sqlx::test]`).
+    pub fn with_pool(
+        config: Config,
+        pool: sqlx::PgPool,
+        metrics: Metrics,
+    ) -> Result<App, ConfigError> {
+        let store = Store::new(pool);
+        let jwt = JwtVerifier::new(&config.jwt).map_err(ConfigError)?;
+        let facts = Arc::new(Facts::new(store.clone(), &config.cache, metrics.clone()));
+        let authorizer = Arc::new(Authorizer::new(
+            config.routes.clone(),
+            jwt,
+            facts,
+            &config.cache,
+            config.decision,
+            metrics.clone(),
+        ));
+        Ok(App {
+            authorizer,
+            store,
+            metrics,
+            config,
+        })
+    }
+
+    /// Binds both listeners and serves in the background.
+    pub async fn spawn(
+        self,
+        log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    ) -> std::io::Result<Running> {
+        let grpc = TcpListener::bind(self.config.grpc_addr).await?;
+        let http = TcpListener::bind(self.config.http_addr).await?;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (listener_tx, listener_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn(invalidate::run(
+            self.store.pool().clone(),
+            self.authorizer.facts().clone(),
+            self.metrics.clone(),
+            self.config.listener,
+            listener_tx,
+            shutdown_rx.clone(),
+        )));
+
+        // gRPC health follows the listener: NOT_SERVING until the sidecar hears
+        // every change, and again whenever it goes deaf.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for service in ["", AUTHORIZATION_SERVICE] {
+            reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        {
+            let mut listener = listener_rx.clone();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let status = if *listener.borrow_and_update() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    for service in ["", AUTHORIZATION_SERVICE] {
+                        reporter.set_service_status(service, status).await;
+                    }
+                    tokio::select! {
+                        r = listener.changed() => if r.is_err() { return },
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+            }));
+        }
+
+        // Both reflection versions: grpcurl speaks v1, grpc's Python client v1alpha.
+        let reflection_v1 = reflection_builder()
+            .build_v1()
+            .map_err(std::io::Error::other)?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
+            .map_err(std::io::Error::other)?;
+
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ExtAuthz::server(self.authorizer.clone()))
+            .add_service(Admin::server(self.authorizer.clone(), listener_rx.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream_incoming(grpc),
+                wait_true(shutdown_rx.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = grpc_server.await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        }));
+
+        let state = HttpState {
+            metrics: self.metrics.clone(),
+            listener: listener_rx.clone(),
+            pool: self.store.pool().clone(),
+            log_dropped,
+        };
+        let http_server =
+            axum::serve(http, router(state)).with_graceful_shutdown(wait_true(shutdown_rx));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = http_server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+
+        tracing::info!(%grpc_addr, %http_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
+        Ok(Running {
+            grpc_addr,
+            http_addr,
+            authorizer: self.authorizer,
+            metrics: self.metrics,
+            listener: listener_rx,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    // Both reflection protocols are listed explicitly so each version's
+    // ListServices names both (the builder would otherwise add only its own).
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(REFLECTION_DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+fn tokio_stream_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

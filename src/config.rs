@@ -1,0 +1,484 @@
+//! Configuration: a YAML file plus environment overrides, parsed once into strong
+//! types. Every problem is collected and reported together, each naming the
+//! setting, so an operator fixes a bad deployment in one round trip.
+//!
+//! The environment is read through a lookup function, so tests pass a map
+//! instead of mutating the process environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authn::jwt::{JwtConfig, JwtKeyConfig};
+use crate::routes::RouteTable;
+
+/// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// The validated configuration of one sidecar.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listener: ext_authz, health, reflection, admin.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listener: /healthz, /readyz, /metrics.
+    pub http_addr: SocketAddr,
+    /// Postgres, the source of truth.
+    pub database: DatabaseConfig,
+    /// In-process cache bounds and safety-net TTLs.
+    pub cache: CacheConfig,
+    /// Per-decision behaviour.
+    pub decision: DecisionConfig,
+    /// JWT verification keys and claims.
+    pub jwt: JwtConfig,
+    /// The route table (shipped default unless `routes_file` is set).
+    pub routes: RouteTable,
+    /// Where the routes came from, for logs.
+    pub routes_source: String,
+    /// LISTEN reconnect backoff.
+    pub listener: ListenerConfig,
+    /// `json` (default, for production) or `text` (for humans).
+    pub log_format: LogFormat,
+}
+
+/// Postgres connection settings.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`; may carry a password, so `Debug` redacts it.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Per-statement timeout (`statement_timeout` on each connection).
+    pub statement_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// L1 cache settings (SPEC §5 defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Maximum cached facts.
+    pub max_facts: u64,
+    /// Safety-net TTL of a present fact; invalidation is what keeps facts fresh.
+    pub ttl: Duration,
+    /// TTL of a negative entry (row not found).
+    pub negative_ttl: Duration,
+    /// Maximum cached verified credentials.
+    pub max_credentials: u64,
+}
+
+/// Decision settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionConfig {
+    /// Budget of one decision when the caller sets no sooner deadline.
+    pub deadline: Duration,
+    /// Shadow mode: log and count what would be denied, but allow.
+    pub dry_run: bool,
+    /// Fraction of allows written to the decision log (denies are always logged).
+    pub allow_log_sample: f64,
+}
+
+/// LISTEN connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerConfig {
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Backoff cap.
+    pub reconnect_max: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// All configuration problems found, each naming its setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The YAML file as written; every field optional so defaults apply.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    #[serde(default)]
+    database: FileDatabase,
+    #[serde(default)]
+    cache: FileCache,
+    #[serde(default)]
+    decision: FileDecision,
+    #[serde(default)]
+    auth: FileAuth,
+    routes_file: Option<PathBuf>,
+    #[serde(default)]
+    listener: FileListener,
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+    acquire_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    max_facts: Option<u64>,
+    ttl_secs: Option<u64>,
+    negative_ttl_secs: Option<u64>,
+    max_credentials: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDecision {
+    deadline_ms: Option<u64>,
+    dry_run: Option<bool>,
+    allow_log_sample: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    reconnect_min_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+}
+
+impl Config {
+    /// Loads `path` (if any) and applies environment overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        Config::from_yaml(&text, env)
+    }
+
+    /// Parses YAML text (empty = all defaults) plus environment overrides.
+    pub fn from_yaml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = if text.trim().is_empty() {
+            FileConfig::default()
+        } else {
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError(vec![format!("config file: {e}")]))?
+        };
+        let mut errors = Vec::new();
+
+        let grpc_addr = addr(
+            "grpc_addr / VELRO_AUTHZ_GRPC_ADDR",
+            env("VELRO_AUTHZ_GRPC_ADDR").or(file.grpc_addr),
+            "127.0.0.1:9191",
+            &mut errors,
+        );
+        let http_addr = addr(
+            "http_addr / VELRO_AUTHZ_HTTP_ADDR",
+            env("VELRO_AUTHZ_HTTP_ADDR").or(file.http_addr),
+            "127.0.0.1:8181",
+            &mut errors,
+        );
+
+        let url = env("DATABASE_URL")
+            .or(file.database.url)
+            .unwrap_or_default();
+        if url.is_empty() {
+            errors.push("database.url / DATABASE_URL: required".to_owned());
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            errors.push("database.url / DATABASE_URL: must be a postgres:// URL".to_owned());
+        }
+        let max_connections = file.database.max_connections.unwrap_or(16);
+        if max_connections == 0 {
+            errors.push("database.max_connections: must be at least 1".to_owned());
+        }
+        let database = DatabaseConfig {
+            url,
+            max_connections,
+            acquire_timeout: ms(file.database.acquire_timeout_ms, 2_000),
+            statement_timeout: ms(file.database.statement_timeout_ms, 2_000),
+        };
+
+        let cache = CacheConfig {
+            max_facts: file.cache.max_facts.unwrap_or(200_000),
+            ttl: Duration::from_secs(file.cache.ttl_secs.unwrap_or(300)),
+            negative_ttl: Duration::from_secs(file.cache.negative_ttl_secs.unwrap_or(30)),
+            max_credentials: file.cache.max_credentials.unwrap_or(100_000),
+        };
+        if cache.max_facts == 0 {
+            errors.push("cache.max_facts: must be at least 1".to_owned());
+        }
+        if cache.ttl.is_zero() || cache.negative_ttl.is_zero() {
+            errors.push("cache.ttl_secs / cache.negative_ttl_secs: must be at least 1".to_owned());
+        }
+
+        let dry_run = match env("VELRO_AUTHZ_DRY_RUN") {
+            Some(v) => match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    errors.push(format!(
+                        "VELRO_AUTHZ_DRY_RUN: expected true or false, got {v:?}"
+                    ));
+                    false
+                }
+            },
+            None => file.decision.dry_run.unwrap_or(false),
+        };
+        let decision = DecisionConfig {
+            deadline: ms(file.decision.deadline_ms, 500),
+            dry_run,
+            allow_log_sample: file.decision.allow_log_sample.unwrap_or(0.01),
+        };
+        if decision.deadline.is_zero() {
+            errors.push("decision.deadline_ms: must be at least 1".to_owned());
+        }
+        if !(0.0..=1.0).contains(&decision.allow_log_sample) {
+            errors.push("decision.allow_log_sample: must be between 0 and 1".to_owned());
+        }
+
+        let mut jwt = file.auth.jwt.unwrap_or_else(dev_jwt_defaults);
+        if let Some(secret) = env("VELRO_AUTHZ_JWT_SECRET") {
+            // The env var supplies the secret of the HS256 key, so the file can be
+            // committed without it; add such a key when the file names none.
+            match jwt.keys.iter_mut().find(|k| k.alg == "HS256") {
+                Some(key) => key.secret = Some(secret),
+                None => jwt.keys.push(hs256_key(secret)),
+            }
+        }
+        if let Err(problems) = crate::authn::jwt::JwtVerifier::new(&jwt) {
+            errors.extend(problems);
+        }
+
+        let routes_file = env("VELRO_AUTHZ_ROUTES_FILE")
+            .map(PathBuf::from)
+            .or(file.routes_file);
+        let (routes, routes_source) = match &routes_file {
+            None => (
+                RouteTable::velro_default(),
+                "built-in Velro API table".to_owned(),
+            ),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => match RouteTable::from_yaml(&text) {
+                    Ok(t) => (t, p.display().to_string()),
+                    Err(e) => {
+                        errors.push(format!("routes_file {}: {e}", p.display()));
+                        (RouteTable::velro_default(), String::new())
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("routes_file {}: {e}", p.display()));
+                    (RouteTable::velro_default(), String::new())
+                }
+            },
+        };
+
+        let listener = ListenerConfig {
+            reconnect_min: ms(file.listener.reconnect_min_ms, 100),
+            reconnect_max: ms(file.listener.reconnect_max_ms, 5_000),
+        };
+        if listener.reconnect_min.is_zero() || listener.reconnect_min > listener.reconnect_max {
+            errors.push(
+                "listener.reconnect_min_ms: must be at least 1 and at most reconnect_max_ms"
+                    .to_owned(),
+            );
+        }
+
+        let log_format = match env("VELRO_AUTHZ_LOG_FORMAT").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                errors.push(format!(
+                    "VELRO_AUTHZ_LOG_FORMAT: expected json or text, got {other:?}"
+                ));
+                LogFormat::Json
+            }
+            None => file.log_format.unwrap_or(LogFormat::Json),
+        };
+
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Config {
+            grpc_addr,
+            http_addr,
+            database,
+            cache,
+            decision,
+            jwt,
+            routes,
+            routes_source,
+            listener,
+            log_format,
+        })
+    }
+}
+
+/// With no `auth.jwt` section: HS256 with issuer/audience `velro`, the secret
+/// coming from `VELRO_AUTHZ_JWT_SECRET` (validation fails if it is not set).
+fn dev_jwt_defaults() -> JwtConfig {
+    JwtConfig {
+        issuer: Some("velro".to_owned()),
+        audience: Some("velro-api".to_owned()),
+        leeway_secs: 30,
+        keys: Vec::new(),
+        jwks_file: None,
+        jwks_reload_min_interval_secs: 10,
+    }
+}
+
+fn hs256_key(secret: String) -> JwtKeyConfig {
+    JwtKeyConfig {
+        kid: None,
+        alg: "HS256".to_owned(),
+        secret: Some(secret),
+        public_key_pem: None,
+        public_key_file: None,
+        private_key_file: None,
+    }
+}
+
+fn addr(name: &str, value: Option<String>, default: &str, errors: &mut Vec<String>) -> SocketAddr {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    match text.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            errors.push(format!(
+                "{name}: {text:?} is not an address like 127.0.0.1:9191"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+fn ms(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn config_defaults_with_env_are_valid() {
+        let cfg = Config::from_yaml(
+            "",
+            env(&[
+                ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:9191");
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:8181");
+        assert_eq!(cfg.cache.ttl, Duration::from_secs(300));
+        assert_eq!(cfg.cache.negative_ttl, Duration::from_secs(30));
+        assert!(!cfg.decision.dry_run);
+    }
+
+    #[test]
+    fn config_reports_every_error_at_once() {
+        let yaml = "grpc_addr: nope\ncache:\n  max_facts: 0\ndecision:\n  allow_log_sample: 2\n";
+        let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
+        let text = err.to_string();
+        for setting in [
+            "grpc_addr",
+            "DATABASE_URL",
+            "cache.max_facts",
+            "decision.allow_log_sample",
+            "auth.jwt",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn config_unknown_field_is_rejected() {
+        let err = Config::from_yaml("grpc_adr: 1.2.3.4:1\n", env(&[])).expect_err("invalid");
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn config_debug_never_prints_secrets() {
+        let cfg = Config::from_yaml(
+            "",
+            env(&[
+                ("DATABASE_URL", "postgres://u:hunter2hunter2@localhost/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect("valid");
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2hunter2"), "{debug}");
+        assert!(!debug.contains(SECRET), "{debug}");
+    }
+
+    #[test]
+    fn redact_url_hides_password_only() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,535 @@
+//! Facts and the L1 cache (SPEC §5).
+//!
+//! A fact is one row-shaped piece of truth (a user's status, a generation's
+//! owner/project/parent, a user's memberships, ...). Facts are read from the
+//! [`FactSource`] (Postgres today; a Redis tier slots in as another source) and
+//! held in moka, bounded, with single-flight fills.
+//!
+//! Freshness does not rest on deleting entries in time. Every entry is stamped,
+//! when its fill *starts*, with the invalidation counter of its key's bucket and
+//! with the cache epoch; a read trusts an entry only while both are unchanged.
+//! So a fill that read an old row, raced with an invalidation and landed after
+//! it is never used: the invalidation bumped the bucket before the fill could be
+//! read. A listener gap bumps the epoch, which voids every entry at once.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use uuid::Uuid;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::model::{
+    ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
+};
+use crate::store::{Store, StoreError};
+
+/// Number of invalidation buckets; a collision only costs a spurious refill.
+const BUCKETS: usize = 1 << 16;
+/// Fills retried when each one raced with an invalidation, before reading uncached.
+const MAX_FILL_ATTEMPTS: usize = 3;
+/// Team-tree walk bound; the database rejects cycles, this keeps us safe anyway.
+pub const MAX_TEAM_DEPTH: usize = 64;
+
+/// The identity of one fact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FactKey {
+    User(Uuid),
+    Team(Uuid),
+    Memberships(Uuid),
+    Project(Uuid),
+    Generation(Uuid),
+    Shares(ResourceKind, Uuid),
+    /// By the hex SHA-256 of the key.
+    ApiKey(Arc<str>),
+    Session(Uuid),
+}
+
+/// A fact's value; `None` / empty is a negative entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    User(Option<User>),
+    Team(Option<Team>),
+    Memberships(Arc<[Membership]>),
+    Project(Option<Project>),
+    Generation(Option<Generation>),
+    Shares(Arc<[Share]>),
+    ApiKey(Option<ApiKey>),
+    Session(Option<Session>),
+}
+
+/// Where a fact came from, for `--explain` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// In-process cache hit.
+    L1,
+    /// This request ran the query.
+    Postgres,
+    /// Another request's in-flight fill answered this one.
+    Coalesced,
+}
+
+impl Source {
+    /// Label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::L1 => "l1",
+            Source::Postgres => "postgres",
+            Source::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// Failure to obtain a fact: always "cannot decide", never a deny.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fact {kind} unavailable: {message}")]
+pub struct FactError {
+    /// Fact kind label.
+    pub kind: &'static str,
+    /// Cause, for logs only (never sent to clients).
+    pub message: String,
+}
+
+/// One fact used by a decision, recorded for `--explain`.
+#[derive(Debug, Clone)]
+pub struct FactUse {
+    /// Fact kind label.
+    pub kind: &'static str,
+    /// The key, rendered.
+    pub key: String,
+    /// Where it came from.
+    pub source: Source,
+    /// The value, rendered.
+    pub value: String,
+}
+
+/// Collects the facts a decision used, when explaining.
+#[derive(Debug, Default)]
+pub struct Trace {
+    uses: Option<Mutex<Vec<FactUse>>>,
+}
+
+impl Trace {
+    /// A trace that records.
+    pub fn recording() -> Trace {
+        Trace {
+            uses: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A trace that records nothing (the hot path).
+    pub fn off() -> Trace {
+        Trace { uses: None }
+    }
+
+    fn record(&self, key: &FactKey, source: Source, fact: &Fact) {
+        if let Some(uses) = &self.uses {
+            let mut uses = uses.lock().unwrap_or_else(|p| p.into_inner());
+            uses.push(FactUse {
+                kind: key.kind(),
+                key: key.render(),
+                source,
+                value: format!("{fact:?}"),
+            });
+        }
+    }
+
+    /// The recorded uses.
+    pub fn into_uses(self) -> Vec<FactUse> {
+        self.uses
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_default()
+    }
+}
+
+/// Where facts come from on an L1 miss.
+pub trait FactSource: Send + Sync + 'static {
+    /// Loads one fact from the tier below.
+    fn load(
+        &self,
+        key: &FactKey,
+    ) -> impl std::future::Future<Output = Result<Fact, StoreError>> + Send;
+}
+
+impl FactSource for Store {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        Ok(match key {
+            FactKey::User(id) => Fact::User(self.user(*id).await?),
+            FactKey::Team(id) => Fact::Team(self.team(*id).await?),
+            FactKey::Memberships(id) => Fact::Memberships(self.memberships(*id).await?.into()),
+            FactKey::Project(id) => Fact::Project(self.project(*id).await?),
+            FactKey::Generation(id) => Fact::Generation(self.generation(*id).await?),
+            FactKey::Shares(kind, id) => Fact::Shares(self.shares(*kind, *id).await?.into()),
+            FactKey::ApiKey(hash) => Fact::ApiKey(self.api_key_by_hash(hash).await?),
+            FactKey::Session(id) => Fact::Session(self.session(*id).await?),
+        })
+    }
+}
+
+impl FactKey {
+    /// Metric label and explain kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FactKey::User(_) => "user",
+            FactKey::Team(_) => "team",
+            FactKey::Memberships(_) => "memberships",
+            FactKey::Project(_) => "project",
+            FactKey::Generation(_) => "generation",
+            FactKey::Shares(..) => "shares",
+            FactKey::ApiKey(_) => "api_key",
+            FactKey::Session(_) => "session",
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            FactKey::User(id)
+            | FactKey::Team(id)
+            | FactKey::Memberships(id)
+            | FactKey::Project(id)
+            | FactKey::Generation(id)
+            | FactKey::Session(id) => id.to_string(),
+            FactKey::Shares(kind, id) => format!("{kind}/{id}"),
+            // A prefix of the hash identifies the key to an operator without
+            // making the log a lookup table.
+            FactKey::ApiKey(hash) => format!("sha256:{}…", &hash[..hash.len().min(12)]),
+        }
+    }
+
+    fn bucket(&self) -> usize {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        (h.finish() as usize) & (BUCKETS - 1)
+    }
+}
+
+impl Fact {
+    fn is_negative(&self) -> bool {
+        match self {
+            Fact::User(v) => v.is_none(),
+            Fact::Team(v) => v.is_none(),
+            Fact::Project(v) => v.is_none(),
+            Fact::Generation(v) => v.is_none(),
+            Fact::ApiKey(v) => v.is_none(),
+            Fact::Session(v) => v.is_none(),
+            Fact::Memberships(_) | Fact::Shares(_) => false,
+        }
+    }
+}
+
+/// A cached fact with the stamps that say whether it may still be trusted.
+#[derive(Debug)]
+struct Entry {
+    fact: Fact,
+    /// Bucket counter when the fill started.
+    stamp: u64,
+    /// Cache epoch when the fill started.
+    epoch: u64,
+}
+
+/// Per-entry TTL: the safety net, shorter for negative entries.
+struct FactExpiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<FactKey, Arc<Entry>> for FactExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &FactKey,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if value.fact.is_negative() {
+            self.negative_ttl
+        } else {
+            self.ttl
+        })
+    }
+}
+
+/// The L1 fact cache over a source.
+pub struct Facts<S> {
+    source: S,
+    cache: Cache<FactKey, Arc<Entry>>,
+    /// Invalidation counters, one per bucket of keys.
+    buckets: Box<[AtomicU64]>,
+    /// Source of bucket counter values; strictly increasing.
+    seq: AtomicU64,
+    /// Bumped by a full flush; entries from an older epoch are void.
+    epoch: AtomicU64,
+    metrics: Metrics,
+}
+
+impl<S: FactSource> Facts<S> {
+    /// An empty cache bounded by `config`.
+    pub fn new(source: S, config: &CacheConfig, metrics: Metrics) -> Facts<S> {
+        let cache = Cache::builder()
+            .max_capacity(config.max_facts)
+            .expire_after(FactExpiry {
+                ttl: config.ttl,
+                negative_ttl: config.negative_ttl,
+            })
+            .build();
+        Facts {
+            source,
+            cache,
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The source below L1.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Number of cached entries (approximate, for stats).
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Voids one fact: any entry, or in-flight fill, that started before this call
+    /// is never trusted again.
+    pub async fn invalidate(&self, key: &FactKey) {
+        let value = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.buckets[key.bucket()].fetch_max(value, Ordering::AcqRel);
+        // Freeing memory only: correctness comes from the bucket stamp.
+        self.cache.invalidate(key).await;
+    }
+
+    /// Voids everything (listener gap, admin flush, TRUNCATE).
+    pub fn flush(&self) -> u64 {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cache.invalidate_all();
+        epoch
+    }
+
+    fn stamps(&self, key: &FactKey) -> (u64, u64) {
+        // Epoch first: a flush between the two loads then voids this stamp too.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let stamp = self.buckets[key.bucket()].load(Ordering::Acquire);
+        (stamp, epoch)
+    }
+
+    fn trusted(&self, key: &FactKey, entry: &Entry) -> bool {
+        let (stamp, epoch) = self.stamps(key);
+        entry.stamp == stamp && entry.epoch == epoch
+    }
+
+    /// One fact, from L1 when trusted, else from the source (one query for all
+    /// concurrent callers of the same key).
+    pub async fn get(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
+        let kind = key.kind();
+        if let Some(entry) = self.cache.get(&key).await {
+            if self.trusted(&key, &entry) {
+                self.lookup(kind, "hit");
+                trace.record(&key, Source::L1, &entry.fact);
+                return Ok(entry.fact.clone());
+            }
+            self.cache.invalidate(&key).await;
+        }
+        self.lookup(kind, "miss");
+
+        for _ in 0..MAX_FILL_ATTEMPTS {
+            let ran = std::sync::atomic::AtomicBool::new(false);
+            let entry = self
+                .cache
+                .try_get_with(key.clone(), async {
+                    ran.store(true, Ordering::Relaxed);
+                    let (stamp, epoch) = self.stamps(&key);
+                    let fact = self.query(&key).await?;
+                    Ok::<_, FactError>(Arc::new(Entry { fact, stamp, epoch }))
+                })
+                .await
+                .map_err(|e: Arc<FactError>| (*e).clone())?;
+            if self.trusted(&key, &entry) {
+                let source = if ran.load(Ordering::Relaxed) {
+                    Source::Postgres
+                } else {
+                    Source::Coalesced
+                };
+                if source == Source::Coalesced {
+                    self.lookup(kind, "coalesced");
+                }
+                trace.record(&key, source, &entry.fact);
+                return Ok(entry.fact.clone());
+            }
+            // The fill raced with an invalidation: what it read may predate the
+            // change. Drop it and read again.
+            self.cache.invalidate(&key).await;
+        }
+        // Invalidations keep landing on this key: answer from a fresh read
+        // without caching it.
+        let fact = self.query(&key).await?;
+        trace.record(&key, Source::Postgres, &fact);
+        Ok(fact)
+    }
+
+    async fn query(&self, key: &FactKey) -> Result<Fact, FactError> {
+        let kind = key.kind();
+        self.metrics.store_queries.with_label_values(&[kind]).inc();
+        self.source.load(key).await.map_err(|e| {
+            self.metrics.store_errors.with_label_values(&[kind]).inc();
+            FactError {
+                kind,
+                message: e.to_string(),
+            }
+        })
+    }
+
+    fn lookup(&self, kind: &'static str, result: &'static str) {
+        self.metrics
+            .cache_lookups
+            .with_label_values(&["l1", kind, result])
+            .inc();
+    }
+
+    /// A user's row.
+    pub async fn user(&self, id: Uuid, trace: &Trace) -> Result<Option<User>, FactError> {
+        match self.get(FactKey::User(id), trace).await? {
+            Fact::User(v) => Ok(v),
+            other => Err(mismatch("user", &other)),
+        }
+    }
+
+    /// A user's direct memberships.
+    pub async fn memberships(
+        &self,
+        user: Uuid,
+        trace: &Trace,
+    ) -> Result<Arc<[Membership]>, FactError> {
+        match self.get(FactKey::Memberships(user), trace).await? {
+            Fact::Memberships(v) => Ok(v),
+            other => Err(mismatch("memberships", &other)),
+        }
+    }
+
+    /// A project's row.
+    pub async fn project(&self, id: Uuid, trace: &Trace) -> Result<Option<Project>, FactError> {
+        match self.get(FactKey::Project(id), trace).await? {
+            Fact::Project(v) => Ok(v),
+            other => Err(mismatch("project", &other)),
+        }
+    }
+
+    /// A generation's row.
+    pub async fn generation(
+        &self,
+        id: Uuid,
+        trace: &Trace,
+    ) -> Result<Option<Generation>, FactError> {
+        match self.get(FactKey::Generation(id), trace).await? {
+            Fact::Generation(v) => Ok(v),
+            other => Err(mismatch("generation", &other)),
+        }
+    }
+
+    /// A team's row.
+    pub async fn team(&self, id: Uuid, trace: &Trace) -> Result<Option<Team>, FactError> {
+        match self.get(FactKey::Team(id), trace).await? {
+            Fact::Team(v) => Ok(v),
+            other => Err(mismatch("team", &other)),
+        }
+    }
+
+    /// Shares on a resource.
+    pub async fn shares(
+        &self,
+        kind: ResourceKind,
+        id: Uuid,
+        trace: &Trace,
+    ) -> Result<Arc<[Share]>, FactError> {
+        match self.get(FactKey::Shares(kind, id), trace).await? {
+            Fact::Shares(v) => Ok(v),
+            other => Err(mismatch("shares", &other)),
+        }
+    }
+
+    /// An API key's row by hash.
+    pub async fn api_key(
+        &self,
+        hash: Arc<str>,
+        trace: &Trace,
+    ) -> Result<Option<ApiKey>, FactError> {
+        match self.get(FactKey::ApiKey(hash), trace).await? {
+            Fact::ApiKey(v) => Ok(v),
+            other => Err(mismatch("api_key", &other)),
+        }
+    }
+
+    /// A session's row.
+    pub async fn session(&self, id: Uuid, trace: &Trace) -> Result<Option<Session>, FactError> {
+        match self.get(FactKey::Session(id), trace).await? {
+            Fact::Session(v) => Ok(v),
+            other => Err(mismatch("session", &other)),
+        }
+    }
+
+    /// The team followed by its ancestors, nearest first; cycle-safe and bounded.
+    /// Empty when the team does not exist.
+    pub async fn team_chain(&self, team: Uuid, trace: &Trace) -> Result<Vec<Uuid>, FactError> {
+        let mut chain = Vec::new();
+        let mut next = Some(team);
+        while let Some(id) = next {
+            if chain.contains(&id) || chain.len() >= MAX_TEAM_DEPTH {
+                break;
+            }
+            match self.team(id, trace).await? {
+                Some(t) => {
+                    chain.push(id);
+                    next = t.parent_id;
+                }
+                None => break,
+            }
+        }
+        Ok(chain)
+    }
+
+    /// The generation followed by its parents until one has a project, for at
+    /// most `policy::MAX_PARENT_HOPS` hops; stops at a missing row or a repeated
+    /// id. `policy::project_of` applies the rules to the result.
+    pub async fn generation_chain(
+        &self,
+        first: Generation,
+        trace: &Trace,
+    ) -> Result<Vec<Generation>, FactError> {
+        let mut chain = vec![first];
+        loop {
+            let last = &chain[chain.len() - 1];
+            if last.project_id.is_some() || chain.len() > crate::policy::MAX_PARENT_HOPS {
+                break;
+            }
+            let Some(parent) = last.parent_id else { break };
+            if chain.iter().any(|g| g.id == parent) {
+                break;
+            }
+            match self.generation(parent, trace).await? {
+                Some(g) => chain.push(g),
+                None => break,
+            }
+        }
+        Ok(chain)
+    }
+}
+
+fn mismatch(kind: &'static str, got: &Fact) -> FactError {
+    FactError {
+        kind,
+        message: format!("source answered a different fact kind: {got:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+//! `velro-authz`: serve, migrate, check, token, apikey, seed-demo, validate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use velro_authz::app::App;
+use velro_authz::authn::apikey;
+use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+use velro_authz::authz::AuthzRequest;
+use velro_authz::config::{Config, EXIT_BAD_CONFIG};
+use velro_authz::metrics::Metrics;
+use velro_authz::store::{self, MIGRATOR, Store};
+use velro_authz::{demo, grpc, telemetry};
+
+/// Authorization sidecar for Envoy ext_authz.
+#[derive(Parser)]
+#[command(name = "velro-authz", version, about)]
+struct Cli {
+    /// YAML config file (environment variables override it).
+    #[arg(long, global = true, env = "VELRO_AUTHZ_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz (gRPC) and health/metrics (HTTP).
+    Serve,
+    /// Apply database migrations.
+    Migrate,
+    /// Load the demo data set (idempotent) and print dev tokens for it.
+    SeedDemo,
+    /// Validate the configuration and exit.
+    Validate,
+    /// Decide one request against the database and print the answer.
+    Check {
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request path (with query string if you like).
+        path: String,
+        /// Bearer token (sent as `Authorization: Bearer …`).
+        #[arg(long)]
+        token: Option<String>,
+        /// API key (sent as `x-api-key`).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Print the route, principal, every fact used and where it came from.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Mint a development JWT with the configured signing key.
+    Token {
+        /// User email or id (the `sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Space-separated scopes (`read write delete share manage ops`).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Open a session row and put its id in the `sid` claim.
+        #[arg(long)]
+        session: bool,
+    },
+    /// API key management.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key: prints it once, stores only its hash.
+    Create {
+        /// User email or id owning the key.
+        #[arg(long)]
+        user: String,
+        /// Comma-separated scopes; omitted = no narrowing.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// Days until it expires; omitted = never.
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("velro-authz: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("velro-authz: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("velro-authz: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Validate => {
+            println!("configuration OK ({:?})", config.routes_source);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let pool = store::connect(&config.database)?;
+            MIGRATOR.run(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SeedDemo => {
+            let pool = store::connect(&config.database)?;
+            MIGRATOR.run(&pool).await?;
+            let users = demo::seed(&pool).await?;
+            let jwt = JwtVerifier::new(&config.jwt).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+            println!("demo data loaded. Dev tokens (valid 24 h):");
+            for u in users {
+                let token = jwt.mint(&MintClaims {
+                    subject: u.id.to_string(),
+                    session_id: None,
+                    scope: None,
+                    ttl: Duration::from_secs(86_400),
+                    kid: None,
+                })?;
+                println!("\n{} ({}, {})\n  {}", u.email, u.id, u.status, token);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            method,
+            path,
+            token,
+            api_key,
+            explain,
+        } => {
+            let app = App::build(config, Metrics::new())?;
+            let authorization = token.map(|t| format!("Bearer {t}"));
+            let req = AuthzRequest {
+                method: &method,
+                path: &path,
+                authorization: authorization.as_deref(),
+                api_key: api_key.as_deref(),
+                largest_header: authorization
+                    .as_ref()
+                    .map_or(0, String::len)
+                    .max(api_key.as_ref().map_or(0, String::len)),
+            };
+            let explanation = app.authorizer.explain(&req).await;
+            let response = match grpc::explain_response(explanation) {
+                Ok(r) => r,
+                Err(status) => {
+                    println!(
+                        "{{\"error\":\"cannot decide\",\"detail\":{:?}}}",
+                        status.message()
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            let mut out = serde_json::json!({
+                "allowed": response.allowed,
+                "status": response.http_status,
+                "reason": response.reason,
+                "decision_id": response.decision_id,
+                "headers": response.headers,
+            });
+            if explain {
+                out["route"] = response.route.into();
+                out["principal"] = response.principal.into();
+                out["role"] = response.role.into();
+                out["facts"] = response
+                    .facts
+                    .iter()
+                    .map(|f| serde_json::json!({"kind": f.kind, "key": f.key, "source": f.source, "value": f.value}))
+                    .collect();
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(if response.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Token {
+            user,
+            ttl,
+            scope,
+            session,
+        } => {
+            let jwt = JwtVerifier::new(&config.jwt).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+            let store = Store::new(store::connect(&config.database)?);
+            let user_id = store
+                .resolve_user(&user)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user {user:?}"))?;
+            let session_id = if session {
+                let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl as i64);
+                Some(store.insert_session(user_id, expires).await?)
+            } else {
+                None
+            };
+            let token = jwt.mint(&MintClaims {
+                subject: user_id.to_string(),
+                session_id,
+                scope,
+                ttl: Duration::from_secs(ttl),
+                kid: None,
+            })?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apikey {
+            command:
+                ApikeyCommand::Create {
+                    user,
+                    scopes,
+                    expires_in_days,
+                },
+        } => {
+            let store = Store::new(store::connect(&config.database)?);
+            let user_id = store
+                .resolve_user(&user)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user {user:?}"))?;
+            let key = apikey::generate();
+            let expires = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d));
+            let id = store
+                .insert_api_key(
+                    user_id,
+                    &key.hash,
+                    &key.display_prefix,
+                    scopes.as_deref(),
+                    expires,
+                )
+                .await?;
+            eprintln!("api key {id} for user {user_id} (shown once; only its hash is stored):");
+            println!("{}", key.plain);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let telemetry = telemetry::init(config.log_format);
+    let dropped = telemetry.dropped.clone();
+    let app = App::build(config, Metrics::new())?;
+    let running = app
+        .spawn(Some(Arc::new(move || dropped.dropped_lines() as u64)))
+        .await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    drop(telemetry);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

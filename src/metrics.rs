@@ -1,0 +1,233 @@
+//! Prometheus metrics (SPEC §7), all prefixed `velro_authz_`, registered on an
+//! explicit registry. Labels come only from enums and route patterns — never a
+//! user id, token, raw path or error text.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the sidecar exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Decisions by outcome (allow | deny | dry_run_allow | error), HTTP status and reason code.
+    pub decisions: IntCounterVec,
+    /// Decision latency, from request received to answer built.
+    pub decision_seconds: Histogram,
+    /// Cache lookups by tier, fact kind and result (hit | miss | coalesced).
+    pub cache_lookups: IntCounterVec,
+    /// Postgres fact queries by fact kind: proves what a cached Check does not touch.
+    pub store_queries: IntCounterVec,
+    /// Store query failures by fact kind.
+    pub store_errors: IntCounterVec,
+    /// Invalidations applied by table.
+    pub invalidations: IntCounterVec,
+    /// Commit (trigger time) to applied, seconds.
+    pub invalidation_lag_seconds: Histogram,
+    /// Whole-cache flushes by cause (listener_gap | admin | truncate).
+    pub flushes: IntCounterVec,
+    /// 1 while the LISTEN connection is up.
+    pub listener_connected: IntGauge,
+    /// LISTEN reconnects after the first connect.
+    pub listener_reconnects: IntCounter,
+    /// 1 when a dependency answered its last call.
+    pub dependency_up: IntGaugeVec,
+    /// Pool connections by state (idle | in_use).
+    pub db_pool_connections: IntGaugeVec,
+    /// Decision log lines dropped because the writer fell behind.
+    pub decision_log_dropped: IntCounter,
+    /// Constant 1 with the build version.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_decisions_total",
+                    "Decisions by outcome, status and reason.",
+                ),
+                &["outcome", "status", "reason"],
+            )
+            .expect("metric"),
+            decision_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "velro_authz_decision_duration_seconds",
+                    "Time to decide one request.",
+                )
+                .buckets(vec![
+                    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+                    0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )
+            .expect("metric"),
+            cache_lookups: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_cache_lookups_total",
+                    "Cache lookups by tier, kind and result.",
+                ),
+                &["tier", "kind", "result"],
+            )
+            .expect("metric"),
+            store_queries: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_store_queries_total",
+                    "Postgres fact queries by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_store_errors_total",
+                    "Postgres fact query failures by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            invalidations: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_invalidations_total",
+                    "Invalidations applied by table.",
+                ),
+                &["table"],
+            )
+            .expect("metric"),
+            invalidation_lag_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "velro_authz_invalidation_lag_seconds",
+                    "From the change in Postgres to the invalidation applied here.",
+                )
+                .buckets(vec![
+                    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("metric"),
+            flushes: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_cache_flushes_total",
+                    "Whole-cache flushes by cause.",
+                ),
+                &["cause"],
+            )
+            .expect("metric"),
+            listener_connected: IntGauge::new(
+                "velro_authz_listener_connected",
+                "1 while the LISTEN connection is up.",
+            )
+            .expect("metric"),
+            listener_reconnects: IntCounter::new(
+                "velro_authz_listener_reconnects_total",
+                "LISTEN reconnects after the first connect.",
+            )
+            .expect("metric"),
+            dependency_up: IntGaugeVec::new(
+                Opts::new(
+                    "velro_authz_dependency_up",
+                    "1 when the dependency answered its last call.",
+                ),
+                &["dependency"],
+            )
+            .expect("metric"),
+            db_pool_connections: IntGaugeVec::new(
+                Opts::new(
+                    "velro_authz_db_pool_connections",
+                    "Postgres pool connections by state.",
+                ),
+                &["state"],
+            )
+            .expect("metric"),
+            decision_log_dropped: IntCounter::new(
+                "velro_authz_decision_log_dropped_total",
+                "Decision log lines dropped rather than slow a decision.",
+            )
+            .expect("metric"),
+            build_info: IntGaugeVec::new(
+                Opts::new("velro_authz_build_info", "Build information."),
+                &["version"],
+            )
+            .expect("metric"),
+            registry,
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.decision_seconds.clone()),
+            Box::new(m.cache_lookups.clone()),
+            Box::new(m.store_queries.clone()),
+            Box::new(m.store_errors.clone()),
+            Box::new(m.invalidations.clone()),
+            Box::new(m.invalidation_lag_seconds.clone()),
+            Box::new(m.flushes.clone()),
+            Box::new(m.listener_connected.clone()),
+            Box::new(m.listener_reconnects.clone()),
+            Box::new(m.dependency_up.clone()),
+            Box::new(m.db_pool_connections.clone()),
+            Box::new(m.decision_log_dropped.clone()),
+            Box::new(m.build_info.clone()),
+        ] {
+            r.register(c).expect("unique metric names");
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Current value of one store-query counter (tests and the admin API).
+    pub fn store_queries_total(&self) -> u64 {
+        self.store_queries
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+use prometheus::core::Collector as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_has_prefix_and_build_info() {
+        let m = Metrics::new();
+        m.decisions.with_label_values(&["allow", "200", "ok"]).inc();
+        let text = m.render();
+        assert!(text.contains("velro_authz_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("velro_authz_decisions_total{outcome=\"allow\""),
+            "{text}"
+        );
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(
+                line.starts_with("velro_authz_"),
+                "unprefixed metric: {line}"
+            );
+        }
+    }
+}

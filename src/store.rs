@@ -1,0 +1,292 @@
+//! Postgres, the source of truth (SPEC §3). One query per fact kind, each
+//! returning domain values; errors say whether they are transient so the
+//! adapters can answer "cannot decide" rather than deny.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::config::DatabaseConfig;
+use crate::model::{
+    ApiKey, Generation, Grantee, Membership, Project, ResourceKind, Role, Session, Share, Team,
+    User,
+};
+
+/// The embedded migrations (`migrations/`), applied by `velro-authz migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A failed store call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection refused, pool timeout, statement timeout: retrying later may work.
+    #[error("postgres unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database answered something we cannot interpret (schema drift).
+    #[error("postgres returned unexpected data: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the caller may retry (it maps to "cannot decide", never to a deny).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Unavailable(other),
+        }
+    }
+}
+
+/// Read access to the authorization tables.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// Connects a pool with the configured bounds; each connection gets a
+/// `statement_timeout` so one slow query cannot hold a decision past its deadline.
+pub fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+    let timeout_ms = config.statement_timeout.as_millis().to_string();
+    let options = PgConnectOptions::from_str(&config.url)?
+        .application_name("velro-authz")
+        .options([("statement_timeout", timeout_ms.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+fn parse<T: FromStr>(text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// Wraps a pool.
+    pub fn new(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// The underlying pool (CLI commands, readiness, pool metrics).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// `users` row by id.
+    pub async fn user(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT status FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(User {
+                id,
+                status: parse(r.try_get::<&str, _>(0)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `teams` row by id (its parent edge).
+    pub async fn team(&self, id: Uuid) -> Result<Option<Team>, StoreError> {
+        let row = sqlx::query("SELECT parent_id FROM teams WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Team {
+                id,
+                parent_id: r.try_get(0)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A user's direct team memberships.
+    pub async fn memberships(&self, user_id: Uuid) -> Result<Vec<Membership>, StoreError> {
+        let rows = sqlx::query("SELECT team_id, role FROM team_members WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Membership {
+                    team_id: r.try_get(0)?,
+                    role: parse(r.try_get::<&str, _>(1)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `projects` row by id.
+    pub async fn project(&self, id: Uuid) -> Result<Option<Project>, StoreError> {
+        let row = sqlx::query("SELECT owner_id, team_id, visibility FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Project {
+                id,
+                owner_id: r.try_get(0)?,
+                team_id: r.try_get(1)?,
+                visibility: parse(r.try_get::<&str, _>(2)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `generations` row by id.
+    pub async fn generation(&self, id: Uuid) -> Result<Option<Generation>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, project_id, parent_id, status FROM generations WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Generation {
+                id,
+                user_id: r.try_get(0)?,
+                project_id: r.try_get(1)?,
+                parent_id: r.try_get(2)?,
+                status: parse(r.try_get::<&str, _>(3)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every share on one resource.
+    pub async fn shares(&self, kind: ResourceKind, id: Uuid) -> Result<Vec<Share>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT grantee_user_id, grantee_team_id, role FROM shares \
+             WHERE resource_kind = $1 AND resource_id = $2",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let user: Option<Uuid> = r.try_get(0)?;
+                let team: Option<Uuid> = r.try_get(1)?;
+                let grantee = match (user, team) {
+                    (Some(u), None) => Grantee::User(u),
+                    (None, Some(t)) => Grantee::Team(t),
+                    _ => {
+                        return Err(StoreError::Corrupt(
+                            "share without exactly one grantee".into(),
+                        ));
+                    }
+                };
+                Ok(Share {
+                    grantee,
+                    role: parse::<Role>(r.try_get::<&str, _>(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// `api_keys` row by the hex SHA-256 of the presented key.
+    pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, user_id, key_hash, scopes, expires_at, revoked_at FROM api_keys \
+             WHERE key_hash = $1",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ApiKey {
+                id: r.try_get(0)?,
+                user_id: r.try_get(1)?,
+                key_hash: r.try_get(2)?,
+                scopes: r.try_get(3)?,
+                expires_at: r.try_get(4)?,
+                revoked_at: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `sessions` row by id (a JWT `sid`).
+    pub async fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT user_id, expires_at, revoked_at FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Session {
+                id,
+                user_id: r.try_get(0)?,
+                expires_at: r.try_get(1)?,
+                revoked_at: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A user id by email, or the id itself when `who` is a UUID (CLI convenience).
+    pub async fn resolve_user(&self, who: &str) -> Result<Option<Uuid>, StoreError> {
+        if let Ok(id) = Uuid::parse_str(who) {
+            return Ok(Some(id));
+        }
+        let row = sqlx::query("SELECT id FROM users WHERE email = $1")
+            .bind(who)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Stores a new API key's hash (the plain key is never stored).
+    pub async fn insert_api_key(
+        &self,
+        user_id: Uuid,
+        key_hash: &str,
+        display_prefix: &str,
+        scopes: Option<&[String]>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Uuid, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO api_keys (user_id, key_hash, display_prefix, scopes, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(key_hash)
+        .bind(display_prefix)
+        .bind(scopes)
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Opens a session for a user (the `token --session` CLI).
+    pub async fn insert_session(
+        &self,
+        user_id: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Uuid, StoreError> {
+        let row =
+            sqlx::query("INSERT INTO sessions (user_id, expires_at) VALUES ($1, $2) RETURNING id")
+                .bind(user_id)
+                .bind(expires_at)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get(0)?)
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests: the real sidecar (gRPC and HTTP sockets on port 0) against
+//! real Postgres. Each test gets its own database from `#[sqlx::test]`, so the
+//! suite runs in parallel; with no reachable Postgres (`DATABASE_URL`) every test
+//! here fails, it never skips.
+
+// Case tables are tuples on purpose: one row per case reads best.
+#![allow(clippy::type_complexity)]
+
+mod integration {
+    pub mod support;
+
+    mod credentials;
+    mod freshness;
+    mod interfaces;
+    mod routes;
+}

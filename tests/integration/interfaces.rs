@@ -1,0 +1,318 @@
+//! The sidecar's other faces through real sockets: gRPC health and reflection
+//! (v1 and v1alpha), the admin service, HTTP health/readiness/metrics, "cannot
+//! decide" as an RPC error, and dry-run mode.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use velro_authz::app::App;
+use velro_authz::grpc::admin_pb::{self, admin_client::AdminClient};
+use velro_authz::metrics::Metrics;
+
+use super::support::{config, demo::*, start, start_with};
+
+async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+macro_rules! list_services {
+    ($module:path, $addr:expr) => {{
+        use $module as reflection;
+        let mut client =
+            reflection::server_reflection_client::ServerReflectionClient::new(channel($addr).await);
+        let request = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = stream
+            .message()
+            .await
+            .expect("message")
+            .expect("one response");
+        match response.message_response {
+            Some(
+                reflection::server_reflection_response::MessageResponse::ListServicesResponse(list),
+            ) => {
+                let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                names.sort();
+                names
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn grpc_health_and_reflection_v1_and_v1alpha_list_our_services(pool: PgPool) {
+    let h = start(pool).await;
+    let mut health = HealthClient::new(channel(h.running.grpc_addr).await);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let expected = [
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "velro.authz.admin.v1.Admin",
+    ];
+    let v1 = list_services!(tonic_reflection::pb::v1, h.running.grpc_addr);
+    let v1alpha = list_services!(tonic_reflection::pb::v1alpha, h.running.grpc_addr);
+    for names in [&v1, &v1alpha] {
+        for service in expected {
+            assert!(
+                names.iter().any(|n| n == service),
+                "{service} missing from {names:?}"
+            );
+        }
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("envoy.service.ratelimit")),
+            "only our services: {names:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn http_healthz_readyz_and_metrics_answer(pool: PgPool) {
+    let h = start(pool).await;
+    let _ = h
+        .check_as(BOB, "GET", &format!("/api/v1/generations/{GEN_BOB}"))
+        .await;
+    let _ = h.check("GET", "/nope", &[]).await;
+    let addr = h.running.http_addr;
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "velro_authz_decisions_total{outcome=\"allow\",reason=\"ok\",status=\"200\"} 1",
+        "velro_authz_decisions_total{outcome=\"deny\",reason=\"no_route\",status=\"404\"} 1",
+        "velro_authz_decision_duration_seconds_bucket{le=\"0.000025\"}",
+        "velro_authz_cache_lookups_total{kind=\"generation\",result=\"miss\",tier=\"l1\"}",
+        "velro_authz_listener_connected 1",
+        "velro_authz_build_info{version=",
+        "velro_authz_db_pool_connections{state=\"idle\"}",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from:\n{body}");
+    }
+    assert!(!body.contains(BOB), "no user id in metrics");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
+    let h = start(pool).await;
+    let mut admin = AdminClient::connect(format!("http://{}", h.running.grpc_addr))
+        .await
+        .expect("connect");
+    let token = format!("Bearer {}", h.token(BOB));
+    let explain = |admin: &mut AdminClient<tonic::transport::Channel>| {
+        let request = admin_pb::ExplainRequest {
+            method: "GET".into(),
+            path: format!("/api/v1/generations/{GEN_GRANDCHILD}"),
+            headers: [("authorization".to_owned(), token.clone())].into(),
+        };
+        let mut admin = admin.clone();
+        async move { admin.explain(request).await.expect("explain").into_inner() }
+    };
+    let first = explain(&mut admin).await;
+    assert!(first.allowed);
+    assert_eq!(first.role, "member");
+    assert_eq!(first.route, "GET /api/v1/generations/{id}");
+    assert!(first.principal.contains(BOB));
+    let kinds: Vec<&str> = first.facts.iter().map(|f| f.kind.as_str()).collect();
+    for kind in [
+        "user",
+        "memberships",
+        "generation",
+        "project",
+        "team",
+        "shares",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert!(
+        first.facts.iter().all(|f| f.source == "postgres"),
+        "cold cache"
+    );
+    let second = explain(&mut admin).await;
+    assert!(
+        second.facts.iter().all(|f| f.source == "l1"),
+        "warm cache: {:?}",
+        second.facts
+    );
+
+    let stats = admin
+        .cache_stats(admin_pb::CacheStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.listener_connected);
+    let epoch = stats.epoch;
+    let flushed = admin
+        .flush(admin_pb::FlushRequest {})
+        .await
+        .expect("flush")
+        .into_inner();
+    assert!(flushed.epoch > epoch);
+    let third = explain(&mut admin).await;
+    assert!(
+        third.facts.iter().all(|f| f.source == "postgres"),
+        "flushed"
+    );
+}
+
+#[tokio::test]
+async fn check_without_reachable_postgres_is_unavailable_never_a_deny() {
+    let mut cfg = config("database:\n  acquire_timeout_ms: 200\n");
+    cfg.database.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
+    let running = App::build(cfg, Metrics::new())
+        .expect("app")
+        .spawn(None)
+        .await
+        .expect("spawn");
+    let mut health = HealthClient::new(channel(running.grpc_addr).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert_eq!(http_get(running.http_addr, "/readyz").await.0, 503);
+
+    let h = super::support::Harness {
+        client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
+            .await
+            .expect("connect"),
+        jwt: velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt"),
+        pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://x@127.0.0.1:1/x").expect("lazy"),
+        running,
+    };
+    // Public routes need no facts: still answered.
+    assert_eq!(h.check("GET", "/health/status", &[]).await.status, 200);
+    // Anything that needs a fact: UNAVAILABLE, so Envoy's failure mode applies.
+    let auth = format!("Bearer {}", h.token(ALICE));
+    let err = h
+        .raw_check(
+            "GET",
+            &format!("/api/v1/generations/{GEN_BOB}"),
+            &[("authorization", &auth)],
+        )
+        .await
+        .expect_err("cannot decide");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(
+        !err.message().contains("127.0.0.1"),
+        "no internal detail: {}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn check_past_deadline_is_deadline_exceeded() {
+    let mut cfg = config("database:\n  acquire_timeout_ms: 5000\ndecision:\n  deadline_ms: 100\n");
+    cfg.database.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
+    let app = App::build(cfg, Metrics::new()).expect("app");
+    let jwt = velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt");
+    let token = jwt
+        .mint(&velro_authz::authn::jwt::MintClaims {
+            subject: ALICE.into(),
+            ttl: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .expect("mint");
+    let auth = format!("Bearer {token}");
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    let req = velro_authz::authz::AuthzRequest {
+        method: "GET",
+        path: &path,
+        authorization: Some(&auth),
+        api_key: None,
+        largest_header: 0,
+    };
+    let started = std::time::Instant::now();
+    let err = app
+        .authorizer
+        .check(&req, None)
+        .await
+        .expect_err("cannot decide");
+    assert!(
+        matches!(err, velro_authz::authz::CheckError::DeadlineExceeded),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        velro_authz::grpc::cannot_decide(&err).code(),
+        tonic::Code::DeadlineExceeded
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn check_dry_run_allows_but_counts_would_be_denies(pool: PgPool) {
+    let h = start_with(pool, config("decision:\n  dry_run: true\n")).await;
+    let a = h
+        .check(
+            "GET",
+            &format!("/api/v1/generations/{GEN_BOB}"),
+            &[("x-velro-user-id", ALICE)],
+        )
+        .await;
+    assert_eq!(a.status, 200, "dry run allows");
+    assert!(
+        !a.headers.contains_key("x-velro-user-id"),
+        "but grants no identity"
+    );
+    assert_eq!(a.headers_to_remove, vec!["x-velro-user-id".to_owned()]);
+    let counted = h
+        .running
+        .metrics
+        .decisions
+        .with_label_values(&["dry_run_allow", "401", "missing_credentials"])
+        .get();
+    assert_eq!(counted, 1);
+}
