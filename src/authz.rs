@@ -304,8 +304,9 @@ impl<S: FactSource> Authorizer<S> {
                 if status != UserStatus::Active {
                     return Ok(deny_policy(DenyReason::UserInactive));
                 }
-                let needs_ops = scope.as_deref() == Some("ops");
-                if needs_ops && !principal.scopes.is_some_and(Scopes::has_ops) {
+                if let Some(scope) = scope
+                    && !scope_grants(principal.scopes, scope)
+                {
                     return Ok(deny_policy(DenyReason::InsufficientScope));
                 }
                 Ok(Outcome::Allow(Some(identity(None))))
@@ -528,6 +529,15 @@ impl<S: FactSource> Authorizer<S> {
                 tracing::warn!(target: "velro_authz::decision", reason = e.reason(), error = %e, "cannot decide");
             }
         }
+    }
+}
+
+/// A route's required scope: `ops` must be granted explicitly; an action name
+/// is granted unless scopes narrow it away.
+fn scope_grants(scopes: Option<Scopes>, scope: &str) -> bool {
+    match scope.parse::<crate::model::Action>() {
+        Ok(action) => scopes.is_none_or(|s| s.allows(action)),
+        Err(_) => scopes.is_some_and(Scopes::has_ops),
     }
 }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property (fuzz) and integration tests against a real
+# Postgres. Starts (installing if needed) a project-local Postgres and Redis
+# unless DATABASE_URL / REDIS_URL already point at running servers.
+#
+# Integration tests never skip: with no reachable Postgres they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/services.sh env)"
+export DATABASE_URL REDIS_URL
+echo "test.sh: DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL" >&2
+
+cargo test --locked --all-targets "$@"
