@@ -1,0 +1,171 @@
+//! Decision latency and throughput, against a real Postgres.
+//!
+//!     scripts/bench.sh            (starts Postgres, runs this in release mode)
+//!
+//! Measures, in one run on one machine:
+//! 1. in-process `Authorizer::check` with every fact in L1 (the hot path);
+//! 2. the same decision with L1 flushed before each call (every fact read from
+//!    Postgres): the baseline the hot path is quoted against;
+//! 3. Checks over the real gRPC socket from concurrent clients: throughput and
+//!    client-observed latency.
+//!
+//! Each run creates and drops its own database, so it never touches real data.
+
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use sqlx::{Connection, PgConnection};
+use velro_authz::app::App;
+use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+use velro_authz::authz::{AuthzRequest, Outcome};
+use velro_authz::config::Config;
+use velro_authz::metrics::Metrics;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const BOB: &str = "10000000-0000-4000-8000-000000000002";
+/// Generation 07: two parent hops, a team project, shares: the deepest demo decision.
+const PATH: &str = "/api/v1/generations/40000000-0000-4000-8000-000000000007";
+
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    format!(
+        "n={:>6}  p50={:>9.1?}  p90={:>9.1?}  p99={:>9.1?}  p99.9={:>9.1?}  max={:>9.1?}",
+        samples.len(),
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999),
+        samples[samples.len() - 1]
+    )
+}
+
+fn p50(samples: &[Duration]) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s[s.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL must be set (scripts/bench.sh sets it)")?;
+    let db = format!("velro_bench_{}", std::process::id());
+    let mut admin = PgConnection::connect(&base).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await?;
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => return Err("DATABASE_URL has no database part".into()),
+    };
+    let result = run(&url).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).execute(&mut admin).await?;
+    result
+}
+
+async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let yaml = "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndecision:\n  allow_log_sample: 0\n";
+    let config = Config::from_yaml(yaml, |k| match k {
+        "DATABASE_URL" => Some(url.to_owned()),
+        "VELRO_AUTHZ_JWT_SECRET" => Some(SECRET.to_owned()),
+        _ => None,
+    })?;
+    let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.join("; "))?;
+    let token = jwt.mint(&MintClaims { subject: BOB.into(), ttl: Duration::from_secs(3600), ..Default::default() })?;
+    let authorization = format!("Bearer {token}");
+    let app = App::build(config, Metrics::new())?;
+    velro_authz::store::MIGRATOR.run(app.store.pool()).await?;
+    velro_authz::demo::seed(app.store.pool()).await?;
+    let authorizer = app.authorizer.clone();
+    let running = app.spawn(None).await?;
+    let mut listener = running.listener.clone();
+    listener.wait_for(|up| *up).await?;
+
+    let req = AuthzRequest {
+        method: "GET",
+        path: PATH,
+        authorization: Some(&authorization),
+        api_key: None,
+        largest_header: authorization.len(),
+    };
+    let decision = authorizer.check(&req, None).await?;
+    assert!(matches!(decision.outcome, Outcome::Allow(Some(_))), "bench decision must be an allow");
+
+    println!("machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n", std::thread::available_parallelism()?);
+
+    // 1. Hot path: every fact and the verified token in L1.
+    for _ in 0..10_000 {
+        authorizer.check(&req, None).await?;
+    }
+    let mut hot = Vec::with_capacity(200_000);
+    for _ in 0..200_000 {
+        let t = Instant::now();
+        authorizer.check(&req, None).await?;
+        hot.push(t.elapsed());
+    }
+    println!("in-process, L1 hot:          {}", percentiles(hot.clone()));
+
+    // 2. Baseline: L1 flushed before every decision, so every fact comes from Postgres.
+    let mut cold = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        authorizer.facts().flush();
+        let t = Instant::now();
+        authorizer.check(&req, None).await?;
+        cold.push(t.elapsed());
+    }
+    println!("in-process, L1 flushed (PG): {}", percentiles(cold.clone()));
+    println!(
+        "hot path p50 is {:.0}x faster than the Postgres path p50\n",
+        p50(&cold).as_secs_f64() / p50(&hot).as_secs_f64()
+    );
+
+    // 3. Over the gRPC socket: C concurrent clients on their own HTTP/2 connections.
+    let endpoint = format!("http://{}", running.grpc_addr);
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: PATH.into(),
+                    headers: [("authorization".to_owned(), authorization.clone())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    for clients in [1usize, 16, 64] {
+        let duration = Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let mut client = AuthorizationClient::connect(endpoint.clone()).await?;
+            let check = check.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let end = Instant::now() + duration;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let r = client.check(check.clone()).await.expect("check rpc");
+                    assert_eq!(r.get_ref().status.as_ref().map(|s| s.code), Some(0));
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await?);
+        }
+        println!(
+            "gRPC, {clients:>2} clients, {:?}: {:>8.0} checks/s  {}",
+            duration,
+            all.len() as f64 / duration.as_secs_f64(),
+            percentiles(all)
+        );
+    }
+    let queries = running.metrics.store_queries_total();
+    println!("\nPostgres fact queries during the run: {queries} (all from the flushed baseline and warm-up)");
+    running.shutdown().await;
+    Ok(())
+}
