@@ -50,16 +50,23 @@ fn p50(samples: &[Duration]) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let base = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL must be set (scripts/bench.sh sets it)")?;
+    let base = std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL must be set (scripts/bench.sh sets it)")?;
     let db = format!("velro_bench_{}", std::process::id());
     let mut admin = PgConnection::connect(&base).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await?;
     let url = match base.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{db}"),
         None => return Err("DATABASE_URL has no database part".into()),
     };
     let result = run(&url).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).execute(&mut admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
     result
 }
 
@@ -71,7 +78,11 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     })?;
     let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.join("; "))?;
-    let token = jwt.mint(&MintClaims { subject: BOB.into(), ttl: Duration::from_secs(3600), ..Default::default() })?;
+    let token = jwt.mint(&MintClaims {
+        subject: BOB.into(),
+        ttl: Duration::from_secs(3600),
+        ..Default::default()
+    })?;
     let authorization = format!("Bearer {token}");
     let app = App::build(config, Metrics::new())?;
     velro_authz::store::MIGRATOR.run(app.store.pool()).await?;
@@ -89,9 +100,15 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         largest_header: authorization.len(),
     };
     let decision = authorizer.check(&req, None).await?;
-    assert!(matches!(decision.outcome, Outcome::Allow(Some(_))), "bench decision must be an allow");
+    assert!(
+        matches!(decision.outcome, Outcome::Allow(Some(_))),
+        "bench decision must be an allow"
+    );
 
-    println!("machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n", std::thread::available_parallelism()?);
+    println!(
+        "machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n",
+        std::thread::available_parallelism()?
+    );
 
     // 1. Hot path: every fact and the verified token in L1.
     for _ in 0..10_000 {
@@ -165,7 +182,9 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let queries = running.metrics.store_queries_total();
-    println!("\nPostgres fact queries during the run: {queries} (all from the flushed baseline and warm-up)");
+    println!(
+        "\nPostgres fact queries during the run: {queries} (all from the flushed baseline and warm-up)"
+    );
     running.shutdown().await;
     Ok(())
 }

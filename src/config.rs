@@ -476,6 +476,22 @@ mod tests {
         assert!(!debug.contains(SECRET), "{debug}");
     }
 
+    proptest::proptest! {
+        /// Whatever the file says, loading it answers Ok or a config error.
+        #[test]
+        fn config_from_arbitrary_yaml_never_panics(text in ".{0,400}") {
+            let _ = Config::from_yaml(&text, env(&[("VELRO_AUTHZ_JWT_SECRET", SECRET)]));
+        }
+
+        #[test]
+        fn config_from_yamlish_text_never_panics(
+            key in "(grpc_addr|database|cache|decision|auth|routes_file|listener|log_format)",
+            value in "[ -~]{0,60}",
+        ) {
+            let _ = Config::from_yaml(&format!("{key}: {value}\n"), env(&[]));
+        }
+    }
+
     #[test]
     fn redact_url_hides_password_only() {
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");

@@ -12,5 +12,6 @@ mod integration {
     mod credentials;
     mod freshness;
     mod interfaces;
+    mod race;
     mod routes;
 }

@@ -556,3 +556,77 @@ async fn check_malformed_paths_are_denied_before_authentication(pool: PgPool) {
         .await;
     assert_eq!(a.status, 200);
 }
+
+/// Random, mostly hostile requests through the socket: every one gets an
+/// answer (never an RPC error, never a crash), and without credentials only the
+/// public routes are ever allowed.
+#[sqlx::test(migrations = "./migrations")]
+async fn check_random_requests_always_answer_and_never_allow_anonymously(pool: PgPool) {
+    use rand::Rng;
+    use rand::seq::IndexedRandom;
+
+    let h = start(pool).await;
+    let mut rng = rand::rng();
+    let methods = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "", "G\u{0}T", "CONNECT",
+    ];
+    let seeds = [
+        format!("/api/v1/generations/{GEN_BOB}"),
+        format!("/api/v1/generations/{GEN_BOB}/share"),
+        format!("/api/v1/projects/{PROJECT_NOTEBOOK}"),
+        format!("/api/v1/teams/{TEAM_ACME}/invite"),
+        "/api/v1/users/profile".to_owned(),
+        "/api/v1/auth/login".to_owned(),
+        "/health/status".to_owned(),
+        "/health/metrics".to_owned(),
+    ];
+    let junk = [
+        "/", "//", "..", ".", "%", "%2f", "%2e", "%00", "?", "#", "\\", "\u{7f}", "é", "{", "}",
+        " ", "%25", "-", "a",
+    ];
+    let public = [
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/health/status",
+    ];
+    for _ in 0..400 {
+        let mut path = seeds.choose(&mut rng).expect("seed").clone();
+        for _ in 0..rng.random_range(0..4) {
+            let at = rng.random_range(0..=path.len());
+            if path.is_char_boundary(at) {
+                path.insert_str(at, junk.choose(&mut rng).expect("junk"));
+            }
+        }
+        let method = *methods.choose(&mut rng).expect("method");
+        let garbage_auth = [
+            "Bearer",
+            "Bearer ",
+            "Bearer a.b.c",
+            "Basic x",
+            ",",
+            "Bearer eyJhbGciOiJub25lIn0.e30.",
+        ];
+        let mut headers = vec![("x-velro-user-id", ALICE)];
+        if rng.random_bool(0.5) {
+            headers.push((
+                "authorization",
+                garbage_auth.choose(&mut rng).expect("auth"),
+            ));
+        }
+        let response = h.raw_check(method, &path, &headers).await;
+        let a = super::support::answer(
+            response.unwrap_or_else(|e| panic!("{method} {path:?}: RPC error {e}")),
+        );
+        if a.status == 200 {
+            let bare = path.split(['?', '#']).next().unwrap_or_default();
+            assert!(
+                public.contains(&bare),
+                "anonymous allow for {method} {path:?}"
+            );
+            assert!(
+                !a.headers.contains_key("x-velro-user-id"),
+                "identity on an anonymous allow"
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The fill/invalidation race against real Postgres and the real LISTEN loop:
+//! a fill reads the old row, the change commits and its notification is
+//! applied, then the fill lands. The next decision must use the new row.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify, watch};
+use velro_authz::authn::jwt::JwtVerifier;
+use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
+use velro_authz::facts::{Fact, FactKey, FactSource, Facts};
+use velro_authz::invalidate;
+use velro_authz::metrics::Metrics;
+use velro_authz::store::{Store, StoreError};
+
+use super::support::{config, demo::*};
+
+/// The real store, with a switch that holds one memberships read after it
+/// returned from Postgres and before the fill completes.
+#[derive(Clone)]
+struct HeldStore(Arc<Held>);
+
+struct Held {
+    store: Store,
+    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+impl FactSource for HeldStore {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        let fact = self.0.store.load(key).await?;
+        if matches!(key, FactKey::Memberships(_)) {
+            let hold = self.0.hold.lock().await.take();
+            if let Some((read, release)) = hold {
+                read.notify_one();
+                release.notified().await;
+            }
+        }
+        Ok(fact)
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool: PgPool) {
+    velro_authz::demo::seed(&pool).await.expect("seed");
+    let cfg = config("");
+    let metrics = Metrics::new();
+    let source = HeldStore(Arc::new(Held {
+        store: Store::new(pool.clone()),
+        hold: Mutex::new(None),
+    }));
+    let facts = Arc::new(Facts::new(source.clone(), &cfg.cache, metrics.clone()));
+    let jwt = JwtVerifier::new(&cfg.jwt).expect("jwt");
+    let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
+    let authorizer = Arc::new(Authorizer::new(
+        cfg.routes.clone(),
+        jwt,
+        facts.clone(),
+        &cfg.cache,
+        cfg.decision,
+        metrics.clone(),
+    ));
+
+    let (connected_tx, mut connected) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
+    let listener = tokio::spawn(invalidate::run(
+        pool.clone(),
+        facts.clone(),
+        metrics.clone(),
+        cfg.listener,
+        connected_tx,
+        stop,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|c| *c))
+        .await
+        .expect("listener")
+        .expect("channel");
+
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    let check = {
+        let authorizer = authorizer.clone();
+        let token = token.clone();
+        let path = path.clone();
+        move || {
+            let authorizer = authorizer.clone();
+            let token = token.clone();
+            let path = path.clone();
+            async move {
+                let req = AuthzRequest {
+                    method: "GET",
+                    path: &path,
+                    authorization: Some(&token),
+                    api_key: None,
+                    largest_header: 0,
+                };
+                authorizer
+                    .check(&req, Some(Duration::from_secs(30)))
+                    .await
+                    .expect("decides")
+                    .outcome
+            }
+        }
+    };
+
+    // 1. A decision starts; its memberships fill reads bob's membership and is held.
+    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *source.0.hold.lock().await = Some((read.clone(), release.clone()));
+    let first = tokio::spawn(check());
+    read.notified().await;
+
+    // 2. The membership is removed in Postgres and the invalidation is applied.
+    let applied = metrics
+        .invalidations
+        .with_label_values(&["team_members"])
+        .get();
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(BOB.parse::<uuid::Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("delete");
+    for _ in 0..1000 {
+        if metrics
+            .invalidations
+            .with_label_values(&["team_members"])
+            .get()
+            > applied
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        metrics
+            .invalidations
+            .with_label_values(&["team_members"])
+            .get()
+            > applied,
+        "invalidation applied"
+    );
+
+    // 3. The held fill lands (with the old row). The decision in flight may use it:
+    //    it started before the change was heard.
+    release.notify_one();
+    let _ = first.await.expect("join");
+
+    // Every decision after the invalidation sees the new truth.
+    for _ in 0..3 {
+        match check().await {
+            Outcome::Deny(d) => assert_eq!((d.status, d.reason), (404, "not_found")),
+            other => panic!("stale allow after the invalidation: {other:?}"),
+        }
+    }
+    stop_tx.send_replace(true);
+    listener.await.expect("listener ends");
+}
