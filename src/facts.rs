@@ -252,6 +252,19 @@ impl Expiry<FactKey, Arc<Entry>> for FactExpiry {
     }
 }
 
+/// A typed accessor: one key variant in, the matching fact variant out.
+macro_rules! typed_fact {
+    ($(#[$doc:meta])* $name:ident($arg:ident: $arg_ty:ty) -> $ret:ty = $variant:ident) => {
+        $(#[$doc])*
+        pub async fn $name(&self, $arg: $arg_ty, trace: &Trace) -> Result<$ret, FactError> {
+            match self.get(FactKey::$variant($arg), trace).await? {
+                Fact::$variant(v) => Ok(v),
+                other => Err(mismatch(stringify!($name), &other)),
+            }
+        }
+    };
+}
+
 /// The L1 fact cache over a source.
 pub struct Facts<S> {
     source: S,
@@ -396,53 +409,34 @@ impl<S: FactSource> Facts<S> {
             .inc();
     }
 
-    /// A user's row.
-    pub async fn user(&self, id: Uuid, trace: &Trace) -> Result<Option<User>, FactError> {
-        match self.get(FactKey::User(id), trace).await? {
-            Fact::User(v) => Ok(v),
-            other => Err(mismatch("user", &other)),
-        }
-    }
-
-    /// A user's direct memberships.
-    pub async fn memberships(
-        &self,
-        user: Uuid,
-        trace: &Trace,
-    ) -> Result<Arc<[Membership]>, FactError> {
-        match self.get(FactKey::Memberships(user), trace).await? {
-            Fact::Memberships(v) => Ok(v),
-            other => Err(mismatch("memberships", &other)),
-        }
-    }
-
-    /// A project's row.
-    pub async fn project(&self, id: Uuid, trace: &Trace) -> Result<Option<Project>, FactError> {
-        match self.get(FactKey::Project(id), trace).await? {
-            Fact::Project(v) => Ok(v),
-            other => Err(mismatch("project", &other)),
-        }
-    }
-
-    /// A generation's row.
-    pub async fn generation(
-        &self,
-        id: Uuid,
-        trace: &Trace,
-    ) -> Result<Option<Generation>, FactError> {
-        match self.get(FactKey::Generation(id), trace).await? {
-            Fact::Generation(v) => Ok(v),
-            other => Err(mismatch("generation", &other)),
-        }
-    }
-
-    /// A team's row.
-    pub async fn team(&self, id: Uuid, trace: &Trace) -> Result<Option<Team>, FactError> {
-        match self.get(FactKey::Team(id), trace).await? {
-            Fact::Team(v) => Ok(v),
-            other => Err(mismatch("team", &other)),
-        }
-    }
+    typed_fact!(
+        /// A user's row.
+        user(id: Uuid) -> Option<User> = User
+    );
+    typed_fact!(
+        /// A user's direct memberships.
+        memberships(user: Uuid) -> Arc<[Membership]> = Memberships
+    );
+    typed_fact!(
+        /// A project's row.
+        project(id: Uuid) -> Option<Project> = Project
+    );
+    typed_fact!(
+        /// A generation's row.
+        generation(id: Uuid) -> Option<Generation> = Generation
+    );
+    typed_fact!(
+        /// A team's row.
+        team(id: Uuid) -> Option<Team> = Team
+    );
+    typed_fact!(
+        /// A session's row.
+        session(id: Uuid) -> Option<Session> = Session
+    );
+    typed_fact!(
+        /// An API key's row, by the hex SHA-256 of the key.
+        api_key(hash: Arc<str>) -> Option<ApiKey> = ApiKey
+    );
 
     /// Shares on a resource.
     pub async fn shares(
@@ -454,26 +448,6 @@ impl<S: FactSource> Facts<S> {
         match self.get(FactKey::Shares(kind, id), trace).await? {
             Fact::Shares(v) => Ok(v),
             other => Err(mismatch("shares", &other)),
-        }
-    }
-
-    /// An API key's row by hash.
-    pub async fn api_key(
-        &self,
-        hash: Arc<str>,
-        trace: &Trace,
-    ) -> Result<Option<ApiKey>, FactError> {
-        match self.get(FactKey::ApiKey(hash), trace).await? {
-            Fact::ApiKey(v) => Ok(v),
-            other => Err(mismatch("api_key", &other)),
-        }
-    }
-
-    /// A session's row.
-    pub async fn session(&self, id: Uuid, trace: &Trace) -> Result<Option<Session>, FactError> {
-        match self.get(FactKey::Session(id), trace).await? {
-            Fact::Session(v) => Ok(v),
-            other => Err(mismatch("session", &other)),
         }
     }
 
