@@ -494,6 +494,14 @@ fn check_entry(
         .as_deref()
         .map(|s| s.iter().filter(|s| **s == Segment::Id).count());
 
+    if matches!(raw.access.as_deref(), Some("public" | "authenticated"))
+        && ids.is_some_and(|n| n > 0)
+    {
+        problems.push(problem(
+            at("path"),
+            "{id} is only allowed with access: resource",
+        ));
+    }
     let mut forbid = |field: &str, value: &Option<String>, access: &str| {
         if value.is_some() {
             problems.push(problem(
@@ -514,23 +522,11 @@ fn check_entry(
             forbid("scope", &raw.scope, "public");
             forbid("resource", &raw.resource, "public");
             forbid("action", &raw.action, "public");
-            if ids.is_some_and(|n| n > 0) {
-                problems.push(problem(
-                    at("path"),
-                    "{id} is only allowed with access: resource",
-                ));
-            }
             Some(Need::Public)
         }
         Some("authenticated") => {
             forbid("resource", &raw.resource, "authenticated");
             forbid("action", &raw.action, "authenticated");
-            if ids.is_some_and(|n| n > 0) {
-                problems.push(problem(
-                    at("path"),
-                    "{id} is only allowed with access: resource",
-                ));
-            }
             match raw.scope {
                 Some(scope) if !SCOPES.contains(&scope.as_str()) => {
                     problems.push(problem(

@@ -41,24 +41,33 @@ fn facts(source: Arc<HeldSource>) -> Arc<Facts<Arc<HeldSource>>> {
     Arc::new(Facts::new(source, &config, Metrics::new()))
 }
 
-#[tokio::test]
-async fn fill_that_raced_with_invalidation_is_never_served() {
+/// A source holding one user row, armed to hold the next read, plus the cache
+/// over it and the two signals: `read` (row read, fill held) and `release`.
+fn armed(status: UserStatus) -> (Arc<HeldSource>, Uuid, Arc<Notify>, Arc<Notify>) {
     let source = Arc::new(HeldSource::default());
     let id = Uuid::new_v4();
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Active);
+    source.rows.lock().expect("lock").insert(id, status);
     let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     *source.hold.lock().expect("lock") = Some((read.clone(), release.clone()));
+    (source, id, read, release)
+}
+
+/// Starts a fill of user `id` in the background.
+fn spawn_fill(
+    facts: &Arc<Facts<Arc<HeldSource>>>,
+    id: Uuid,
+) -> tokio::task::JoinHandle<Result<Option<User>, FactError>> {
+    let facts = facts.clone();
+    tokio::spawn(async move { facts.user(id, &Trace::off()).await })
+}
+
+#[tokio::test]
+async fn fill_that_raced_with_invalidation_is_never_served() {
+    let (source, id, read, release) = armed(UserStatus::Active);
     let facts = facts(source.clone());
 
     // 1. A fill reads the old row (active) and is held before it lands.
-    let filler = {
-        let facts = facts.clone();
-        tokio::spawn(async move { facts.user(id, &Trace::off()).await })
-    };
+    let filler = spawn_fill(&facts, id);
     read.notified().await;
     // 2. The change commits and its invalidation is applied.
     source
@@ -84,21 +93,10 @@ async fn fill_that_raced_with_invalidation_is_never_served() {
 
 #[tokio::test]
 async fn flush_voids_fill_in_flight() {
-    let source = Arc::new(HeldSource::default());
-    let id = Uuid::new_v4();
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Active);
-    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.hold.lock().expect("lock") = Some((read.clone(), release.clone()));
+    let (source, id, read, release) = armed(UserStatus::Active);
     let facts = facts(source.clone());
 
-    let filler = {
-        let facts = facts.clone();
-        tokio::spawn(async move { facts.user(id, &Trace::off()).await })
-    };
+    let filler = spawn_fill(&facts, id);
     read.notified().await;
     source.rows.lock().expect("lock").remove(&id);
     facts.flush();
@@ -128,24 +126,10 @@ async fn cached_fact_is_served_without_a_second_load() {
 
 #[tokio::test]
 async fn concurrent_misses_on_one_key_run_one_load() {
-    let source = Arc::new(HeldSource::default());
-    let id = Uuid::new_v4();
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Active);
-    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.hold.lock().expect("lock") = Some((read.clone(), release.clone()));
+    let (source, id, read, release) = armed(UserStatus::Active);
     let facts = facts(source.clone());
 
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let facts = facts.clone();
-        tasks.push(tokio::spawn(
-            async move { facts.user(id, &Trace::off()).await },
-        ));
-    }
+    let tasks: Vec<_> = (0..32).map(|_| spawn_fill(&facts, id)).collect();
     read.notified().await;
     // Let the other 31 callers reach the in-flight fill before it completes.
     for _ in 0..100 {
