@@ -195,6 +195,19 @@ pub fn deny_body(deny: &Deny, decision_id: &str) -> String {
         .to_string()
 }
 
+/// Headers of a deny answer, in (name, value) form; shared with HTTP adapters:
+/// content type, decision id and, on 401s, the challenge.
+pub fn deny_headers(decision: &Decision, deny: &Deny) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("content-type", "application/json".to_owned()),
+        (DECISION_ID, decision.decision_id.clone()),
+    ];
+    if deny.challenge {
+        out.push(("www-authenticate", challenge(deny)));
+    }
+    out
+}
+
 /// `www-authenticate` for a 401 (RFC 6750).
 pub fn challenge(deny: &Deny) -> String {
     match deny.reason {
@@ -243,13 +256,10 @@ fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
         }
         Outcome::Deny(deny) => {
             metadata.insert("reason".to_owned(), string_value(deny.reason));
-            let mut out_headers = vec![
-                header("content-type", "application/json"),
-                header(DECISION_ID, decision.decision_id.clone()),
-            ];
-            if deny.challenge {
-                out_headers.push(header("www-authenticate", challenge(deny)));
-            }
+            let out_headers = deny_headers(decision, deny)
+                .into_iter()
+                .map(|(k, v)| header(k, v))
+                .collect();
             let grpc_code = match deny.status {
                 400 => code::INVALID_ARGUMENT,
                 401 => code::UNAUTHENTICATED,
