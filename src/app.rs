@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -15,6 +17,8 @@ use crate::facts::Facts;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, router};
 use crate::invalidate;
+use crate::l2::L2;
+use crate::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
@@ -27,6 +31,8 @@ pub struct App {
     pub authorizer: Arc<PgAuthorizer>,
     /// Postgres access.
     pub store: Store,
+    /// The Redis tier, when configured.
+    pub l2: Option<Arc<L2>>,
     /// Exported metrics.
     pub metrics: Metrics,
     config: Config,
@@ -75,18 +81,35 @@ impl App {
     ) -> Result<App, ConfigError> {
         let store = Store::new(pool);
         let jwt = JwtVerifier::new(&config.jwt).map_err(ConfigError)?;
-        let facts = Arc::new(Facts::new(store.clone(), &config.cache, metrics.clone()));
-        let authorizer = Arc::new(Authorizer::new(
+        let l2 = match &config.redis {
+            Some(settings) => {
+                Some(L2::new(settings, metrics.clone()).map_err(|e| ConfigError(vec![e]))?)
+            }
+            None => None,
+        };
+        let facts = Arc::new(Facts::with_tiers(
+            store.clone(),
+            &config.cache,
+            l2.clone(),
+            config.breaker,
+            metrics.clone(),
+        ));
+        let mut authorizer = Authorizer::new(
             config.routes.clone(),
             jwt,
             facts,
             &config.cache,
             config.decision,
             metrics.clone(),
-        ));
+        );
+        if let Some(limit) = config.rate_limit {
+            authorizer =
+                authorizer.with_rate_limiter(RateLimiter::new(limit, l2.clone(), metrics.clone()));
+        }
         Ok(App {
-            authorizer,
+            authorizer: Arc::new(authorizer),
             store,
+            l2,
             metrics,
             config,
         })
@@ -113,8 +136,29 @@ impl App {
             shutdown_rx.clone(),
         )));
 
-        // gRPC health follows the listener: NOT_SERVING until the sidecar hears
-        // every change, and again whenever it goes deaf.
+        if let Some(l2) = &self.l2 {
+            tasks.push(l2.spawn_maintenance(shutdown_rx.clone()));
+        }
+        if self.authorizer.rate_limiter().is_some() {
+            let authorizer = self.authorizer.clone();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    if let Some(limiter) = authorizer.rate_limiter() {
+                        limiter.forget_idle();
+                    }
+                }
+            }));
+        }
+
+        // Started = LISTEN connected once: from then on the sidecar decides, from
+        // cache if it must, through any later outage (SPEC §5). gRPC health is
+        // NOT_SERVING until then; /readyz says what is degraded.
+        let started = Arc::new(AtomicBool::new(false));
         let (reporter, health) = tonic_health::server::health_reporter();
         for service in ["", AUTHORIZATION_SERVICE] {
             reporter
@@ -124,20 +168,17 @@ impl App {
         {
             let mut listener = listener_rx.clone();
             let mut shutdown = shutdown_rx.clone();
+            let started = started.clone();
             tasks.push(tokio::spawn(async move {
-                loop {
-                    let status = if *listener.borrow_and_update() {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    for service in ["", AUTHORIZATION_SERVICE] {
-                        reporter.set_service_status(service, status).await;
-                    }
-                    tokio::select! {
-                        r = listener.changed() => if r.is_err() { return },
-                        _ = shutdown.wait_for(|s| *s) => return,
-                    }
+                tokio::select! {
+                    r = listener.wait_for(|c| *c) => if r.is_err() { return },
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                started.store(true, Ordering::Release);
+                for service in ["", AUTHORIZATION_SERVICE] {
+                    reporter
+                        .set_service_status(service, ServingStatus::Serving)
+                        .await;
                 }
             }));
         }
@@ -171,6 +212,8 @@ impl App {
             listener: listener_rx.clone(),
             pool: self.store.pool().clone(),
             log_dropped,
+            authorizer: self.authorizer.clone(),
+            started,
         };
         let http_server =
             axum::serve(http, router(state)).with_graceful_shutdown(wait_true(shutdown_rx));

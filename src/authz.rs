@@ -13,6 +13,7 @@ use crate::authn::jwt::{JwtVerifier, VerifiedToken};
 use crate::authn::{self, AuthnError, Credential, apikey};
 use crate::config::{CacheConfig, DecisionConfig};
 use crate::facts::{FactError, FactSource, FactUse, Facts, Trace};
+use crate::ratelimit::{LimitKey, RateLimitInfo, RateLimiter};
 use crate::metrics::Metrics;
 use crate::model::{ResourceKind, Role, Scopes, Share, UserStatus};
 use crate::policy::{
@@ -64,6 +65,8 @@ pub struct Principal {
     pub auth: AuthKind,
     /// `None` = no narrowing.
     pub scopes: Option<Scopes>,
+    /// The API key's id, when authenticated by one (rate limiting key).
+    pub api_key_id: Option<Uuid>,
 }
 
 /// Identity handed to the upstream on allow.
@@ -113,6 +116,8 @@ pub struct Decision {
     pub principal: Option<Principal>,
     /// The effective role, on resource routes.
     pub role: Option<Role>,
+    /// The rate limiter's verdict, when one ran (headers on a 429).
+    pub rate_limit: Option<RateLimitInfo>,
 }
 
 /// "Cannot decide": never a deny, never an allow (SPEC §4 step 6).
@@ -151,6 +156,7 @@ struct Steps {
     route: Option<Arc<str>>,
     principal: Option<Principal>,
     role: Option<Role>,
+    rate_limit: Option<RateLimitInfo>,
 }
 
 /// Decides requests.
@@ -161,6 +167,7 @@ pub struct Authorizer<S> {
     /// Verified tokens by SHA-256 of the token; an entry never outlives `exp`.
     tokens: Cache<[u8; 32], Arc<VerifiedToken>>,
     config: DecisionConfig,
+    limiter: Option<RateLimiter>,
     metrics: Metrics,
 }
 
@@ -198,8 +205,20 @@ impl<S: FactSource> Authorizer<S> {
             facts,
             tokens,
             config,
+            limiter: None,
             metrics,
         }
+    }
+
+    /// Enables per-principal rate limiting.
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// The rate limiter, when enabled.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.limiter.as_ref()
     }
 
     /// The fact cache (admin stats, flush).
@@ -226,7 +245,8 @@ impl<S: FactSource> Authorizer<S> {
     ) -> Result<Decision, CheckError> {
         let started = Instant::now();
         let budget = deadline.map_or(self.config.deadline, |d| d.min(self.config.deadline));
-        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off())).await {
+        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
+        {
             Ok(r) => r,
             Err(_) => Err(CheckError::DeadlineExceeded),
         };
@@ -240,16 +260,22 @@ impl<S: FactSource> Authorizer<S> {
     /// Decides one request and reports every fact used. Not for the hot path.
     pub async fn explain(&self, req: &AuthzRequest<'_>) -> Explanation {
         let trace = Trace::recording();
-        let decision = self.decide(req, &trace).await;
+        // Explaining never spends a principal's rate-limit allowance.
+        let decision = self.decide(req, &trace, false).await;
         Explanation {
             decision,
             facts: trace.into_uses(),
         }
     }
 
-    async fn decide(&self, req: &AuthzRequest<'_>, trace: &Trace) -> Result<Decision, CheckError> {
+    async fn decide(
+        &self,
+        req: &AuthzRequest<'_>,
+        trace: &Trace,
+        limit: bool,
+    ) -> Result<Decision, CheckError> {
         let mut steps = Steps::default();
-        let outcome = self.steps(req, trace, &mut steps).await?;
+        let outcome = self.steps(req, trace, limit, &mut steps).await?;
         let (outcome, dry_run_deny) = match outcome {
             Outcome::Deny(deny) if self.config.dry_run => (Outcome::Allow(None), Some(deny)),
             other => (other, None),
@@ -261,6 +287,7 @@ impl<S: FactSource> Authorizer<S> {
             route: steps.route,
             principal: steps.principal,
             role: steps.role,
+            rate_limit: steps.rate_limit,
         })
     }
 
@@ -269,6 +296,7 @@ impl<S: FactSource> Authorizer<S> {
         &self,
         req: &AuthzRequest<'_>,
         trace: &Trace,
+        limit: bool,
         steps: &mut Steps,
     ) -> Result<Outcome, CheckError> {
         if req.largest_header > MAX_HEADER_BYTES {
@@ -289,6 +317,22 @@ impl<S: FactSource> Authorizer<S> {
             Err(e) => return Ok(deny_authn(e)),
         };
         steps.principal = Some(principal);
+        // 2b. Rate limit, per principal, before any more facts are read.
+        if limit && let Some(limiter) = &self.limiter {
+            let key = match principal.api_key_id {
+                Some(id) => LimitKey::ApiKey(id),
+                None => LimitKey::User(principal.user_id),
+            };
+            let verdict = limiter.check(key).await;
+            steps.rate_limit = Some(verdict);
+            if !verdict.allowed {
+                return Ok(Outcome::Deny(Deny {
+                    status: 429,
+                    reason: "rate_limited",
+                    challenge: false,
+                }));
+            }
+        }
         // 3. The principal must be an active user.
         let status = match self.facts.user(principal.user_id, trace).await? {
             Some(user) => user.status,
@@ -360,6 +404,7 @@ impl<S: FactSource> Authorizer<S> {
                     user_id: verified.subject,
                     auth: AuthKind::Jwt,
                     scopes: verified.scopes,
+                    api_key_id: None,
                 }))
             }
             Credential::ApiKey(plain) => {
@@ -380,6 +425,7 @@ impl<S: FactSource> Authorizer<S> {
                         .scopes
                         .as_ref()
                         .map(|s| Scopes::from_tokens(s.iter().map(String::as_str))),
+                    api_key_id: Some(key.id),
                 }))
             }
         }

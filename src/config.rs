@@ -13,6 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::authn::jwt::{JwtConfig, JwtKeyConfig};
+use crate::breaker::BreakerConfig;
+use crate::l2::RedisSettings;
+use crate::ratelimit::RateLimitConfig;
 use crate::routes::RouteTable;
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
@@ -41,6 +44,12 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// `json` (default, for production) or `text` (for humans).
     pub log_format: LogFormat,
+    /// The shared Redis tier; `None` (no `REDIS_URL`) = L1 + Postgres only.
+    pub redis: Option<RedisSettings>,
+    /// Circuit breaker settings, for Postgres and Redis.
+    pub breaker: BreakerConfig,
+    /// Per-principal rate limit; `None` = off.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Postgres connection settings.
@@ -131,6 +140,35 @@ struct FileConfig {
     #[serde(default)]
     listener: FileListener,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    redis: FileRedis,
+    #[serde(default)]
+    breaker: FileBreaker,
+    rate_limit: Option<FileRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    url: Option<String>,
+    key_prefix: Option<String>,
+    timeout_ms: Option<u64>,
+    ttl_secs: Option<u64>,
+    negative_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBreaker {
+    failures: Option<u32>,
+    open_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    per_second: f64,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +366,66 @@ impl Config {
             None => file.log_format.unwrap_or(LogFormat::Json),
         };
 
+        let breaker = BreakerConfig {
+            failures: file.breaker.failures.unwrap_or(5),
+            open_for: ms(file.breaker.open_ms, 1_000),
+        };
+        if breaker.failures == 0 || breaker.open_for.is_zero() {
+            errors.push("breaker.failures / breaker.open_ms: must be at least 1".to_owned());
+        }
+
+        let redis_url = env("REDIS_URL")
+            .or(file.redis.url)
+            .filter(|u| !u.is_empty());
+        let redis = redis_url.map(|url| {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis-cluster://")
+                || url.starts_with("redis-sentinel://"))
+            {
+                errors.push(
+                    "redis.url / REDIS_URL: must be a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"
+                        .to_owned(),
+                );
+            }
+            let settings = RedisSettings {
+                url,
+                key_prefix: env("VELRO_AUTHZ_REDIS_PREFIX")
+                    .or(file.redis.key_prefix)
+                    .unwrap_or_else(|| "velro-authz:".to_owned()),
+                timeout: ms(file.redis.timeout_ms, 100),
+                ttl: Duration::from_secs(file.redis.ttl_secs.unwrap_or(900)),
+                negative_ttl: Duration::from_secs(file.redis.negative_ttl_secs.unwrap_or(30)),
+                breaker,
+            };
+            if settings.timeout.is_zero() {
+                errors.push("redis.timeout_ms: must be at least 1".to_owned());
+            }
+            if settings.ttl.is_zero() || settings.negative_ttl.is_zero() {
+                errors.push(
+                    "redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned(),
+                );
+            }
+            settings
+        });
+
+        let rate_limit = file.rate_limit.map(|r| {
+            let config = RateLimitConfig {
+                per_second: r.per_second,
+                burst: r.burst.unwrap_or_else(|| r.per_second.ceil().clamp(1.0, 1e6) as u32),
+            };
+            if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e6) {
+                errors.push(
+                    "rate_limit.per_second: must be a number above 0 and at most 1000000"
+                        .to_owned(),
+                );
+            }
+            if config.burst == 0 {
+                errors.push("rate_limit.burst: must be at least 1".to_owned());
+            }
+            config
+        });
+
         if !errors.is_empty() {
             return Err(ConfigError(errors));
         }
@@ -342,6 +440,9 @@ impl Config {
             routes_source,
             listener,
             log_format,
+            redis,
+            breaker,
+            rate_limit,
         })
     }
 }

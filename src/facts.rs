@@ -21,7 +21,9 @@ use moka::Expiry;
 use moka::future::Cache;
 use uuid::Uuid;
 
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::config::CacheConfig;
+use crate::l2::{L2, L2Get};
 use crate::metrics::Metrics;
 use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
@@ -50,7 +52,7 @@ pub enum FactKey {
 }
 
 /// A fact's value; `None` / empty is a negative entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Fact {
     User(Option<User>),
     Team(Option<Team>),
@@ -67,6 +69,8 @@ pub enum Fact {
 pub enum Source {
     /// In-process cache hit.
     L1,
+    /// Shared Redis tier hit (this request filled L1 from it).
+    L2,
     /// This request ran the query.
     Postgres,
     /// Another request's in-flight fill answered this one.
@@ -78,6 +82,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::L1 => "l1",
+            Source::L2 => "l2",
             Source::Postgres => "postgres",
             Source::Coalesced => "coalesced",
         }
@@ -200,6 +205,15 @@ impl FactKey {
         }
     }
 
+    /// The key's id part in Redis key names.
+    pub fn redis_id(&self) -> String {
+        match self {
+            FactKey::Shares(kind, id) => format!("{kind}:{id}"),
+            FactKey::ApiKey(hash) => hash.to_string(),
+            other => other.render(),
+        }
+    }
+
     fn bucket(&self) -> usize {
         let mut h = DefaultHasher::new();
         self.hash(&mut h);
@@ -208,7 +222,23 @@ impl FactKey {
 }
 
 impl Fact {
-    fn is_negative(&self) -> bool {
+    /// Whether this is the variant `key` asks for.
+    pub fn matches(&self, key: &FactKey) -> bool {
+        matches!(
+            (key, self),
+            (FactKey::User(_), Fact::User(_))
+                | (FactKey::Team(_), Fact::Team(_))
+                | (FactKey::Memberships(_), Fact::Memberships(_))
+                | (FactKey::Project(_), Fact::Project(_))
+                | (FactKey::Generation(_), Fact::Generation(_))
+                | (FactKey::Shares(..), Fact::Shares(_))
+                | (FactKey::ApiKey(_), Fact::ApiKey(_))
+                | (FactKey::Session(_), Fact::Session(_))
+        )
+    }
+
+    /// A "row not found" entry (shorter TTL).
+    pub fn is_negative(&self) -> bool {
         match self {
             Fact::User(v) => v.is_none(),
             Fact::Team(v) => v.is_none(),
@@ -268,6 +298,11 @@ macro_rules! typed_fact {
 /// The L1 fact cache over a source.
 pub struct Facts<S> {
     source: S,
+    /// The shared Redis tier, when configured.
+    l2: Option<Arc<L2>>,
+    /// Guards the source: an open circuit fails fast instead of queueing on a
+    /// dead pool.
+    breaker: Breaker,
     cache: Cache<FactKey, Arc<Entry>>,
     /// Invalidation counters, one per bucket of keys.
     buckets: Box<[AtomicU64]>,
@@ -281,6 +316,18 @@ pub struct Facts<S> {
 impl<S: FactSource> Facts<S> {
     /// An empty cache bounded by `config`.
     pub fn new(source: S, config: &CacheConfig, metrics: Metrics) -> Facts<S> {
+        Facts::with_tiers(source, config, None, BreakerConfig::default(), metrics)
+    }
+
+    /// An empty cache over `l2` (if any) and `source`, the source guarded by a
+    /// breaker with `breaker` settings.
+    pub fn with_tiers(
+        source: S,
+        config: &CacheConfig,
+        l2: Option<Arc<L2>>,
+        breaker: BreakerConfig,
+        metrics: Metrics,
+    ) -> Facts<S> {
         let cache = Cache::builder()
             .max_capacity(config.max_facts)
             .expire_after(FactExpiry {
@@ -290,6 +337,8 @@ impl<S: FactSource> Facts<S> {
             .build();
         Facts {
             source,
+            l2,
+            breaker: Breaker::new("postgres", breaker, metrics.clone()),
             cache,
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
@@ -303,6 +352,16 @@ impl<S: FactSource> Facts<S> {
         &self.source
     }
 
+    /// The Redis tier, when configured.
+    pub fn l2(&self) -> Option<&Arc<L2>> {
+        self.l2.as_ref()
+    }
+
+    /// The source's circuit breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
     /// Number of cached entries (approximate, for stats).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
@@ -314,16 +373,34 @@ impl<S: FactSource> Facts<S> {
     }
 
     /// Voids one fact: any entry, or in-flight fill, that started before this call
-    /// is never trusted again.
+    /// is never trusted again, here or (when configured) in Redis.
     pub async fn invalidate(&self, key: &FactKey) {
-        let value = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.buckets[key.bucket()].fetch_max(value, Ordering::AcqRel);
-        // Freeing memory only: correctness comes from the bucket stamp.
-        self.cache.invalidate(key).await;
+        self.invalidate_keys(std::slice::from_ref(key)).await;
     }
 
-    /// Voids everything (listener gap, admin flush, TRUNCATE).
+    /// Voids several facts, with one Redis round trip.
+    ///
+    /// Redis first: once L1 is voided the next L1 fill may read L2, which must
+    /// no longer hold the old value (or this sidecar must be distrusting L2).
+    pub async fn invalidate_keys(&self, keys: &[FactKey]) {
+        if let Some(l2) = &self.l2 {
+            l2.invalidate(keys).await;
+        }
+        for key in keys {
+            let value = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.buckets[key.bucket()].fetch_max(value, Ordering::AcqRel);
+            // Freeing memory only: correctness comes from the bucket stamp.
+            self.cache.invalidate(key).await;
+        }
+    }
+
+    /// Voids everything (listener gap, admin flush, TRUNCATE): L1 at once, and
+    /// L2 for everyone through an epoch bump, which this sidecar waits for
+    /// before it trusts L2 again.
     pub fn flush(&self) -> u64 {
+        if let Some(l2) = &self.l2 {
+            l2.mark_dirty();
+        }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cache.invalidate_all();
         epoch
@@ -356,23 +433,20 @@ impl<S: FactSource> Facts<S> {
         self.lookup(kind, "miss");
 
         for _ in 0..MAX_FILL_ATTEMPTS {
-            let ran = std::sync::atomic::AtomicBool::new(false);
+            let filled_from = Mutex::new(None);
             let entry = self
                 .cache
                 .try_get_with(key.clone(), async {
-                    ran.store(true, Ordering::Relaxed);
                     let (stamp, epoch) = self.stamps(&key);
-                    let fact = self.query(&key).await?;
+                    let (fact, source) = self.fill(&key).await?;
+                    *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
                     Ok::<_, FactError>(Arc::new(Entry { fact, stamp, epoch }))
                 })
                 .await
                 .map_err(|e: Arc<FactError>| (*e).clone())?;
             if self.trusted(&key, &entry) {
-                let source = if ran.load(Ordering::Relaxed) {
-                    Source::Postgres
-                } else {
-                    Source::Coalesced
-                };
+                let filled = *filled_from.lock().unwrap_or_else(|p| p.into_inner());
+                let source = filled.unwrap_or(Source::Coalesced);
                 if source == Source::Coalesced {
                     self.lookup(kind, "coalesced");
                 }
@@ -390,22 +464,74 @@ impl<S: FactSource> Facts<S> {
         Ok(fact)
     }
 
+    /// Below L1: Redis when usable, else (or on a Redis miss) Postgres, filling
+    /// Redis on the way up.
+    async fn fill(&self, key: &FactKey) -> Result<(Fact, Source), FactError> {
+        let Some(l2) = &self.l2 else {
+            return Ok((self.query(key).await?, Source::Postgres));
+        };
+        let kind = key.kind();
+        match l2.get(key).await {
+            L2Get::Hit(fact) => {
+                self.count("l2", kind, "hit");
+                Ok((fact, Source::L2))
+            }
+            L2Get::Miss(ticket) => {
+                self.count("l2", kind, "miss");
+                let fact = self.query(key).await?;
+                l2.put(key, ticket, &fact).await;
+                Ok((fact, Source::Postgres))
+            }
+            L2Get::Unavailable => {
+                self.count("l2", kind, "error");
+                Ok((self.query(key).await?, Source::Postgres))
+            }
+        }
+    }
+
     async fn query(&self, key: &FactKey) -> Result<Fact, FactError> {
         let kind = key.kind();
-        self.metrics.store_queries.with_label_values(&[kind]).inc();
-        self.source.load(key).await.map_err(|e| {
+        if !self.breaker.allow() {
             self.metrics.store_errors.with_label_values(&[kind]).inc();
-            FactError {
+            return Err(FactError {
                 kind,
-                message: e.to_string(),
+                message: "postgres circuit open".to_owned(),
+            });
+        }
+        self.metrics.store_queries.with_label_values(&[kind]).inc();
+        // A query abandoned at the decision deadline (a hung connection, a pool
+        // waiting on a dead server) counts as a failure, or the breaker would
+        // never open while every request waits out its deadline.
+        let mut outcome = BreakerReport::new(&self.breaker);
+        match self.source.load(key).await {
+            Ok(fact) => {
+                outcome.success();
+                Ok(fact)
             }
-        })
+            Err(e) => {
+                self.metrics.store_errors.with_label_values(&[kind]).inc();
+                if e.is_transient() {
+                    outcome.failure();
+                } else {
+                    // The database answered: it is up, the query is wrong.
+                    outcome.success();
+                }
+                Err(FactError {
+                    kind,
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 
     fn lookup(&self, kind: &'static str, result: &'static str) {
+        self.count("l1", kind, result);
+    }
+
+    fn count(&self, tier: &'static str, kind: &'static str, result: &'static str) {
         self.metrics
             .cache_lookups
-            .with_label_values(&["l1", kind, result])
+            .with_label_values(&[tier, kind, result])
             .inc();
     }
 
@@ -495,6 +621,40 @@ impl<S: FactSource> Facts<S> {
             }
         }
         Ok(chain)
+    }
+}
+
+/// Reports one call's outcome to a breaker exactly once; dropped unreported
+/// (the call was cancelled) counts as a failure.
+struct BreakerReport<'a> {
+    breaker: &'a Breaker,
+    reported: bool,
+}
+
+impl<'a> BreakerReport<'a> {
+    fn new(breaker: &'a Breaker) -> Self {
+        BreakerReport {
+            breaker,
+            reported: false,
+        }
+    }
+
+    fn success(&mut self) {
+        self.reported = true;
+        self.breaker.success();
+    }
+
+    fn failure(&mut self) {
+        self.reported = true;
+        self.breaker.failure();
+    }
+}
+
+impl Drop for BreakerReport<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.failure();
+        }
     }
 }
 

@@ -196,7 +196,8 @@ pub fn deny_body(deny: &Deny, decision_id: &str) -> String {
 }
 
 /// Headers of a deny answer, in (name, value) form; shared with HTTP adapters:
-/// content type, decision id and, on 401s, the challenge.
+/// content type, decision id, on 401s the challenge, and on 429s `retry-after`
+/// with the `ratelimit-*` headers (IETF draft-ietf-httpapi-ratelimit-headers).
 pub fn deny_headers(decision: &Decision, deny: &Deny) -> Vec<(&'static str, String)> {
     let mut out = vec![
         ("content-type", "application/json".to_owned()),
@@ -204,6 +205,12 @@ pub fn deny_headers(decision: &Decision, deny: &Deny) -> Vec<(&'static str, Stri
     ];
     if deny.challenge {
         out.push(("www-authenticate", challenge(deny)));
+    }
+    if let Some(rl) = decision.rate_limit.filter(|_| deny.status == 429) {
+        out.push(("retry-after", rl.retry_after_secs.to_string()));
+        out.push(("ratelimit-limit", rl.limit.to_string()));
+        out.push(("ratelimit-remaining", rl.remaining.to_string()));
+        out.push(("ratelimit-reset", rl.reset_secs.to_string()));
     }
     out
 }

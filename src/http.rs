@@ -2,6 +2,7 @@
 //! (Prometheus text). Forward-auth endpoints live here too once added.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,6 +12,8 @@ use axum::routing::get;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::app::PgAuthorizer;
+use crate::breaker::CircuitState;
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers read.
@@ -24,6 +27,10 @@ pub struct HttpState {
     pub pool: PgPool,
     /// Dropped log lines, folded into a counter at scrape time.
     pub log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// The decision path (dependency states for readiness).
+    pub authorizer: Arc<PgAuthorizer>,
+    /// True once LISTEN has connected the first time.
+    pub started: Arc<AtomicBool>,
 }
 
 /// The router; tests call it in-process or through a socket.
@@ -35,10 +42,31 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// Ready once the sidecar has heard LISTEN connect: from then on it decides,
+/// from cache if Postgres or Redis is away ("degraded": cached facts answer,
+/// uncached ones fail closed), so the proxy keeps getting answers. 503 only
+/// while starting.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let listener = *state.listener.borrow();
-    let body = serde_json::json!({ "ready": listener, "listener_connected": listener, "postgres": listener });
-    let status = if listener {
+    let facts = state.authorizer.facts();
+    let postgres = listener && facts.breaker().state() == CircuitState::Closed;
+    let redis = facts.l2().map(|l2| l2.up());
+    let started = state.started.load(Ordering::Acquire);
+    let label = if !started {
+        "starting"
+    } else if postgres && redis != Some(false) {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let body = serde_json::json!({
+        "ready": started,
+        "status": label,
+        "postgres": postgres,
+        "redis": redis,
+        "listener_connected": listener,
+    });
+    let status = if started {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

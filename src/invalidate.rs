@@ -115,9 +115,7 @@ pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, inv: Inva
             keys,
             changed_at,
         } => {
-            for key in &keys {
-                facts.invalidate(key).await;
-            }
+            facts.invalidate_keys(&keys).await;
             metrics.invalidations.with_label_values(&[table]).inc();
             if let Some(ts) = changed_at {
                 let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;

@@ -16,7 +16,7 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Decision latency, from request received to answer built.
     pub decision_seconds: Histogram,
-    /// Cache lookups by tier, fact kind and result (hit | miss | coalesced).
+    /// Cache lookups by tier (l1 | l2), fact kind and result (hit | miss | coalesced | error).
     pub cache_lookups: IntCounterVec,
     /// Postgres fact queries by fact kind: proves what a cached Check does not touch.
     pub store_queries: IntCounterVec,
@@ -34,6 +34,14 @@ pub struct Metrics {
     pub listener_reconnects: IntCounter,
     /// 1 when a dependency answered its last call.
     pub dependency_up: IntGaugeVec,
+    /// Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// Circuit breaker transitions by dependency and new state.
+    pub circuit_transitions: IntCounterVec,
+    /// L2 (Redis) fills by result (written | refused: a newer version or epoch won).
+    pub l2_fills: IntCounterVec,
+    /// Requests refused by the rate limiter, by backend (redis | local).
+    pub rate_limited: IntCounterVec,
     /// Pool connections by state (idle | in_use).
     pub db_pool_connections: IntGaugeVec,
     /// Decision log lines dropped because the writer fell behind.
@@ -134,6 +142,38 @@ impl Metrics {
                 &["dependency"],
             )
             .expect("metric"),
+            circuit_state: IntGaugeVec::new(
+                Opts::new(
+                    "velro_authz_circuit_state",
+                    "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["dependency"],
+            )
+            .expect("metric"),
+            circuit_transitions: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_circuit_transitions_total",
+                    "Circuit breaker state changes by dependency and new state.",
+                ),
+                &["dependency", "state"],
+            )
+            .expect("metric"),
+            l2_fills: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_l2_fills_total",
+                    "Redis fills by result: written, or refused because an invalidation or epoch bump won.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_rate_limited_total",
+                    "Requests refused by the rate limiter, by backend.",
+                ),
+                &["backend"],
+            )
+            .expect("metric"),
             db_pool_connections: IntGaugeVec::new(
                 Opts::new(
                     "velro_authz_db_pool_connections",
@@ -167,6 +207,10 @@ impl Metrics {
             Box::new(m.listener_connected.clone()),
             Box::new(m.listener_reconnects.clone()),
             Box::new(m.dependency_up.clone()),
+            Box::new(m.circuit_state.clone()),
+            Box::new(m.circuit_transitions.clone()),
+            Box::new(m.l2_fills.clone()),
+            Box::new(m.rate_limited.clone()),
             Box::new(m.db_pool_connections.clone()),
             Box::new(m.decision_log_dropped.clone()),
             Box::new(m.build_info.clone()),
