@@ -18,8 +18,8 @@ use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR}
 use crate::http::{HttpState, router};
 use crate::invalidate;
 use crate::l2::L2;
-use crate::ratelimit::RateLimiter;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::store::{self, Store};
 
 /// The decision path over Postgres.

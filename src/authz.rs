@@ -13,12 +13,12 @@ use crate::authn::jwt::{JwtVerifier, VerifiedToken};
 use crate::authn::{self, AuthnError, Credential, apikey};
 use crate::config::{CacheConfig, DecisionConfig};
 use crate::facts::{FactError, FactSource, FactUse, Facts, Trace};
-use crate::ratelimit::{LimitKey, RateLimitInfo, RateLimiter};
 use crate::metrics::Metrics;
 use crate::model::{ResourceKind, Role, Scopes, Share, UserStatus};
 use crate::policy::{
     self, DenyReason, GenerationFacts, ProjectFacts, ShareFact, ShareGrantee, Subject, Verdict,
 };
+use crate::ratelimit::{LimitKey, RateLimitInfo, RateLimiter};
 use crate::routes::{Need, RouteError, RouteTable, TargetKind};
 
 /// Largest header value accepted (SPEC §9): larger → 400 `too_large`.

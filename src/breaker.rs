@@ -169,10 +169,9 @@ impl Breaker {
                 open_for_ms = self.config.open_for.as_millis() as u64,
                 "circuit opened: calls fail fast"
             ),
-            CircuitState::HalfOpen => tracing::info!(
-                dependency = self.dependency,
-                "circuit half-open: probing"
-            ),
+            CircuitState::HalfOpen => {
+                tracing::info!(dependency = self.dependency, "circuit half-open: probing")
+            }
             CircuitState::Closed => tracing::info!(
                 dependency = self.dependency,
                 from = from.as_str(),

@@ -412,7 +412,9 @@ impl Config {
         let rate_limit = file.rate_limit.map(|r| {
             let config = RateLimitConfig {
                 per_second: r.per_second,
-                burst: r.burst.unwrap_or_else(|| r.per_second.ceil().clamp(1.0, 1e6) as u32),
+                burst: r
+                    .burst
+                    .unwrap_or_else(|| r.per_second.ceil().clamp(1.0, 1e6) as u32),
             };
             if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e6) {
                 errors.push(

@@ -197,10 +197,7 @@ impl L2 {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| format!("redis.url / REDIS_URL: {}", e.details()))?;
-        metrics
-            .dependency_up
-            .with_label_values(&["redis"])
-            .set(0);
+        metrics.dependency_up.with_label_values(&["redis"]).set(0);
         Ok(Arc::new(L2 {
             client,
             prefix: settings.key_prefix.clone(),
@@ -330,10 +327,11 @@ impl L2 {
         }
         let (entry, version) = self.fact_keys(key);
         let read = self
-            .call(
-                self.client
-                    .mget::<Vec<Option<Vec<u8>>>, _>(vec![entry, version, self.key("epoch")]),
-            )
+            .call(self.client.mget::<Vec<Option<Vec<u8>>>, _>(vec![
+                entry,
+                version,
+                self.key("epoch"),
+            ]))
             .await;
         let Ok(mut values) = read else {
             return L2Get::Unavailable;
@@ -374,7 +372,10 @@ impl L2 {
             (ttl.as_millis() as i64).into(),
         ];
         match self
-            .call(self.fill.evalsha_with_reload::<i64, _, _>(&self.client, keys, args))
+            .call(
+                self.fill
+                    .evalsha_with_reload::<i64, _, _>(&self.client, keys, args),
+            )
             .await
         {
             Ok(1) => self.metrics.l2_fills.with_label_values(&["written"]).inc(),

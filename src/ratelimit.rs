@@ -108,7 +108,10 @@ impl RateLimiter {
                 retry_after_secs: ceil_secs(v.retry_after).max(1),
             };
             if !info.allowed {
-                self.metrics.rate_limited.with_label_values(&["redis"]).inc();
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["redis"])
+                    .inc();
             }
             return info;
         }
@@ -129,7 +132,10 @@ impl RateLimiter {
                 }
             }
             Err(not_until) => {
-                self.metrics.rate_limited.with_label_values(&["local"]).inc();
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["local"])
+                    .inc();
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 RateLimitInfo {
                     allowed: false,
@@ -166,11 +172,7 @@ mod tests {
     fn limiter(per_second: f64, burst: u32) -> (RateLimiter, Metrics) {
         let metrics = Metrics::new();
         (
-            RateLimiter::new(
-                RateLimitConfig { per_second, burst },
-                None,
-                metrics.clone(),
-            ),
+            RateLimiter::new(RateLimitConfig { per_second, burst }, None, metrics.clone()),
             metrics,
         )
     }
@@ -191,10 +193,7 @@ mod tests {
         assert_eq!(denied.limit, 3);
         assert_eq!(denied.remaining, 0);
         assert_eq!(denied.retry_after_secs, 1);
-        assert_eq!(
-            metrics.rate_limited.with_label_values(&["local"]).get(),
-            1
-        );
+        assert_eq!(metrics.rate_limited.with_label_values(&["local"]).get(), 1);
     }
 
     #[tokio::test]
@@ -203,7 +202,10 @@ mod tests {
         let user = Uuid::new_v4();
         assert!(rl.check(LimitKey::User(user)).await.allowed);
         assert!(!rl.check(LimitKey::User(user)).await.allowed);
-        assert!(rl.check(LimitKey::ApiKey(user)).await.allowed, "same uuid, other kind");
+        assert!(
+            rl.check(LimitKey::ApiKey(user)).await.allowed,
+            "same uuid, other kind"
+        );
         assert!(rl.check(LimitKey::User(Uuid::new_v4())).await.allowed);
     }
 

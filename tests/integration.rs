@@ -12,6 +12,8 @@ mod integration {
     mod credentials;
     mod freshness;
     mod interfaces;
+    mod l2;
     mod race;
+    mod ratelimit;
     mod routes;
 }

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -13,7 +12,7 @@ use velro_authz::app::App;
 use velro_authz::grpc::admin_pb::{self, admin_client::AdminClient};
 use velro_authz::metrics::Metrics;
 
-use super::support::{config, demo::*, start, start_with};
+use super::support::{config, demo::*, http_get, start, start_with};
 
 async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -21,23 +20,6 @@ async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
         .connect()
         .await
         .expect("connect")
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 macro_rules! list_services {

@@ -56,6 +56,29 @@ pub fn config(extra_yaml: &str) -> Config {
     Config::from_yaml(&yaml, |k| env.get(k).map(|v| v.to_string())).expect("test config")
 }
 
+/// `REDIS_URL`, which the tests that use Redis require: without it they fail
+/// (scripts/test.sh starts a project-local Redis and sets it).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("REDIS_URL must point at a running Redis (scripts/test.sh sets it)")
+}
+
+/// A `redis:` config section with a key prefix of its own, so tests sharing one
+/// Redis never see each other's keys.
+pub fn redis_yaml(prefix: &str) -> String {
+    format!(
+        "redis:\n  url: {}\n  key_prefix: \"{prefix}\"\n",
+        redis_url()
+    )
+}
+
+/// A fresh, unique key prefix.
+pub fn unique_prefix(test: &str) -> String {
+    format!("t:{test}:{}:", uuid::Uuid::new_v4().simple())
+}
+
 /// A running sidecar plus a connected ext_authz client.
 pub struct Harness {
     pub running: Running,
@@ -75,6 +98,12 @@ pub async fn start_with(pool: PgPool, config: Config) -> Harness {
     velro_authz::demo::seed(&pool)
         .await
         .expect("seed demo data");
+    attach(pool, config).await
+}
+
+/// Starts one more sidecar over an already seeded `pool` (several sidecars,
+/// one database).
+pub async fn attach(pool: PgPool, config: Config) -> Harness {
     let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
     let app = App::with_pool(config, pool.clone(), Metrics::new()).expect("app");
     let running = app.spawn(None).await.expect("spawn");
@@ -255,4 +284,23 @@ pub fn answer(response: CheckResponse) -> Answer {
         }
         other => panic!("unexpected http_response {other:?}"),
     }
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,357 @@
+//! The shared Redis tier (SPEC §5) against real Postgres and real Redis: facts
+//! filled by one sidecar serve another, invalidations reach Redis, a fill that
+//! read an old row cannot write it back after the invalidation, a LISTEN gap
+//! voids what Redis holds, and a dead Redis costs nothing but speed.
+//! Each test uses its own database and its own key prefix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify, watch};
+use uuid::Uuid;
+use velro_authz::authn::jwt::JwtVerifier;
+use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
+use velro_authz::facts::{Fact, FactKey, FactSource, Facts};
+use velro_authz::l2::{L2, L2Get};
+use velro_authz::metrics::Metrics;
+use velro_authz::store::{Store, StoreError};
+
+use super::support::{
+    Harness, attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
+};
+
+async fn redis() -> Client {
+    let client = Client::new(
+        fred::types::config::Config::from_url(&redis_url()).expect("REDIS_URL"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("redis reachable at REDIS_URL");
+    client
+}
+
+fn l2_of(h: &Harness) -> Arc<L2> {
+    h.running
+        .authorizer
+        .facts()
+        .l2()
+        .expect("redis configured")
+        .clone()
+}
+
+/// Waits until each sidecar has bumped the epoch after its start and trusts L2.
+async fn until_usable(sidecars: &[&Harness]) {
+    for h in sidecars {
+        let l2 = l2_of(h);
+        h.eventually(Duration::from_secs(10), || {
+            let l2 = l2.clone();
+            async move { l2.usable() }
+        })
+        .await;
+    }
+}
+
+fn queries(h: &Harness) -> u64 {
+    h.running.metrics.store_queries_total()
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_facts_filled_by_one_sidecar_serve_another_without_postgres(pool: PgPool) {
+    let prefix = unique_prefix("share");
+    let a = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
+    let b = attach(pool, config(&redis_yaml(&prefix))).await;
+    until_usable(&[&a, &b]).await;
+
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    let before = queries(&b);
+    let answer = b.check_as(BOB, "GET", &path).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        queries(&b),
+        before,
+        "every fact B needed came from Redis, none from Postgres"
+    );
+    let text = b.running.metrics.render();
+    assert!(
+        text.contains(
+            r#"velro_authz_cache_lookups_total{kind="memberships",result="hit",tier="l2"} 1"#
+        ),
+        "{text}"
+    );
+    let text = a.running.metrics.render();
+    assert!(
+        text.contains(
+            r#"velro_authz_cache_lookups_total{kind="memberships",result="miss",tier="l2"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"velro_authz_l2_fills_total{result="written"}"#),
+        "{text}"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
+    let prefix = unique_prefix("inval");
+    let a = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
+    let b = attach(pool.clone(), config(&redis_yaml(&prefix))).await;
+    until_usable(&[&a, &b]).await;
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    // Both sidecars hold carol's facts in L1, and Redis holds them too.
+    for h in [&a, &b] {
+        assert_eq!(h.check_as(CAROL, "GET", &path).await.status, 200);
+    }
+    let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
+    assert!(matches!(l2_of(&a).get(&key).await, L2Get::Hit(_)));
+
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(CAROL.parse::<Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("delete");
+    for h in [&a, &b] {
+        h.eventually(Duration::from_secs(1), || async {
+            h.check_as(CAROL, "GET", &path).await.status == 404
+        })
+        .await;
+    }
+    // Redis holds no trusted membership list with the old row.
+    match l2_of(&b).get(&key).await {
+        L2Get::Hit(Fact::Memberships(m)) => assert!(m.is_empty(), "stale entry in Redis: {m:?}"),
+        L2Get::Hit(other) => panic!("wrong fact {other:?}"),
+        L2Get::Miss(_) => {}
+        L2Get::Unavailable => panic!("redis unavailable"),
+    }
+}
+
+/// The real store, holding one memberships read after Postgres answered and
+/// before the fill continues to Redis.
+#[derive(Clone)]
+struct HeldStore(Arc<Held>);
+
+struct Held {
+    store: Store,
+    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+impl FactSource for HeldStore {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        let fact = self.0.store.load(key).await?;
+        if matches!(key, FactKey::Memberships(_)) {
+            let hold = self.0.hold.lock().await.take();
+            if let Some((read, release)) = hold {
+                read.notify_one();
+                release.notified().await;
+            }
+        }
+        Ok(fact)
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPool) {
+    let prefix = unique_prefix("race");
+    let cfg = config(&redis_yaml(&prefix));
+    // B is a normal sidecar: its LISTEN loop applies the invalidation to Redis.
+    let b = start_with(pool.clone(), cfg.clone()).await;
+
+    // A: its own L1 over the held store and the same Redis; no listener of its
+    // own, so only Redis's version check stands between its old row and Redis.
+    let metrics = Metrics::new();
+    let l2 = L2::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("l2");
+    let (stop_tx, stop) = watch::channel(false);
+    let maintenance = l2.spawn_maintenance(stop);
+    let source = HeldStore(Arc::new(Held {
+        store: Store::new(pool.clone()),
+        hold: Mutex::new(None),
+    }));
+    let facts = Arc::new(Facts::with_tiers(
+        source.clone(),
+        &cfg.cache,
+        Some(l2.clone()),
+        cfg.breaker,
+        metrics.clone(),
+    ));
+    // A starts dirty (it may have missed changes); one flush makes it bump.
+    facts.flush();
+    until_usable(&[&b]).await;
+    b.eventually(Duration::from_secs(10), || {
+        let l2 = l2.clone();
+        async move { l2.usable() }
+    })
+    .await;
+    let jwt = JwtVerifier::new(&cfg.jwt).expect("jwt");
+    let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
+    let authorizer = Arc::new(Authorizer::new(
+        cfg.routes.clone(),
+        jwt,
+        facts.clone(),
+        &cfg.cache,
+        cfg.decision,
+        metrics.clone(),
+    ));
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+
+    // 1. A's fill misses Redis (taking the version), reads bob's membership
+    //    from Postgres, and is held there.
+    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *source.0.hold.lock().await = Some((read.clone(), release.clone()));
+    let first = {
+        let authorizer = authorizer.clone();
+        let token = token.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            let req = AuthzRequest {
+                method: "GET",
+                path: &path,
+                authorization: Some(&token),
+                api_key: None,
+                largest_header: 0,
+            };
+            authorizer
+                .check(&req, Some(Duration::from_secs(30)))
+                .await
+                .expect("decides")
+                .outcome
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), read.notified())
+        .await
+        .expect("fill reached Postgres");
+
+    // 2. The membership goes; B hears it and voids it in Redis.
+    let applied = b
+        .running
+        .metrics
+        .invalidations
+        .with_label_values(&["team_members"])
+        .get();
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(BOB.parse::<Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("delete");
+    b.eventually(Duration::from_secs(2), || async {
+        b.running
+            .metrics
+            .invalidations
+            .with_label_values(&["team_members"])
+            .get()
+            > applied
+    })
+    .await;
+
+    // 3. A's fill resumes with the old row and tries to write it to Redis.
+    release.notify_one();
+    let outcome = first.await.expect("join");
+    assert!(
+        matches!(outcome, Outcome::Allow(_)),
+        "the decision in flight started before the change: {outcome:?}"
+    );
+    let raw: Option<Vec<u8>> = redis()
+        .await
+        .get(format!("{prefix}f:memberships:{BOB}"))
+        .await
+        .expect("GET");
+    assert!(raw.is_none(), "no stale entry survives in Redis");
+    assert_eq!(
+        metrics.l2_fills.with_label_values(&["refused"]).get(),
+        1,
+        "the version moved under the fill: Redis refused it"
+    );
+    // And every sidecar reading now sees the new truth.
+    assert_eq!(b.check_as(BOB, "GET", &path).await.status, 404);
+
+    stop_tx.send_replace(true);
+    maintenance.await.expect("maintenance ends");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
+    let prefix = unique_prefix("gap");
+    let a = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
+    let b = attach(pool.clone(), config(&redis_yaml(&prefix))).await;
+    until_usable(&[&a, &b]).await;
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    assert_eq!(a.check_as(CAROL, "GET", &path).await.status, 200);
+    let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
+    assert!(matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)));
+
+    // A change nobody hears: triggers off for this session.
+    let mut conn = pool.acquire().await.expect("conn");
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .expect("replica role");
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(CAROL.parse::<Uuid>().expect("uuid"))
+        .execute(&mut *conn)
+        .await
+        .expect("silent delete");
+    drop(conn);
+    assert!(
+        matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)),
+        "no notification: Redis still holds the old list (the premise)"
+    );
+
+    // A's LISTEN connection drops; on reconnect A bumps the epoch.
+    let reconnects = a.running.metrics.listener_reconnects.get();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .execute(&pool)
+    .await
+    .expect("terminate listeners");
+    a.eventually(Duration::from_secs(5), || async {
+        a.running.metrics.listener_reconnects.get() > reconnects && l2_of(&a).usable()
+    })
+    .await;
+    assert!(
+        !matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)),
+        "entries written before the gap are no longer trusted by anyone"
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_unreachable_redis_costs_nothing_but_speed(pool: PgPool) {
+    // Nothing listens on port 1.
+    let h = start_with(
+        pool,
+        config("redis:\n  url: redis://127.0.0.1:1\n  timeout_ms: 50\nbreaker:\n  failures: 2\n  open_ms: 60000\n"),
+    )
+    .await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    for _ in 0..3 {
+        assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
+        assert_eq!(h.check_as(ERIN, "GET", &path).await.status, 404);
+        h.running.authorizer.facts().flush();
+    }
+    let l2 = l2_of(&h);
+    h.eventually(Duration::from_secs(5), || {
+        let l2 = l2.clone();
+        async move { !l2.up() }
+    })
+    .await;
+    let text = h.running.metrics.render();
+    assert!(
+        text.contains(r#"velro_authz_circuit_state{dependency="redis"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"velro_authz_dependency_up{dependency="redis"} 0"#),
+        "{text}"
+    );
+    let (status, body) = super::support::http_get(h.running.http_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["redis"], false);
+    assert_eq!(body["postgres"], true);
+}
