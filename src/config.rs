@@ -559,6 +559,63 @@ mod tests {
     }
 
     #[test]
+    fn config_redis_is_off_without_url_and_on_with_redis_url() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        let off = Config::from_yaml("", env(&base)).expect("valid");
+        assert!(off.redis.is_none());
+        assert!(off.rate_limit.is_none());
+        let mut with = base.to_vec();
+        with.push(("REDIS_URL", "redis://:hunter2@cache:6379/0"));
+        let on = Config::from_yaml("redis:\n  key_prefix: \"{v}:\"\n", env(&with)).expect("valid");
+        let redis = on.redis.as_ref().expect("redis on");
+        assert_eq!(redis.key_prefix, "{v}:");
+        assert_eq!(redis.timeout, Duration::from_millis(100));
+        assert_eq!(redis.ttl, Duration::from_secs(900));
+        assert_eq!(redis.negative_ttl, Duration::from_secs(30));
+        assert!(!format!("{on:?}").contains("hunter2"), "password redacted");
+    }
+
+    #[test]
+    fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
+        let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
+        let err = Config::from_yaml(
+            yaml,
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for setting in [
+            "redis.url / REDIS_URL",
+            "redis.timeout_ms",
+            "breaker.failures",
+            "rate_limit.per_second",
+            "rate_limit.burst",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
+        let cfg = Config::from_yaml(
+            "rate_limit:\n  per_second: 20.5\n",
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect("valid");
+        let rl = cfg.rate_limit.expect("on");
+        assert_eq!((rl.per_second, rl.burst), (20.5, 21));
+    }
+
+    #[test]
     fn config_unknown_field_is_rejected() {
         let err = Config::from_yaml("grpc_adr: 1.2.3.4:1\n", env(&[])).expect_err("invalid");
         assert!(err.to_string().contains("grpc_adr"), "{err}");

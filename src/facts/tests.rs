@@ -162,3 +162,114 @@ async fn negative_entry_is_cached_until_invalidated() {
     assert!(facts.user(id, &Trace::off()).await.expect("fact").is_some());
     assert_eq!(source.loads.load(Ordering::SeqCst), 2);
 }
+
+/// A source that is down: every read fails like a refused connection.
+#[derive(Default)]
+struct DownSource {
+    up: std::sync::atomic::AtomicBool,
+    loads: AtomicUsize,
+}
+
+impl FactSource for Arc<DownSource> {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if !self.up.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        let FactKey::User(id) = key else {
+            unreachable!("test uses users only")
+        };
+        Ok(Fact::User(Some(User {
+            id: *id,
+            status: UserStatus::Active,
+        })))
+    }
+}
+
+#[tokio::test]
+async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
+    let source = Arc::new(DownSource::default());
+    source.up.store(true, Ordering::SeqCst);
+    let config = CacheConfig {
+        max_facts: 1000,
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(30),
+        max_credentials: 10,
+    };
+    let breaker = BreakerConfig {
+        failures: 3,
+        open_for: Duration::from_millis(50),
+    };
+    let facts = Facts::with_tiers(source.clone(), &config, None, breaker, Metrics::new());
+    let cached = Uuid::new_v4();
+    assert!(
+        facts
+            .user(cached, &Trace::off())
+            .await
+            .expect("up")
+            .is_some()
+    );
+
+    source.up.store(false, Ordering::SeqCst);
+    // Cached: still answered, without touching the source.
+    let loads = source.loads.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert!(
+            facts
+                .user(cached, &Trace::off())
+                .await
+                .expect("cached")
+                .is_some()
+        );
+    }
+    assert_eq!(source.loads.load(Ordering::SeqCst), loads);
+    // Uncached: errors ("cannot decide"), and after 3 the circuit opens and
+    // the source is no longer called at all.
+    for _ in 0..10 {
+        assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_err());
+    }
+    assert_eq!(source.loads.load(Ordering::SeqCst), loads + 3);
+    assert_eq!(facts.breaker().state(), crate::breaker::CircuitState::Open);
+
+    // Back up: after open_for one probe closes the circuit again.
+    source.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(
+        facts
+            .user(Uuid::new_v4(), &Trace::off())
+            .await
+            .expect("probe")
+            .is_some()
+    );
+    assert_eq!(
+        facts.breaker().state(),
+        crate::breaker::CircuitState::Closed
+    );
+    assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_ok());
+}
+
+#[tokio::test]
+async fn abandoned_query_counts_as_a_breaker_failure() {
+    let source = Arc::new(HeldSource::default());
+    let (read, _release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *source.hold.lock().expect("lock") = Some((read.clone(), _release.clone()));
+    let config = CacheConfig {
+        max_facts: 1000,
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(30),
+        max_credentials: 10,
+    };
+    let breaker = BreakerConfig {
+        failures: 1,
+        open_for: Duration::from_secs(60),
+    };
+    let facts = Facts::with_tiers(source, &config, None, breaker, Metrics::new());
+    // The read hangs; the caller's deadline drops it.
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(50),
+        facts.user(Uuid::new_v4(), &Trace::off()),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    assert_eq!(facts.breaker().state(), crate::breaker::CircuitState::Open);
+}
