@@ -71,7 +71,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let yaml = "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndecision:\n  allow_log_sample: 0\n";
+    let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let mut yaml =
+        "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndecision:\n  allow_log_sample: 0\n"
+            .to_owned();
+    if let Some(url) = &redis {
+        yaml.push_str(&format!(
+            "redis:\n  url: {url}\n  key_prefix: \"bench:{}:\"\n",
+            std::process::id()
+        ));
+    }
+    let yaml = yaml.as_str();
     let config = Config::from_yaml(yaml, |k| match k {
         "DATABASE_URL" => Some(url.to_owned()),
         "VELRO_AUTHZ_JWT_SECRET" => Some(SECRET.to_owned()),
@@ -135,6 +145,30 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         "hot path p50 is {:.0}x faster than the Postgres path p50\n",
         p50(&cold).as_secs_f64() / p50(&hot).as_secs_f64()
     );
+
+    // 2b. With Redis: L1 dropped before every decision, facts from the shared tier.
+    if let Some(l2) = authorizer.facts().l2().cloned() {
+        while !l2.usable() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        authorizer.facts().flush_local();
+        authorizer.check(&req, None).await?;
+        let mut warm = Vec::with_capacity(2_000);
+        for _ in 0..2_000 {
+            authorizer.facts().flush_local();
+            let t = Instant::now();
+            authorizer.check(&req, None).await?;
+            warm.push(t.elapsed());
+        }
+        println!(
+            "in-process, L1 flushed (Redis): {}",
+            percentiles(warm.clone())
+        );
+        println!(
+            "Redis path p50 is {:.1}x faster than the Postgres path p50\n",
+            p50(&cold).as_secs_f64() / p50(&warm).as_secs_f64()
+        );
+    }
 
     // 3. Over the gRPC socket: C concurrent clients on their own HTTP/2 connections.
     let endpoint = format!("http://{}", running.grpc_addr);

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/services.sh env)"
-export DATABASE_URL
+export DATABASE_URL REDIS_URL
 cargo bench --locked --bench check

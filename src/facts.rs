@@ -406,6 +406,14 @@ impl<S: FactSource> Facts<S> {
         epoch
     }
 
+    /// Voids L1 only, leaving Redis trusted: a memory release, not a
+    /// freshness tool (benchmarks use it to measure the Redis tier).
+    pub fn flush_local(&self) -> u64 {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cache.invalidate_all();
+        epoch
+    }
+
     fn stamps(&self, key: &FactKey) -> (u64, u64) {
         // Epoch first: a flush between the two loads then voids this stamp too.
         let epoch = self.epoch.load(Ordering::Acquire);
