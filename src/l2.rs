@@ -20,7 +20,10 @@
 //!   ones, so a bumped epoch voids every entry at once, for every sidecar.
 //! - While this sidecar may have missed an invalidation (it is "dirty"), it
 //!   neither reads nor writes L2 until it has bumped the epoch; a bump that
-//!   started before the latest dirtying event does not count.
+//!   started before the latest dirtying event does not count. Dirtying events:
+//!   start-up, a LISTEN gap, a flush, an invalidation that did not reach Redis,
+//!   and every Redis (re)connection (the server may have restarted from an old
+//!   snapshot or failed over to a replica that missed writes).
 //!
 //! Redis trouble never reaches the proxy: every call has a timeout, failures
 //! feed a circuit breaker, and an open circuit means L1 + Postgres.
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
 use fred::types::Value;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
@@ -225,12 +228,24 @@ impl L2 {
     ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Every (re)connection may be to a server that lost writes: a restart
+            // from an old snapshot, a failover to a lagging replica. Entries it
+            // holds may predate invalidations, so each one makes us dirty.
+            let mut reconnects = this.client.reconnect_rx();
+            let mut events_open = true;
             // Reconnects are fred's job from here on.
             let _connection = this.client.connect();
             loop {
                 this.maintain().await;
                 tokio::select! {
                     _ = this.wake.notified() => {}
+                    r = reconnects.recv(), if events_open => match r {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            tracing::info!("redis connected; distrusting L2 until the epoch is bumped");
+                            this.mark_dirty();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => events_open = false,
+                    },
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     _ = stop.changed() => break,
                 }
