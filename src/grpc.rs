@@ -413,6 +413,16 @@ impl<S: FactSource> admin_pb::admin_server::Admin for Admin<S> {
             credential_entries: self.authorizer.credential_entries(),
             epoch: facts.epoch(),
             listener_connected: *self.listener.borrow(),
+            redis_circuit: facts
+                .l2()
+                .map_or("off", |l2| l2.circuit().as_str())
+                .to_owned(),
+            redis_trusted: facts.l2().is_some_and(|l2| l2.usable()),
+            postgres_circuit: facts.breaker().state().as_str().to_owned(),
+            rate_limited_principals: self
+                .authorizer
+                .rate_limiter()
+                .map_or(0, |r| r.tracked() as u64),
         }))
     }
 

@@ -289,6 +289,11 @@ impl L2 {
             && self.breaker.state() == CircuitState::Closed
     }
 
+    /// The breaker's state.
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
     /// True while the circuit is closed (Redis answering).
     pub fn up(&self) -> bool {
         self.breaker.state() == CircuitState::Closed

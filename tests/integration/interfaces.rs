@@ -172,6 +172,13 @@ async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
         .expect("stats")
         .into_inner();
     assert!(stats.listener_connected);
+    assert_eq!(
+        (stats.redis_circuit.as_str(), stats.redis_trusted),
+        ("off", false),
+        "no REDIS_URL: no Redis tier"
+    );
+    assert_eq!(stats.postgres_circuit, "closed");
+    assert_eq!(stats.rate_limited_principals, 0);
     let epoch = stats.epoch;
     let flushed = admin
         .flush(admin_pb::FlushRequest {})
