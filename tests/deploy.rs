@@ -34,6 +34,7 @@ fn validate(script: &str, args: &[&Path]) -> Output {
         .arg(root().join("scripts/validate").join(script))
         .args(args)
         .current_dir(root())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"))
 }
