@@ -9,6 +9,10 @@
 //! Each artifact group has a test that it passes and at least one test that
 //! its validator rejects a deliberately broken copy, naming the broken field:
 //! a validator that accepted everything would fail those.
+//!
+//! One test (`envoy_e2e`) runs the venv's real Envoy with `envoy/envoy.yaml`
+//! in front of the sidecar; like the integration tests it needs Postgres at
+//! `DATABASE_URL` (`scripts/test.sh` provides one) and fails without it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -432,6 +436,278 @@ fn validation_requirements_are_exact_pins() {
         assert!(
             line.contains("==") && !line.contains(['<', '>', '~', '*', ' ']),
             "not an exact pin: {line:?}"
+        );
+    }
+}
+
+// ---- end to end: a real Envoy with envoy/envoy.yaml in front of the sidecar ----
+
+mod envoy_e2e {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use sqlx::PgPool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use velro_authz::app::App;
+    use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+    use velro_authz::config::Config;
+    use velro_authz::metrics::Metrics;
+
+    use super::{Command, root};
+
+    const SECRET: &str = "deploy-e2e-secret-0123456789abcdef0123456789";
+    const ALICE: &str = "10000000-0000-4000-8000-000000000001";
+    const NOTEBOOK: &str = "30000000-0000-4000-8000-000000000001";
+
+    /// Kills Envoy when the test ends, however it ends.
+    struct Envoy(Child);
+
+    impl Drop for Envoy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A free loopback port (bound then released; Envoy binds it right after).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    /// A stand-in app: answers 200 with the x-velro-* request headers it saw.
+    async fn fake_app() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("app addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let seen: String = head
+                        .lines()
+                        .filter(|l| l.starts_with("x-velro-"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{seen}",
+                        seen.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    struct Reply {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    /// One HTTP/1.1 request through Envoy.
+    async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut conn = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to envoy");
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        conn.write_all(req.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+            .await
+            .expect("envoy answers within 10 s")
+            .expect("read");
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+        Reply {
+            status,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// envoy/envoy.yaml with its ports moved to this test's.
+    fn envoy_config(listen: u16, admin: u16, authz: u16, app: u16) -> String {
+        let mut text =
+            std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("read envoy.yaml");
+        for (from, to) in [
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                format!("address: 127.0.0.1, port_value: {listen}"),
+            ),
+            ("port_value: 9901", format!("port_value: {admin}")),
+            ("port_value: 9191", format!("port_value: {authz}")),
+            ("port_value: 8080", format!("port_value: {app}")),
+        ] {
+            assert_eq!(
+                text.matches(from).count(),
+                1,
+                "envoy.yaml: expected one {from:?}"
+            );
+            text = text.replace(from, &to);
+        }
+        text
+    }
+
+    /// Through a real Envoy running the shipped envoy/envoy.yaml: no token is
+    /// 401 from velro-authz, a valid token reaches the app with velro-authz's
+    /// identity headers and none of the client's spoofed ones, the health path
+    /// bypasses the check, and with the sidecar gone Envoy fails closed (503)
+    /// while the health path still works.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn envoy_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
+        let envoy_bin = root().join(".dev/venv/bin/envoy");
+        assert!(
+            envoy_bin.exists(),
+            "{} is missing: run scripts/pyenv.sh",
+            envoy_bin.display()
+        );
+        velro_authz::demo::seed(&pool)
+            .await
+            .expect("seed demo data");
+        let env: HashMap<&str, &str> = HashMap::from([
+            (
+                "DATABASE_URL",
+                "postgres://unused-the-test-pool-is-given@localhost/x",
+            ),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]);
+        let config = Config::from_yaml(
+            "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlog_format: text\n",
+            |k| env.get(k).map(|v| v.to_string()),
+        )
+        .expect("config");
+        let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
+        let running = App::with_pool(config, pool, Metrics::new())
+            .expect("app")
+            .spawn(None)
+            .await
+            .expect("spawn sidecar");
+        let mut up = running.listener.clone();
+        tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
+            .await
+            .expect("LISTEN connects within 10 s")
+            .expect("listener channel");
+
+        let app = fake_app().await;
+        let (listen, admin) = (free_port(), free_port());
+        let dir = super::scratch("envoy-e2e");
+        let cfg = dir.join("envoy.yaml");
+        std::fs::write(
+            &cfg,
+            envoy_config(listen, admin, running.grpc_addr.port(), app.port()),
+        )
+        .expect("write envoy config");
+        let _envoy = Envoy(
+            Command::new(&envoy_bin)
+                .arg("-c")
+                .arg(&cfg)
+                .args(["--disable-hot-restart", "-l", "warning"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start envoy"),
+        );
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", listen)).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "envoy did not listen within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let project = format!("/api/v1/projects/{NOTEBOOK}");
+        let denied = get(listen, &project, &[]).await;
+        assert_eq!(denied.status, 401, "no credentials: {}", denied.headers);
+        assert!(
+            denied.headers.contains("www-authenticate: bearer"),
+            "{}",
+            denied.headers
+        );
+        assert!(
+            !denied.body.contains("x-velro-user-id"),
+            "the app was called: {}",
+            denied.body
+        );
+
+        let token = jwt
+            .mint(&MintClaims {
+                subject: ALICE.to_owned(),
+                ttl: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .expect("mint");
+        let bearer = format!("Bearer {token}");
+        let allowed = get(
+            listen,
+            &project,
+            &[
+                ("authorization", &bearer),
+                ("x-velro-user-id", "spoofed-user"),
+                ("x-velro-admin", "1"),
+            ],
+        )
+        .await;
+        assert_eq!(allowed.status, 200, "{}{}", allowed.headers, allowed.body);
+        assert!(
+            allowed.body.contains(&format!("x-velro-user-id: {ALICE}")),
+            "the app saw: {}",
+            allowed.body
+        );
+        assert!(
+            allowed.body.contains("x-velro-decision-id: "),
+            "{}",
+            allowed.body
+        );
+        assert!(
+            !allowed.body.contains("spoofed-user") && !allowed.body.contains("x-velro-admin"),
+            "a client-sent x-velro-* header reached the app: {}",
+            allowed.body
+        );
+
+        let health = get(listen, "/health/status", &[]).await;
+        assert_eq!(health.status, 200, "{}", health.headers);
+
+        running.shutdown().await;
+        let closed = get(listen, &project, &[("authorization", &bearer)]).await;
+        assert_eq!(
+            closed.status, 503,
+            "sidecar down must fail closed: {}",
+            closed.headers
+        );
+        assert!(
+            closed.body.is_empty() || !closed.body.contains("x-velro-user-id"),
+            "{}",
+            closed.body
+        );
+        let health = get(listen, "/health/status", &[]).await;
+        assert_eq!(
+            health.status, 200,
+            "health bypass with the sidecar down: {}",
+            health.headers
         );
     }
 }
