@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Creates (or confirms) the project-local Python environment .dev/venv with the
+# exact tools in scripts/requirements-validate.txt, which the deployment tests
+# (cargo test --test deploy) run. Idempotent: when the venv already holds this
+# requirements file (same hash, same python3) it returns at once.
+#
+# On a fresh Debian, `python3 -m venv` needs the python3-venv package: it is
+# installed with apt-get (as root, or through sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.dev/venv
+req=scripts/requirements-validate.txt
+stamp=$venv/.requirements.sha256
+
+want=$( { cat "$req"; python3 --version; } | sha256sum | cut -d' ' -f1)
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "pyenv.sh: need root (or sudo) to run: $*" >&2
+        return 1
+    fi
+}
+
+rm -rf "$venv"
+mkdir -p .dev
+if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    echo "pyenv.sh: python3 -m venv failed; installing python3-venv with apt-get" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+fi
+
+start=$(date +%s)
+"$venv/bin/pip" install --disable-pip-version-check --no-input -q -r "$req"
+echo "pyenv.sh: installed $req into $venv in $(( $(date +%s) - start ))s" >&2
+echo "$want" > "$stamp"

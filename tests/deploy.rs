@@ -1,0 +1,719 @@
+//! Deployment artifacts (envoy/, k8s/, kong/, Dockerfile), validated offline.
+//!
+//! The checks are Python scripts in `scripts/validate/`, run with the
+//! project-local virtualenv `.dev/venv` that `scripts/pyenv.sh` creates with
+//! pinned tools (Envoy's API protos and an Envoy binary, kubernetes-validate,
+//! jsonschema, a PromQL parser). `scripts/test.sh` runs `scripts/pyenv.sh`
+//! first; without the venv these tests fail and say so.
+//!
+//! Each artifact group has a test that it passes and at least one test that
+//! its validator rejects a deliberately broken copy, naming the broken field:
+//! a validator that accepted everything would fail those.
+//!
+//! One test (`envoy_e2e`) runs the venv's real Envoy with `envoy/envoy.yaml`
+//! in front of the sidecar; like the integration tests it needs Postgres at
+//! `DATABASE_URL` (`scripts/test.sh` provides one) and fails without it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let py = root().join(".dev/venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/pyenv.sh (scripts/test.sh does) to create the validation \
+         virtualenv",
+        py.display()
+    );
+    py
+}
+
+/// Runs `scripts/validate/<script>` with `args`, from the repository root.
+fn validate(script: &str, args: &[&Path]) -> Output {
+    Command::new(python())
+        .arg(root().join("scripts/validate").join(script))
+        .args(args)
+        .current_dir(root())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn assert_passes(out: &Output, expect_ok: &[&str]) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "validator failed\n--- stdout\n{stdout}--- stderr\n{stderr}"
+    );
+    for ok in expect_ok {
+        assert!(
+            stdout.contains(&format!("ok: {ok}")),
+            "no `ok: {ok}` line\n--- stdout\n{stdout}"
+        );
+    }
+}
+
+#[track_caller]
+fn assert_rejects(out: &Output, names: &[&str]) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "validator accepted a broken file\n--- stdout\n{stdout}--- stderr\n{stderr}"
+    );
+    for name in names {
+        assert!(
+            stderr.contains(name),
+            "the error does not name `{name}`\n--- stderr\n{stderr}"
+        );
+    }
+}
+
+/// A fresh directory for this test's broken copies.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("deploy-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Copies `src` (relative to the repository) to `dst`, replacing `from` with
+/// `to`, which must occur: a mutation that matched nothing would test nothing.
+#[track_caller]
+fn broken_copy(src: &str, dst: &Path, from: &str, to: &str) {
+    let original = std::fs::read_to_string(root().join(src)).expect("read artifact");
+    assert!(
+        original.contains(from),
+        "{src} no longer contains {from:?}: update this test"
+    );
+    std::fs::write(dst, original.replacen(from, to, 1)).expect("write broken copy");
+}
+
+/// Copies every file of directory `src` (relative to the repository) into `dst`.
+fn copy_dir(src: &str, dst: &Path) {
+    for entry in std::fs::read_dir(root().join(src)).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
+// ---- Envoy ----------------------------------------------------------------
+
+#[test]
+fn envoy_configs_pass_proto_envoy_and_policy_checks() {
+    let out = validate(
+        "validate_envoy.py",
+        &[
+            Path::new("envoy/envoy.yaml"),
+            Path::new("envoy/envoy-http.yaml"),
+        ],
+    );
+    assert_passes(&out, &["envoy/envoy.yaml", "envoy/envoy-http.yaml"]);
+}
+
+#[test]
+fn envoy_validator_rejects_an_unknown_field() {
+    let dir = scratch("envoy-field");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "include_peer_certificate: false",
+        "include_peer_certificat: false",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["include_peer_certificat"],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_an_unknown_typed_config_type() {
+    let dir = scratch("envoy-type");
+    let bad = dir.join("envoy-http.yaml");
+    broken_copy(
+        "envoy/envoy-http.yaml",
+        &bad,
+        "ext_authz.v3.ExtAuthz\n",
+        "ext_authz.v3.ExtAuthzz\n",
+    );
+    assert_rejects(&validate("validate_envoy.py", &[&bad]), &["ExtAuthzz"]);
+}
+
+#[test]
+fn envoy_validator_rejects_failing_open() {
+    let dir = scratch("envoy-open");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "failure_mode_allow: false",
+        "failure_mode_allow: true",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["failure_mode_allow"],
+    );
+}
+
+/// A value the protos accept but Envoy does not: proves `envoy --mode validate` runs.
+#[test]
+fn envoy_validator_runs_envoy_itself() {
+    let dir = scratch("envoy-binary");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "      connect_timeout: 0.25s",
+        "      connect_timeout: -1s",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["envoy --mode validate", "positive duration"],
+    );
+}
+
+// ---- Istio and Kuma / Kong Mesh ---------------------------------------------
+
+#[test]
+fn istio_and_kuma_snippets_validate() {
+    assert_passes(
+        &validate("validate_mesh.py", &[]),
+        &["envoy/istio", "envoy/kuma/meshproxypatch.yaml"],
+    );
+}
+
+#[test]
+fn mesh_validator_rejects_an_unknown_field_in_the_embedded_envoy_filter() {
+    let dir = scratch("kuma-field");
+    copy_dir("envoy/kuma", &dir);
+    broken_copy(
+        "envoy/kuma/meshproxypatch.yaml",
+        &dir.join("meshproxypatch.yaml"),
+        "failureModeAllow: false",
+        "failureModeAlow: false",
+    );
+    let kuma = dir.to_string_lossy().into_owned();
+    let out = validate("validate_mesh.py", &[Path::new("--kuma"), Path::new(&kuma)]);
+    assert_rejects(&out, &["failureModeAlow", "ExtAuthz"]);
+}
+
+#[test]
+fn mesh_validator_rejects_an_istio_provider_that_fails_open() {
+    let dir = scratch("istio-open");
+    copy_dir("envoy/istio", &dir);
+    broken_copy(
+        "envoy/istio/mesh-config.yaml",
+        &dir.join("mesh-config.yaml"),
+        "failOpen: false",
+        "failOpen: true",
+    );
+    let istio = dir.to_string_lossy().into_owned();
+    let out = validate(
+        "validate_mesh.py",
+        &[Path::new("--istio"), Path::new(&istio)],
+    );
+    assert_rejects(&out, &["failOpen"]);
+}
+
+#[test]
+fn mesh_validator_rejects_an_unknown_istio_field() {
+    let dir = scratch("istio-field");
+    copy_dir("envoy/istio", &dir);
+    broken_copy(
+        "envoy/istio/authorization-policy.yaml",
+        &dir.join("authorization-policy.yaml"),
+        "notPaths:",
+        "notPath:",
+    );
+    let istio = dir.to_string_lossy().into_owned();
+    let out = validate(
+        "validate_mesh.py",
+        &[Path::new("--istio"), Path::new(&istio)],
+    );
+    assert_rejects(&out, &["notPath"]);
+}
+
+// ---- Kong -----------------------------------------------------------------
+
+#[test]
+fn kong_declarative_config_validates() {
+    assert_passes(&validate("validate_kong.py", &[]), &["kong/kong.yaml"]);
+}
+
+#[test]
+fn kong_validator_rejects_an_unknown_opa_field() {
+    let dir = scratch("kong-field");
+    let bad = dir.join("kong.yaml");
+    broken_copy(
+        "kong/kong.yaml",
+        &bad,
+        "include_route_in_opa_input",
+        "include_routes_in_opa_input",
+    );
+    assert_rejects(
+        &validate("validate_kong.py", &[&bad]),
+        &["include_routes_in_opa_input"],
+    );
+}
+
+#[test]
+fn kong_validator_rejects_a_config_that_lets_spoofed_identity_headers_through() {
+    let dir = scratch("kong-spoof");
+    let bad = dir.join("kong.yaml");
+    broken_copy("kong/kong.yaml", &bad, "\"x-velro-role\", ", "");
+    assert_rejects(&validate("validate_kong.py", &[&bad]), &["x-velro-role"]);
+}
+
+// ---- Kubernetes -------------------------------------------------------------
+
+#[test]
+fn k8s_manifests_validate() {
+    assert_passes(&validate("validate_k8s.py", &[]), &["k8s"]);
+}
+
+#[test]
+fn k8s_validator_rejects_an_unknown_field() {
+    let dir = scratch("k8s-field");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/deployment.yaml",
+        &dir.join("deployment.yaml"),
+        "allowPrivilegeEscalation: false",
+        "allowPrivilegeEscalaton: false",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["allowPrivilegeEscalaton", "Kubernetes 1.30.0"]);
+}
+
+#[test]
+fn k8s_validator_rejects_an_unknown_servicemonitor_field_and_metric() {
+    let dir = scratch("k8s-crd");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/servicemonitor.yaml",
+        &dir.join("servicemonitor.yaml"),
+        "scrapeTimeout:",
+        "scrapeTimout:",
+    );
+    broken_copy(
+        "k8s/prometheusrule.yaml",
+        &dir.join("prometheusrule.yaml"),
+        "velro_authz_listener_connected == 0",
+        "velro_authz_listener_conected == 0",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["scrapeTimout", "velro_authz_listener_conected"]);
+}
+
+#[test]
+fn k8s_validator_rejects_a_drifted_envoy_copy() {
+    let dir = scratch("k8s-drift");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/envoy.yaml",
+        &dir.join("envoy.yaml"),
+        "timeout: 0.25s",
+        "timeout: 0.5s",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["envoy.yaml", "differs from envoy/envoy.yaml"]);
+}
+
+/// A real `kustomize build` (kubectl's built-in kustomize), whose output is
+/// then validated object by object.
+#[test]
+fn k8s_kustomize_build_output_validates() {
+    let built = Command::new("kubectl")
+        .args(["kustomize", "k8s"])
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run kubectl ({e}): install kubectl (it bundles kustomize) to run this test"
+            )
+        });
+    assert!(
+        built.status.success(),
+        "kubectl kustomize k8s failed:\n{}",
+        text(&built.stderr)
+    );
+    let file = scratch("k8s-build").join("rendered.yaml");
+    std::fs::write(&file, &built.stdout).expect("write rendered manifests");
+    let out = validate("validate_k8s.py", &[Path::new("--rendered"), &file]);
+    assert_passes(&out, &[&file.to_string_lossy()]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("Deployment") && stdout.contains("PrometheusRule"),
+        "{stdout}"
+    );
+}
+
+/// The sidecar's own config loader accepts k8s/config.yaml with the
+/// environment the Deployment gives it.
+#[test]
+fn k8s_sidecar_config_loads_with_the_real_config_loader() {
+    let out = Command::new(env!("CARGO_BIN_EXE_velro-authz"))
+        .args(["validate", "--config", "k8s/config.yaml"])
+        .current_dir(root())
+        .env("DATABASE_URL", "postgres://velro_authz@127.0.0.1:1/velro")
+        .env(
+            "VELRO_AUTHZ_JWT_SECRET",
+            "deploy-test-secret-0123456789abcdef0123456789abcdef",
+        )
+        // The file names the in-pod path of the routes ConfigMap; here, its source.
+        .env("VELRO_AUTHZ_ROUTES_FILE", "k8s/routes.yaml")
+        .env_remove("REDIS_URL")
+        .env_remove("VELRO_AUTHZ_CONFIG")
+        .env_remove("VELRO_AUTHZ_GRPC_ADDR")
+        .env_remove("VELRO_AUTHZ_HTTP_ADDR")
+        .env_remove("VELRO_AUTHZ_LOG_FORMAT")
+        .env_remove("VELRO_AUTHZ_DRY_RUN")
+        .output()
+        .expect("run velro-authz validate");
+    assert!(
+        out.status.success(),
+        "velro-authz validate rejected k8s/config.yaml:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("configuration OK"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+// ---- Dockerfile -------------------------------------------------------------
+
+#[test]
+fn dockerfile_static_checks() {
+    assert_passes(
+        &validate("validate_dockerfile.py", &[]),
+        &["Dockerfile and .dockerignore"],
+    );
+}
+
+#[test]
+fn dockerfile_validator_rejects_a_root_runtime_user() {
+    let dir = scratch("docker-root");
+    let bad = dir.join("Dockerfile");
+    broken_copy("Dockerfile", &bad, "USER 65532:65532", "USER root");
+    let ignore = root().join(".dockerignore");
+    assert_rejects(
+        &validate("validate_dockerfile.py", &[&bad, &ignore]),
+        &["USER", "'root'"],
+    );
+}
+
+// ---- the validation environment itself --------------------------------------
+
+#[test]
+fn validation_requirements_are_exact_pins() {
+    let req = std::fs::read_to_string(root().join("scripts/requirements-validate.txt"))
+        .expect("read requirements");
+    let pins: Vec<&str> = req
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(pins.len() >= 5, "too few requirements: {pins:?}");
+    for line in pins {
+        assert!(
+            line.contains("==") && !line.contains(['<', '>', '~', '*', ' ']),
+            "not an exact pin: {line:?}"
+        );
+    }
+}
+
+// ---- end to end: a real Envoy with envoy/envoy.yaml in front of the sidecar ----
+
+mod envoy_e2e {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use sqlx::PgPool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use velro_authz::app::App;
+    use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+    use velro_authz::config::Config;
+    use velro_authz::metrics::Metrics;
+
+    use super::{Command, root};
+
+    const SECRET: &str = "deploy-e2e-secret-0123456789abcdef0123456789";
+    const ALICE: &str = "10000000-0000-4000-8000-000000000001";
+    const NOTEBOOK: &str = "30000000-0000-4000-8000-000000000001";
+
+    /// Kills Envoy when the test ends, however it ends.
+    struct Envoy(Child);
+
+    impl Drop for Envoy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A free loopback port (bound then released; Envoy binds it right after).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    /// A stand-in app: answers 200 with the x-velro-* request headers it saw.
+    async fn fake_app() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("app addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let seen: String = head
+                        .lines()
+                        .filter(|l| l.starts_with("x-velro-"))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{seen}",
+                        seen.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    struct Reply {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    /// One HTTP/1.1 request through Envoy.
+    async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut conn = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to envoy");
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        conn.write_all(req.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
+            .await
+            .expect("envoy answers within 10 s")
+            .expect("read");
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+        Reply {
+            status,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// envoy/envoy.yaml with its ports moved to this test's.
+    fn envoy_config(listen: u16, admin: u16, authz: u16, app: u16) -> String {
+        let mut text =
+            std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("read envoy.yaml");
+        for (from, to) in [
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                format!("address: 127.0.0.1, port_value: {listen}"),
+            ),
+            ("port_value: 9901", format!("port_value: {admin}")),
+            ("port_value: 9191", format!("port_value: {authz}")),
+            ("port_value: 8080", format!("port_value: {app}")),
+            // A debug build deciding cold while other tests load both cores can
+            // pass 250 ms; this test is about behaviour, not latency.
+            (
+                "\n                        timeout: 0.25s",
+                "\n                        timeout: 5s".to_owned(),
+            ),
+        ] {
+            assert_eq!(
+                text.matches(from).count(),
+                1,
+                "envoy.yaml: expected one {from:?}"
+            );
+            text = text.replace(from, &to);
+        }
+        text
+    }
+
+    /// Through a real Envoy running the shipped envoy/envoy.yaml: no token is
+    /// 401 from velro-authz, a valid token reaches the app with velro-authz's
+    /// identity headers and none of the client's spoofed ones, the health path
+    /// bypasses the check, and with the sidecar gone Envoy fails closed (503)
+    /// while the health path still works.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn envoy_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
+        let envoy_bin = root().join(".dev/venv/bin/envoy");
+        assert!(
+            envoy_bin.exists(),
+            "{} is missing: run scripts/pyenv.sh",
+            envoy_bin.display()
+        );
+        velro_authz::demo::seed(&pool)
+            .await
+            .expect("seed demo data");
+        let env: HashMap<&str, &str> = HashMap::from([
+            (
+                "DATABASE_URL",
+                "postgres://unused-the-test-pool-is-given@localhost/x",
+            ),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]);
+        let config = Config::from_yaml(
+            "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlog_format: text\n",
+            |k| env.get(k).map(|v| v.to_string()),
+        )
+        .expect("config");
+        let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
+        let running = App::with_pool(config, pool, Metrics::new())
+            .expect("app")
+            .spawn(None)
+            .await
+            .expect("spawn sidecar");
+        let mut up = running.listener.clone();
+        tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
+            .await
+            .expect("LISTEN connects within 10 s")
+            .expect("listener channel");
+
+        let app = fake_app().await;
+        let (listen, admin) = (free_port(), free_port());
+        let dir = super::scratch("envoy-e2e");
+        let cfg = dir.join("envoy.yaml");
+        std::fs::write(
+            &cfg,
+            envoy_config(listen, admin, running.grpc_addr.port(), app.port()),
+        )
+        .expect("write envoy config");
+        let _envoy = Envoy(
+            Command::new(&envoy_bin)
+                .arg("-c")
+                .arg(&cfg)
+                .args(["--disable-hot-restart", "-l", "warning"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start envoy"),
+        );
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", listen)).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "envoy did not listen within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let project = format!("/api/v1/projects/{NOTEBOOK}");
+        let denied = get(listen, &project, &[]).await;
+        assert_eq!(denied.status, 401, "no credentials: {}", denied.headers);
+        assert!(
+            denied.headers.contains("www-authenticate: bearer"),
+            "{}",
+            denied.headers
+        );
+        assert!(
+            !denied.body.contains("x-velro-user-id"),
+            "the app was called: {}",
+            denied.body
+        );
+
+        let token = jwt
+            .mint(&MintClaims {
+                subject: ALICE.to_owned(),
+                ttl: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .expect("mint");
+        let bearer = format!("Bearer {token}");
+        let allowed = get(
+            listen,
+            &project,
+            &[
+                ("authorization", &bearer),
+                ("x-velro-user-id", "spoofed-user"),
+                ("x-velro-admin", "1"),
+            ],
+        )
+        .await;
+        assert_eq!(allowed.status, 200, "{}{}", allowed.headers, allowed.body);
+        assert!(
+            allowed.body.contains(&format!("x-velro-user-id: {ALICE}")),
+            "the app saw: {}",
+            allowed.body
+        );
+        assert!(
+            allowed.body.contains("x-velro-decision-id: "),
+            "{}",
+            allowed.body
+        );
+        assert!(
+            !allowed.body.contains("spoofed-user") && !allowed.body.contains("x-velro-admin"),
+            "a client-sent x-velro-* header reached the app: {}",
+            allowed.body
+        );
+
+        let health = get(listen, "/health/status", &[]).await;
+        assert_eq!(health.status, 200, "{}", health.headers);
+
+        running.shutdown().await;
+        let closed = get(listen, &project, &[("authorization", &bearer)]).await;
+        assert_eq!(
+            closed.status, 503,
+            "sidecar down must fail closed: {}",
+            closed.headers
+        );
+        assert!(
+            closed.body.is_empty() || !closed.body.contains("x-velro-user-id"),
+            "{}",
+            closed.body
+        );
+        let health = get(listen, "/health/status", &[]).await;
+        assert_eq!(
+            health.status, 200,
+            "health bypass with the sidecar down: {}",
+            health.headers
+        );
+    }
+}
