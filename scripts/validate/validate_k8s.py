@@ -36,9 +36,6 @@ from common import ROOT, Report, load_schema, load_yaml_docs, read, rel, schema_
 # Oldest Kubernetes minor still commonly run, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ["1.30.0", "1.37.0"]
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-# Metrics the alerts may name before src/metrics.rs exports them (being added
-# on another branch: SPEC §7 "circuit state"). Listed here, not guessed.
-PENDING_METRICS = {"velro_authz_circuit_state"}
 USER_SECRET = "velro-authz"
 
 
@@ -85,7 +82,7 @@ def exported_metrics():
 def check_rules(r, path, doc):
     import promql_parser
 
-    metrics = exported_metrics() | PENDING_METRICS
+    metrics = exported_metrics()
     for gi, g in enumerate(doc["spec"].get("groups", [])):
         for ri, rule in enumerate(g.get("rules", [])):
             w = f"PrometheusRule.spec.groups[{gi}].rules[{ri}]({rule.get('alert') or rule.get('record')})"
@@ -150,7 +147,7 @@ def check_source(r, d):
         r.error(kpath, "yaml", str(e))
         return
     for key in k:
-        r.check(key in {"apiVersion", "kind", "labels", "resources", "configMapGenerator", "images", "namespace"},
+        r.check(key in {"apiVersion", "kind", "labels", "resources", "generatorOptions", "configMapGenerator", "images", "namespace"},
                 kpath, key, "unexpected kustomization field (extend the validator if it is intended)")
     resources = k.get("resources", [])
     r.check("secret.example.yaml" not in resources, kpath, "resources",
