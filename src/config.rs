@@ -224,17 +224,33 @@ impl Config {
         Config::from_yaml(&text, env)
     }
 
+    /// Only the database settings, for `migrate`: a migration Job needs no
+    /// JWT keys, routes or Redis.
+    pub fn load_database(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DatabaseConfig, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        let file = parse_file(&text)?;
+        let mut errors = Vec::new();
+        let database = database(file.database, &env, &mut errors);
+        if errors.is_empty() {
+            Ok(database)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
     /// Parses YAML text (empty = all defaults) plus environment overrides.
     pub fn from_yaml(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let file: FileConfig = if text.trim().is_empty() {
-            FileConfig::default()
-        } else {
-            serde_saphyr::from_str(text)
-                .map_err(|e| ConfigError(vec![format!("config file: {e}")]))?
-        };
+        let file = parse_file(text)?;
         let mut errors = Vec::new();
 
         let grpc_addr = addr(
@@ -250,24 +266,7 @@ impl Config {
             &mut errors,
         );
 
-        let url = env("DATABASE_URL")
-            .or(file.database.url)
-            .unwrap_or_default();
-        if url.is_empty() {
-            errors.push("database.url / DATABASE_URL: required".to_owned());
-        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            errors.push("database.url / DATABASE_URL: must be a postgres:// URL".to_owned());
-        }
-        let max_connections = file.database.max_connections.unwrap_or(16);
-        if max_connections == 0 {
-            errors.push("database.max_connections: must be at least 1".to_owned());
-        }
-        let database = DatabaseConfig {
-            url,
-            max_connections,
-            acquire_timeout: ms(file.database.acquire_timeout_ms, 2_000),
-            statement_timeout: ms(file.database.statement_timeout_ms, 2_000),
-        };
+        let database = database(file.database, &env, &mut errors);
 
         let cache = CacheConfig {
             max_facts: file.cache.max_facts.unwrap_or(200_000),
@@ -449,6 +448,36 @@ impl Config {
     }
 }
 
+fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(text).map_err(|e| ConfigError(vec![format!("config file: {e}")]))
+}
+
+fn database(
+    file: FileDatabase,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> DatabaseConfig {
+    let url = env("DATABASE_URL").or(file.url).unwrap_or_default();
+    if url.is_empty() {
+        errors.push("database.url / DATABASE_URL: required".to_owned());
+    } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        errors.push("database.url / DATABASE_URL: must be a postgres:// URL".to_owned());
+    }
+    let max_connections = file.max_connections.unwrap_or(16);
+    if max_connections == 0 {
+        errors.push("database.max_connections: must be at least 1".to_owned());
+    }
+    DatabaseConfig {
+        url,
+        max_connections,
+        acquire_timeout: ms(file.acquire_timeout_ms, 2_000),
+        statement_timeout: ms(file.statement_timeout_ms, 2_000),
+    }
+}
+
 /// With no `auth.jwt` section: HS256 with issuer/audience `velro`, the secret
 /// coming from `VELRO_AUTHZ_JWT_SECRET` (validation fails if it is not set).
 fn dev_jwt_defaults() -> JwtConfig {
@@ -613,6 +642,15 @@ mod tests {
         .expect("valid");
         let rl = cfg.rate_limit.expect("on");
         assert_eq!((rl.per_second, rl.burst), (20.5, 21));
+    }
+
+    #[test]
+    fn config_load_database_needs_no_jwt_secret() {
+        let db = Config::load_database(None, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect("migrate needs only the database");
+        assert_eq!(db.url, "postgres://x@h/db");
+        let err = Config::load_database(None, env(&[])).expect_err("no url");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
     }
 
     #[test]

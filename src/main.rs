@@ -93,6 +93,9 @@ enum ApikeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Migrate = cli.command {
+        return migrate(cli.config.as_deref());
+    }
     let config = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -119,6 +122,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// `migrate` reads only the database settings: a migration Job needs no JWT
+/// keys, routes or Redis.
+fn migrate(path: Option<&std::path::Path>) -> ExitCode {
+    let database = match Config::load_database(path, |k| std::env::var(k).ok()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("velro-authz: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("velro-authz: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let pool = store::connect(&database)?;
+        MIGRATOR.run(&pool).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => {
+            println!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("velro-authz: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await,
@@ -126,12 +166,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("configuration OK ({:?})", config.routes_source);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
-            let pool = store::connect(&config.database)?;
-            MIGRATOR.run(&pool).await?;
-            println!("migrations applied");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Migrate => unreachable!("handled before the full config is loaded"),
         Command::SeedDemo => {
             let pool = store::connect(&config.database)?;
             MIGRATOR.run(&pool).await?;
