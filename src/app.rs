@@ -171,6 +171,8 @@ impl App {
             listener: listener_rx.clone(),
             pool: self.store.pool().clone(),
             log_dropped,
+            authorizer: self.authorizer.clone(),
+            forward_auth: self.config.forward_auth.clone(),
         };
         let http_server =
             axum::serve(http, router(state)).with_graceful_shutdown(wait_true(shutdown_rx));

@@ -1,5 +1,5 @@
-//! HTTP listener: `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
-//! (Prometheus text). Forward-auth endpoints live here too once added.
+//! HTTP listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
+//! (Prometheus text), and the forward-auth endpoints of [`crate::forward`].
 
 use std::sync::Arc;
 
@@ -11,7 +11,10 @@ use axum::routing::get;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::authz::Authorizer;
+use crate::config::ForwardAuthConfig;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -24,15 +27,21 @@ pub struct HttpState {
     pub pool: PgPool,
     /// Dropped log lines, folded into a counter at scrape time.
     pub log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// Decides the forward-auth requests (the same core as gRPC).
+    pub authorizer: Arc<Authorizer<Store>>,
+    /// Where `/v1/auth` reads the original request.
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// The router; tests call it in-process or through a socket.
 pub fn router(state: HttpState) -> Router {
+    let forward = crate::forward::router(state.authorizer.clone(), state.forward_auth.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(forward)
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
