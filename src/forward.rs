@@ -248,21 +248,21 @@ async fn opa_data<S: FactSource>(State(fwd): State<Forward<S>>, request: Request
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > OPA_MAX_BODY as u64);
+    let too_large_error = || {
+        let message = format!("request body exceeds {OPA_MAX_BODY} bytes");
+        opa_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", &message)
+    };
     if too_large {
-        return opa_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None);
+        return too_large_error();
     }
     // The only other failure is a client gone mid-body, which reads no answer.
     let Ok(body) = axum::body::to_bytes(request.into_body(), OPA_MAX_BODY).await else {
-        return opa_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None);
+        return too_large_error();
     };
     let input = match opa::parse(&body) {
         Ok(i) => i,
         Err(e) => {
-            return opa_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                Some(&e.to_string()),
-            );
+            return opa_error(StatusCode::BAD_REQUEST, "invalid_parameter", &e.to_string());
         }
     };
     let req = input.headers.request(&input.method, &input.target, &[]);
@@ -280,11 +280,7 @@ async fn opa_data<S: FactSource>(State(fwd): State<Forward<S>>, request: Request
 }
 
 /// An OPA-style error (`{"code","message"}`); never an allow.
-fn opa_error(status: StatusCode, code: &str, message: Option<&str>) -> Response {
-    let message = message.unwrap_or(match code {
-        "request_too_large" => "request body exceeds 65536 bytes",
-        _ => "bad request",
-    });
+fn opa_error(status: StatusCode, code: &str, message: &str) -> Response {
     json_response(status, &json!({ "code": code, "message": message }))
 }
 
