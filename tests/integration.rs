@@ -9,9 +9,13 @@
 mod integration {
     pub mod support;
 
+    pub mod http_client;
+
     mod credentials;
+    mod forward;
     mod freshness;
     mod interfaces;
+    mod nginx;
     mod race;
     mod routes;
 }
