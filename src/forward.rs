@@ -60,7 +60,9 @@ pub const NGINX_HEADERS_TO_REMOVE: &str = "x-velro-headers-to-remove";
 
 /// What the handlers share.
 pub struct Forward<S> {
+    /// The decision core, shared with the gRPC adapter.
     authorizer: Arc<Authorizer<S>>,
+    /// Where `/v1/auth` reads nginx's description of the original request.
     config: Arc<ForwardAuthConfig>,
 }
 
