@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Postgres and Redis for velro-authz's tests and demo, on any Debian machine.
+# Postgres, Redis and nginx for velro-authz's tests and demo, on any Debian machine.
 #
-#   eval "$(scripts/services.sh env)"   start what is missing, export DATABASE_URL and REDIS_URL
+#   eval "$(scripts/services.sh env)"   start what is missing, export DATABASE_URL, REDIS_URL
+#                                       and VELRO_NGINX
 #   source scripts/services.sh          the same, from an interactive bash
 #   scripts/services.sh up              = env (prints the export lines on stdout, progress on stderr)
 #   scripts/services.sh down            stop the project-local Postgres and Redis
@@ -17,6 +18,9 @@
 # Missing packages (postgresql, redis-server) are installed with apt-get, via
 # sudo when not root. Postgres refuses to run as root: as root, the cluster
 # belongs to and runs as the `postgres` system user (created if missing).
+# nginx (for the nginx auth_request end-to-end test, which starts its own nginx
+# on a free port) is installed the same way but never started as a service:
+# VELRO_NGINX=/usr/sbin/nginx. The test fails if VELRO_NGINX names no nginx.
 #
 # Settings: VELRO_DEV_PG_PORT (55432), VELRO_DEV_REDIS_PORT (56379),
 #           VELRO_DEV_READY_TIMEOUT (seconds to wait for a server, 60).
@@ -362,6 +366,66 @@ redis_url_ok() {
     return 1
 }
 
+# ---------------------------------------------------------------- nginx
+
+NGINX_BIN=
+find_nginx() {
+    NGINX_BIN=
+    local candidate
+    for candidate in "${VELRO_NGINX:-}" /usr/sbin/nginx "$(command -v nginx 2>/dev/null || true)"; do
+        if [[ -n $candidate && -x $candidate ]]; then
+            NGINX_BIN=$candidate
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Runs a command as root (directly, or with sudo).
+as_root() {
+    if is_root; then
+        "$@"
+    else
+        have sudo || die "$1 needs root: run as root or install sudo"
+        sudo "$@"
+    fi
+}
+
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_RC_OURS=
+drop_policy_rc() {
+    [[ -n $POLICY_RC_OURS ]] && as_root rm -f "$POLICY_RC"
+    POLICY_RC_OURS=
+}
+
+# Installs the Debian package without letting it start a system nginx on :80:
+# while it installs, a policy-rc.d (honoured by invoke-rc.d and
+# deb-systemd-invoke) forbids starting services, unless one is already there
+# (containers usually have one). Under systemd the unit is also disabled.
+nginx_up() {
+    if find_nginx; then
+        log "nginx: $NGINX_BIN"
+        return 0
+    fi
+    if [[ ! -e $POLICY_RC ]] && have apt-get; then
+        printf '#!/bin/sh\n# Written by velro-authz scripts/services.sh while it installs nginx.\nexit 101\n' \
+            | as_root tee "$POLICY_RC" >/dev/null && as_root chmod 755 "$POLICY_RC" && POLICY_RC_OURS=1
+        trap drop_policy_rc EXIT
+    fi
+    apt_install nginx
+    drop_policy_rc
+    trap - EXIT
+    if [[ -d /run/systemd/system ]] && have systemctl; then
+        as_root systemctl disable --now nginx.service >>"$DEV/apt.log" 2>&1 || true
+    fi
+    if find_nginx; then
+        log "nginx: installed $NGINX_BIN (not started as a service; tests run their own)"
+        return 0
+    fi
+    log "warning: no nginx even after installing (see $DEV/apt.log): the nginx end-to-end test will fail; install the 'nginx' package"
+    return 1
+}
+
 # ---------------------------------------------------------------- commands
 
 lock() {
@@ -394,6 +458,9 @@ cmd_up() {
     fi
     emit DATABASE_URL "$db_url"
     emit REDIS_URL "$redis_url"
+    if nginx_up; then
+        emit VELRO_NGINX "$NGINX_BIN"
+    fi
 }
 
 cmd_down() {
@@ -433,6 +500,11 @@ cmd_status() {
         else
             echo "REDIS_URL (from the environment) is not reachable"
         fi
+    fi
+    if find_nginx; then
+        echo "nginx:    $NGINX_BIN (not a service: the nginx test starts its own)"
+    else
+        echo "nginx:    not installed (up installs it)"
     fi
     return "$ok"
 }

@@ -15,6 +15,6 @@ scripts/pyenv.sh
 
 eval "$(scripts/services.sh env)"
 export DATABASE_URL REDIS_URL
-echo "test.sh: DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL" >&2
+echo "test.sh: DATABASE_URL=$DATABASE_URL REDIS_URL=$REDIS_URL VELRO_NGINX=${VELRO_NGINX:-}" >&2
 
 cargo test --locked --all-targets "$@"

@@ -214,6 +214,7 @@ impl App {
             log_dropped,
             authorizer: self.authorizer.clone(),
             started,
+            forward_auth: self.config.forward_auth.clone(),
         };
         let http_server =
             axum::serve(http, router(state)).with_graceful_shutdown(wait_true(shutdown_rx));

@@ -50,6 +50,27 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Per-principal rate limit; `None` = off.
     pub rate_limit: Option<RateLimitConfig>,
+    /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
+    pub forward_auth: ForwardAuthConfig,
+}
+
+/// Where `/v1/auth` finds the original request (nginx `auth_request`); Traefik's
+/// `X-Forwarded-Method` / `X-Forwarded-Uri` are always read as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthConfig {
+    /// Header carrying the original method (lower-case); default `x-original-method`.
+    pub original_method_header: String,
+    /// Header carrying the original request URI (lower-case); default `x-original-uri`.
+    pub original_uri_header: String,
+}
+
+impl Default for ForwardAuthConfig {
+    fn default() -> Self {
+        ForwardAuthConfig {
+            original_method_header: "x-original-method".to_owned(),
+            original_uri_header: "x-original-uri".to_owned(),
+        }
+    }
 }
 
 /// Postgres connection settings.
@@ -145,6 +166,8 @@ struct FileConfig {
     #[serde(default)]
     breaker: FileBreaker,
     rate_limit: Option<FileRateLimit>,
+    #[serde(default)]
+    forward_auth: FileForwardAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +192,13 @@ struct FileBreaker {
 struct FileRateLimit {
     per_second: f64,
     burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileForwardAuth {
+    original_method_header: Option<String>,
+    original_uri_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -426,6 +456,7 @@ impl Config {
             }
             config
         });
+        let forward_auth = forward_auth(file.forward_auth, &mut errors);
 
         if !errors.is_empty() {
             return Err(ConfigError(errors));
@@ -444,6 +475,7 @@ impl Config {
             redis,
             breaker,
             rate_limit,
+            forward_auth,
         })
     }
 }
@@ -475,6 +507,35 @@ fn database(
         max_connections,
         acquire_timeout: ms(file.acquire_timeout_ms, 2_000),
         statement_timeout: ms(file.statement_timeout_ms, 2_000),
+    }
+}
+
+/// The `forward_auth` section: header names, validated and lower-cased.
+fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthConfig {
+    let defaults = ForwardAuthConfig::default();
+    let mut name = |setting: &str, value: Option<String>, default: String| match value {
+        None => default,
+        Some(v) => match axum::http::HeaderName::from_bytes(v.as_bytes()) {
+            Ok(h) => h.as_str().to_owned(),
+            Err(_) => {
+                errors.push(format!(
+                    "forward_auth.{setting}: {v:?} is not an HTTP header name"
+                ));
+                default
+            }
+        },
+    };
+    ForwardAuthConfig {
+        original_method_header: name(
+            "original_method_header",
+            file.original_method_header,
+            defaults.original_method_header,
+        ),
+        original_uri_header: name(
+            "original_uri_header",
+            file.original_uri_header,
+            defaults.original_uri_header,
+        ),
     }
 }
 
@@ -651,6 +712,34 @@ mod tests {
         assert_eq!(db.url, "postgres://x@h/db");
         let err = Config::load_database(None, env(&[])).expect_err("no url");
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn config_forward_auth_headers_default_and_override() {
+        let env = env(&[
+            ("DATABASE_URL", "postgres://u@localhost/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]);
+        let cfg = Config::from_yaml("", &env).expect("valid");
+        assert_eq!(cfg.forward_auth, ForwardAuthConfig::default());
+        assert_eq!(cfg.forward_auth.original_uri_header, "x-original-uri");
+        let yaml = "forward_auth:\n  original_method_header: X-Orig-Method\n  original_uri_header: X-Orig-Uri\n";
+        let cfg = Config::from_yaml(yaml, &env).expect("valid");
+        assert_eq!(cfg.forward_auth.original_method_header, "x-orig-method");
+        assert_eq!(cfg.forward_auth.original_uri_header, "x-orig-uri");
+    }
+
+    #[test]
+    fn config_forward_auth_bad_header_names_are_reported_by_setting() {
+        let yaml =
+            "forward_auth:\n  original_method_header: \"X Method\"\n  original_uri_header: \"\"\n";
+        let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("forward_auth.original_method_header"),
+            "{text}"
+        );
+        assert!(text.contains("forward_auth.original_uri_header"), "{text}");
     }
 
     #[test]

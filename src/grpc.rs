@@ -97,13 +97,35 @@ impl Headers {
         self.0.values().map(String::len).max().unwrap_or(0)
     }
 
-    /// Client-sent `x-velro-*` names, which must never reach the upstream.
-    fn spoofed(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str).filter(|k| {
-            k.len() >= IDENTITY_PREFIX.len()
-                && k[..IDENTITY_PREFIX.len()].eq_ignore_ascii_case(IDENTITY_PREFIX)
-        })
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
     }
+}
+
+/// Whether `name` is in our `x-velro-` namespace, in any letter case.
+pub fn is_velro_header(name: &str) -> bool {
+    name.len() >= IDENTITY_PREFIX.len()
+        && name.as_bytes()[..IDENTITY_PREFIX.len()].eq_ignore_ascii_case(IDENTITY_PREFIX.as_bytes())
+}
+
+/// The client-sent `x-velro-*` header names (from `client`) that the identity
+/// headers in `ours` do not overwrite: the proxy must remove them so nothing
+/// spoofed reaches the upstream. Each name once, in the order first seen.
+/// Shared by the gRPC and HTTP adapters.
+pub fn headers_to_remove<'a>(
+    client: impl IntoIterator<Item = &'a str>,
+    ours: &[(&'static str, String)],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in client {
+        if is_velro_header(name)
+            && !ours.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+            && !out.iter().any(|seen| seen.eq_ignore_ascii_case(name))
+        {
+            out.push(name.to_owned());
+        }
+    }
+    out
 }
 
 #[tonic::async_trait]
@@ -183,6 +205,11 @@ pub fn identity_headers(decision: &Decision) -> Vec<(&'static str, String)> {
 
 /// The JSON body of a deny: `{"error","reason","request_id"}`.
 pub fn deny_body(deny: &Deny, decision_id: &str) -> String {
+    deny_json(deny, decision_id).to_string()
+}
+
+/// [`deny_body`] as a JSON value (the OPA adapter nests it in its result).
+pub fn deny_json(deny: &Deny, decision_id: &str) -> serde_json::Value {
     let error = match deny.status {
         400 => "bad request",
         401 => "unauthenticated",
@@ -192,7 +219,6 @@ pub fn deny_body(deny: &Deny, decision_id: &str) -> String {
         _ => "denied",
     };
     serde_json::json!({ "error": error, "reason": deny.reason, "request_id": decision_id })
-        .to_string()
 }
 
 /// Headers of a deny answer, in (name, value) form; shared with HTTP adapters:
@@ -236,11 +262,7 @@ fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
     match &decision.outcome {
         Outcome::Allow(_) => {
             let ours = identity_headers(decision);
-            let headers_to_remove = headers
-                .spoofed()
-                .filter(|k| !ours.iter().any(|(name, _)| name.eq_ignore_ascii_case(k)))
-                .map(str::to_owned)
-                .collect();
+            let headers_to_remove = headers_to_remove(headers.names(), &ours);
             if let Some(deny) = &decision.dry_run_deny {
                 metadata.insert("dry_run_deny".to_owned(), string_value(deny.reason));
             }
@@ -449,6 +471,29 @@ mod tests {
         for bad in ["", "m", "10x", "-1m", "123456789m", "1.5S"] {
             assert_eq!(grpc_timeout(Some(bad)), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn headers_to_remove_lists_foreign_velro_names_once() {
+        let ours = vec![
+            (DECISION_ID, "d".to_owned()),
+            ("x-velro-user-id", "u".to_owned()),
+        ];
+        let client = [
+            "x-velro-user-id",
+            "X-Velro-Admin",
+            "x-velro-admin",
+            "authorization",
+            "x-velr",
+            "x-velro-",
+        ];
+        assert_eq!(
+            headers_to_remove(client, &ours),
+            vec!["X-Velro-Admin".to_owned(), "x-velro-".to_owned()]
+        );
+        assert!(is_velro_header("X-VELRO-ROLE"));
+        assert!(!is_velro_header("x-velroo"));
+        assert!(!is_velro_header("é-velro-x"));
     }
 
     proptest::proptest! {

@@ -1,5 +1,5 @@
-//! HTTP listener: `/healthz` (liveness), `/readyz` (readiness) and `/metrics`
-//! (Prometheus text). Forward-auth endpoints live here too once added.
+//! HTTP listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
+//! (Prometheus text), and the forward-auth endpoints of [`crate::forward`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::app::PgAuthorizer;
 use crate::breaker::CircuitState;
+use crate::config::ForwardAuthConfig;
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers read.
@@ -27,19 +28,24 @@ pub struct HttpState {
     pub pool: PgPool,
     /// Dropped log lines, folded into a counter at scrape time.
     pub log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
-    /// The decision path (dependency states for readiness).
+    /// Decides the forward-auth requests (the same core as gRPC); its
+    /// dependency states feed readiness.
     pub authorizer: Arc<PgAuthorizer>,
     /// True once LISTEN has connected the first time.
     pub started: Arc<AtomicBool>,
+    /// Where `/v1/auth` reads the original request.
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// The router; tests call it in-process or through a socket.
 pub fn router(state: HttpState) -> Router {
+    let forward = crate::forward::router(state.authorizer.clone(), state.forward_auth.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(forward)
 }
 
 /// Ready once the sidecar has heard LISTEN connect: from then on it decides,

@@ -1,7 +1,7 @@
 //! velro-authz: an authorization sidecar for Envoy ext_authz (and HTTP forward-auth).
 //!
 //! The decision path reads top to bottom, each step one module:
-//! `grpc` / `http` (adapters) → `authz` (the check) → `routes` → `authn` →
+//! `grpc` / `http` + `forward` (adapters) → `authz` (the check) → `routes` → `authn` →
 //! `policy` (pure) → `facts` (L1 cache, single-flight, version stamps) → `store`
 //! (Postgres) ; `invalidate` keeps `facts` fresh from LISTEN/NOTIFY.
 
@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod facts;
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod invalidate;

@@ -9,10 +9,14 @@
 mod integration {
     pub mod support;
 
+    pub mod http_client;
+
     mod credentials;
+    mod forward;
     mod freshness;
     mod interfaces;
     mod l2;
+    mod nginx;
     mod race;
     mod ratelimit;
     mod routes;
