@@ -50,6 +50,12 @@ fn p50(samples: &[Duration]) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // targets too (in debug, without it): measure nothing there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run it with `cargo bench --bench check` (scripts/bench.sh)");
+        return Ok(());
+    }
     let base = std::env::var("DATABASE_URL")
         .map_err(|_| "DATABASE_URL must be set (scripts/bench.sh sets it)")?;
     let db = format!("velro_bench_{}", std::process::id());
