@@ -31,13 +31,17 @@ impl FactSource for Arc<HeldSource> {
     }
 }
 
-fn facts(source: Arc<HeldSource>) -> Arc<Facts<Arc<HeldSource>>> {
-    let config = CacheConfig {
+fn cache_config() -> CacheConfig {
+    CacheConfig {
         max_facts: 1000,
         ttl: Duration::from_secs(300),
         negative_ttl: Duration::from_secs(30),
         max_credentials: 10,
-    };
+    }
+}
+
+fn facts(source: Arc<HeldSource>) -> Arc<Facts<Arc<HeldSource>>> {
+    let config = cache_config();
     Arc::new(Facts::new(source, &config, Metrics::new()))
 }
 
@@ -190,12 +194,7 @@ impl FactSource for Arc<DownSource> {
 async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
     let source = Arc::new(DownSource::default());
     source.up.store(true, Ordering::SeqCst);
-    let config = CacheConfig {
-        max_facts: 1000,
-        ttl: Duration::from_secs(300),
-        negative_ttl: Duration::from_secs(30),
-        max_credentials: 10,
-    };
+    let config = cache_config();
     let breaker = BreakerConfig {
         failures: 3,
         open_for: Duration::from_millis(50),
@@ -253,12 +252,7 @@ async fn abandoned_query_counts_as_a_breaker_failure() {
     let source = Arc::new(HeldSource::default());
     let (read, _release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     *source.hold.lock().expect("lock") = Some((read.clone(), _release.clone()));
-    let config = CacheConfig {
-        max_facts: 1000,
-        ttl: Duration::from_secs(300),
-        negative_ttl: Duration::from_secs(30),
-        max_credentials: 10,
-    };
+    let config = cache_config();
     let breaker = BreakerConfig {
         failures: 1,
         open_for: Duration::from_secs(60),

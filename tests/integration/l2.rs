@@ -10,17 +10,17 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 use velro_authz::authn::jwt::JwtVerifier;
 use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
-use velro_authz::facts::{Fact, FactKey, FactSource, Facts};
+use velro_authz::facts::{Fact, FactKey, Facts};
 use velro_authz::l2::{L2, L2Get};
 use velro_authz::metrics::Metrics;
-use velro_authz::store::{Store, StoreError};
+use velro_authz::store::Store;
 
 use super::support::{
-    Harness, attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
+    Harness, HeldStore, attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
 };
 
 async fn redis() -> Client {
@@ -130,30 +130,6 @@ async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
     }
 }
 
-/// The real store, holding one memberships read after Postgres answered and
-/// before the fill continues to Redis.
-#[derive(Clone)]
-struct HeldStore(Arc<Held>);
-
-struct Held {
-    store: Store,
-    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
-}
-
-impl FactSource for HeldStore {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        let fact = self.0.store.load(key).await?;
-        if matches!(key, FactKey::Memberships(_)) {
-            let hold = self.0.hold.lock().await.take();
-            if let Some((read, release)) = hold {
-                read.notify_one();
-                release.notified().await;
-            }
-        }
-        Ok(fact)
-    }
-}
-
 #[sqlx::test(migrations = "./migrations")]
 async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPool) {
     let prefix = unique_prefix("race");
@@ -167,10 +143,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     let l2 = L2::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("l2");
     let (stop_tx, stop) = watch::channel(false);
     let maintenance = l2.spawn_maintenance(stop);
-    let source = HeldStore(Arc::new(Held {
-        store: Store::new(pool.clone()),
-        hold: Mutex::new(None),
-    }));
+    let source = HeldStore::new(Store::new(pool.clone()));
     let facts = Arc::new(Facts::with_tiers(
         source.clone(),
         &cfg.cache,

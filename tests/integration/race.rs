@@ -6,49 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Notify, watch};
 use velro_authz::authn::jwt::JwtVerifier;
 use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
-use velro_authz::facts::{Fact, FactKey, FactSource, Facts};
+use velro_authz::facts::Facts;
 use velro_authz::invalidate;
 use velro_authz::metrics::Metrics;
-use velro_authz::store::{Store, StoreError};
+use velro_authz::store::Store;
 
-use super::support::{config, demo::*};
-
-/// The real store, with a switch that holds one memberships read after it
-/// returned from Postgres and before the fill completes.
-#[derive(Clone)]
-struct HeldStore(Arc<Held>);
-
-struct Held {
-    store: Store,
-    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
-}
-
-impl FactSource for HeldStore {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        let fact = self.0.store.load(key).await?;
-        if matches!(key, FactKey::Memberships(_)) {
-            let hold = self.0.hold.lock().await.take();
-            if let Some((read, release)) = hold {
-                read.notify_one();
-                release.notified().await;
-            }
-        }
-        Ok(fact)
-    }
-}
+use super::support::{HeldStore, config, demo::*};
 
 #[sqlx::test(migrations = "./migrations")]
 async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool: PgPool) {
     velro_authz::demo::seed(&pool).await.expect("seed");
     let cfg = config("");
     let metrics = Metrics::new();
-    let source = HeldStore(Arc::new(Held {
-        store: Store::new(pool.clone()),
-        hold: Mutex::new(None),
-    }));
+    let source = HeldStore::new(Store::new(pool.clone()));
     let facts = Arc::new(Facts::new(source.clone(), &cfg.cache, metrics.clone()));
     let jwt = JwtVerifier::new(&cfg.jwt).expect("jwt");
     let token = format!("Bearer {}", super::support::mint(&jwt, BOB));

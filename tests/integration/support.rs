@@ -1,6 +1,7 @@
 //! Shared harness: start a sidecar over a test database, mint tokens, send Checks.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -8,11 +9,14 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify};
 use tonic::transport::Channel;
 use velro_authz::app::{App, Running};
 use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
 use velro_authz::config::Config;
+use velro_authz::facts::{Fact, FactKey, FactSource};
 use velro_authz::metrics::Metrics;
+use velro_authz::store::{Store, StoreError};
 
 /// HS256 secret of the test config.
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
@@ -303,4 +307,38 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The real store, with a switch that holds one memberships read after it
+/// returned from Postgres and before the fill completes.
+#[derive(Clone)]
+pub struct HeldStore(pub Arc<Held>);
+
+pub struct Held {
+    pub store: Store,
+    pub hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+impl FactSource for HeldStore {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        let fact = self.0.store.load(key).await?;
+        if matches!(key, FactKey::Memberships(_)) {
+            let hold = self.0.hold.lock().await.take();
+            if let Some((read, release)) = hold {
+                read.notify_one();
+                release.notified().await;
+            }
+        }
+        Ok(fact)
+    }
+}
+
+impl HeldStore {
+    /// Over `store`, holding nothing yet.
+    pub fn new(store: Store) -> HeldStore {
+        HeldStore(Arc::new(Held {
+            store,
+            hold: Mutex::new(None),
+        }))
+    }
 }
