@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::config::ListenerConfig;
@@ -107,27 +107,63 @@ fn key_of(table: &str, row: &serde_json::Map<String, serde_json::Value>) -> Opti
     })
 }
 
-/// Applies one invalidation to the cache and records it.
-pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, inv: Invalidation) {
-    match inv {
-        Invalidation::Keys {
-            table,
-            keys,
-            changed_at,
-        } => {
-            facts.invalidate_keys(&keys).await;
-            metrics.invalidations.with_label_values(&[table]).inc();
-            if let Some(ts) = changed_at {
-                let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                metrics
-                    .invalidation_lag_seconds
-                    .observe((now - ts).max(0.0));
+/// Notifications queued between the LISTEN reader and the applier; when full,
+/// the reader waits (they stay buffered in the socket and in Postgres).
+const APPLY_QUEUE: usize = 65_536;
+/// Most notifications applied together (one Redis round trip for all).
+const MAX_BATCH: usize = 1_024;
+
+/// Applies a batch of invalidations: every key voided in Redis with one round
+/// trip, then in L1; a flush in the batch voids everything instead.
+pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, batch: Vec<Invalidation>) {
+    let mut keys: Vec<FactKey> = Vec::new();
+    let mut flush = false;
+    let mut applied: Vec<(&'static str, Option<f64>)> = Vec::with_capacity(batch.len());
+    for inv in batch {
+        match inv {
+            Invalidation::Keys {
+                table,
+                keys: these,
+                changed_at,
+            } => {
+                for key in these {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                applied.push((table, changed_at));
             }
+            Invalidation::Flush => flush = true,
         }
-        Invalidation::Flush => {
-            facts.flush();
-            metrics.flushes.with_label_values(&["notification"]).inc();
+    }
+    if flush {
+        facts.flush();
+        metrics.flushes.with_label_values(&["notification"]).inc();
+    } else {
+        facts.invalidate_keys(&keys).await;
+    }
+    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+    for (table, changed_at) in applied {
+        metrics.invalidations.with_label_values(&[table]).inc();
+        if let Some(ts) = changed_at {
+            metrics
+                .invalidation_lag_seconds
+                .observe((now - ts).max(0.0));
         }
+    }
+}
+
+/// Applies what the reader queues, in batches: under a burst of changes each
+/// batch costs one Redis round trip, so invalidations do not queue up behind
+/// one another (the lag stays flat instead of growing with the burst).
+async fn applier<S: FactSource>(
+    facts: Arc<Facts<S>>,
+    metrics: Metrics,
+    mut rx: mpsc::Receiver<Invalidation>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        apply(&facts, &metrics, std::mem::take(&mut batch)).await;
     }
 }
 
@@ -139,13 +175,32 @@ pub async fn run<S: FactSource>(
     metrics: Metrics,
     config: ListenerConfig,
     connected: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (queue, rx) = mpsc::channel(APPLY_QUEUE);
+    let applier = tokio::spawn(applier(facts.clone(), metrics.clone(), rx));
+    listen(pool, facts, metrics, config, connected, shutdown, queue).await;
+    // The queue is closed: the applier finishes what was queued and stops.
+    let _ = applier.await;
+}
+
+async fn listen<S: FactSource>(
+    pool: PgPool,
+    facts: Arc<Facts<S>>,
+    metrics: Metrics,
+    config: ListenerConfig,
+    connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
+    queue: mpsc::Sender<Invalidation>,
 ) {
     let mut backoff = config.reconnect_min;
     let mut first = true;
     loop {
         let session = async {
             let mut listener = PgListener::connect_with(&pool).await?;
+            // A lost connection must surface at once (we reconnect, with
+            // backoff, and flush); sqlx would otherwise retry inside recv.
+            listener.eager_reconnect(false);
             listener.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
@@ -156,7 +211,9 @@ pub async fn run<S: FactSource>(
         match listener.as_mut() {
             Ok(listener) => {
                 // LISTEN is in place: anything committed from now on will be
-                // heard, so drop what may have been missed while deaf.
+                // heard, so drop what may have been missed while deaf. Postgres
+                // just answered, so its breaker closes before the refills.
+                facts.breaker().success();
                 facts.flush();
                 metrics.flushes.with_label_values(&["listener_gap"]).inc();
                 if !first {
@@ -178,7 +235,11 @@ pub async fn run<S: FactSource>(
                         _ = shutdown.wait_for(|s| *s) => return,
                     };
                     match next {
-                        Ok(Some(n)) => apply(&facts, &metrics, parse(n.payload())).await,
+                        Ok(Some(n)) => {
+                            if queue.send(parse(n.payload())).await.is_err() {
+                                return;
+                            }
+                        }
                         Ok(None) => {
                             tracing::warn!("listener connection lost; reconnecting");
                             break;
