@@ -544,22 +544,24 @@ pub struct WriteStats {
     pub commits: u64,
 }
 
-/// Applies `ops` random changes (grants, revokes, role changes, visibility
-/// flips, suspensions and reactivations, shares added and removed, sessions and
-/// keys revoked and restored, generations deleted and restored or moved, teams
-/// moved), one in eight batched three to a transaction, as fast as one
-/// connection allows. Every change goes through the NOTIFY triggers.
+/// Applies at least `ops` random changes, and keeps going until `at_least`
+/// has passed: grants, revokes, role changes, visibility flips, suspensions
+/// and reactivations, shares added and removed, sessions and keys revoked and
+/// restored, generations deleted and restored or moved, teams moved. One in
+/// eight commits batches three changes in a transaction. As fast as one
+/// connection allows; every change goes through the NOTIFY triggers.
 pub async fn write_storm(
     pool: &PgPool,
     world: &World,
     ops: u64,
     seed: u64,
-    pace: Option<Duration>,
+    at_least: Duration,
 ) -> WriteStats {
+    let started = std::time::Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = WriteStats::default();
     let mut conn = pool.acquire().await.expect("writer connection");
-    while stats.ops < ops {
+    while stats.ops < ops || started.elapsed() < at_least {
         let batch = if rng.random_range(0..8) == 0 { 3 } else { 1 };
         let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
         let mut rejected = false;
@@ -590,9 +592,6 @@ pub async fn write_storm(
             tx.commit().await.expect("commit");
             stats.commits += 1;
             stats.ops += done;
-        }
-        if let Some(p) = pace {
-            tokio::time::sleep(p).await;
         }
     }
     stats
