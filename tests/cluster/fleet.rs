@@ -194,14 +194,22 @@ async fn round(
     out
 }
 
+/// How long [`converge`] keeps re-asking wrong answers after the window, only
+/// to tell a late invalidation from a lost one in the report.
+const DIAGNOSE_FOR: Duration = Duration::from_secs(5);
+
 /// Result of [`converge`].
 pub struct Convergence {
-    /// Answers that differ from the oracle and were asked after the window,
-    /// or are still wrong when retries run out.
+    /// Failures: the first wrong answer of each (sidecar, pair) asked after
+    /// the window, and anything wrong in the confirming round.
     pub mismatches: Vec<Mismatch>,
     /// Per round: (asks, wrong answers, when it ended after `since`). The first
     /// and the confirming last round ask everything.
     pub rounds: Vec<(usize, usize, Duration)>,
+    /// When every answer was right (the end of the round that found none),
+    /// after `since`; `None` if some were still wrong `DIAGNOSE_FOR` after the
+    /// window: an invalidation lost, not late.
+    pub all_right_at: Option<Duration>,
 }
 
 impl std::fmt::Display for Convergence {
@@ -213,20 +221,23 @@ impl std::fmt::Display for Convergence {
                 "{sep}round {k}: {asks} asks, {wrong} wrong, done at +{at:.2?}"
             )?;
         }
-        Ok(())
+        match self.all_right_at {
+            Some(at) => write!(f, "; every answer right at +{at:.2?}"),
+            None => write!(f, "; some answers STILL WRONG at the end"),
+        }
     }
 }
 
 /// Compares every sidecar with `expected` on every call. The rule: every
-/// answer given `within` or later after `since` must equal the oracle's; an
-/// answer asked earlier may still lag and is asked again (until `within`).
-/// Then everything is asked once more (the truth no longer changes, so nothing
-/// may flip back).
+/// answer asked `within` or later after `since` must equal the oracle's; an
+/// answer asked earlier may still lag and is asked again. Then everything is
+/// asked once more (the truth no longer changes, so nothing may flip back).
 ///
 /// Thousands of Checks against debug-build sidecars on 2 cores take seconds,
 /// longer than `within`: so the rule is applied per answer, by the time it was
 /// asked, not per round. A stale answer 3 s after the last commit fails even if
-/// a later retry would have been right.
+/// a later retry is right; wrong answers are still re-asked for a while, so the
+/// report says whether they were late or never came right.
 pub async fn converge(
     sidecars: &[Sidecar],
     calls: &Arc<Vec<Call>>,
@@ -237,33 +248,65 @@ pub async fn converge(
     let all: Vec<usize> = (0..calls.len()).collect();
     let mut pending: Vec<Vec<usize>> = vec![all.clone(); sidecars.len()];
     let mut rounds = Vec::new();
-    loop {
+    let mut failures: Vec<Mismatch> = Vec::new();
+    let all_right_at = loop {
         let mismatches = round(sidecars, calls, expected, &pending, since).await;
         let asks = pending.iter().map(Vec::len).sum();
         rounds.push((asks, mismatches.len(), since.elapsed()));
-        let (late, early): (Vec<Mismatch>, Vec<Mismatch>) =
-            mismatches.into_iter().partition(|m| m.asked_at >= within);
-        if !late.is_empty() {
-            return Convergence {
-                mismatches: late,
-                rounds,
-            };
+        if mismatches.is_empty() {
+            break Some(since.elapsed());
         }
-        if early.is_empty() {
-            break;
+        for m in &mismatches {
+            let seen = failures
+                .iter()
+                .any(|f| f.sidecar == m.sidecar && f.index == m.index);
+            if m.asked_at >= within && !seen {
+                failures.push(m.clone());
+            }
+        }
+        if since.elapsed() > within + DIAGNOSE_FOR {
+            break None;
         }
         pending = vec![Vec::new(); sidecars.len()];
-        for m in &early {
+        for m in &mismatches {
             pending[m.sidecar].push(m.index);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if all_right_at.is_some() {
+        let confirm = round(sidecars, calls, expected, &vec![all; sidecars.len()], since).await;
+        rounds.push((calls.len() * sidecars.len(), confirm.len(), since.elapsed()));
+        failures.extend(confirm);
     }
-    let confirm = round(sidecars, calls, expected, &vec![all; sidecars.len()], since).await;
-    rounds.push((calls.len() * sidecars.len(), confirm.len(), since.elapsed()));
     Convergence {
-        mismatches: confirm,
+        mismatches: failures,
         rounds,
+        all_right_at,
     }
+}
+
+/// Each sidecar's invalidation lag (commit → applied) from its histogram:
+/// count, mean, and how many took over 50 ms (the SPEC target) and over 1 s.
+pub async fn lag_report(sidecars: &[Sidecar]) -> String {
+    let mut out = Vec::new();
+    for s in sidecars {
+        let m = s.metrics().await;
+        let name = "velro_authz_invalidation_lag_seconds";
+        let count = m.sum(&format!("{name}_count"), &[]).unwrap_or(0.0);
+        let sum = m.sum(&format!("{name}_sum"), &[]).unwrap_or(0.0);
+        let within = |le: &str| {
+            m.sum(&format!("{name}_bucket"), &[("le", le)])
+                .unwrap_or(0.0)
+        };
+        out.push(format!(
+            "{}: {count} applied, mean {:.1} ms, {} over 50 ms, {} over 1 s",
+            s.name,
+            if count > 0.0 { sum / count * 1e3 } else { 0.0 },
+            count - within("0.05"),
+            count - within("1"),
+        ));
+    }
+    out.join("; ")
 }
 
 /// Asks each sidecar every call in `indices` and panics, with a report, on

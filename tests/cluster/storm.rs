@@ -11,7 +11,7 @@ use velro_authz::authz::{AuthzRequest, Outcome};
 use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
 
-use super::fleet::{Fleet, Traffic, assert_no_problems, converge, describe, report};
+use super::fleet::{Fleet, Traffic, assert_no_problems, converge, describe, lag_report, report};
 use super::support::{Answer, Call, SidecarOptions, TestDb, unique};
 use super::world::write_storm;
 
@@ -58,7 +58,9 @@ async fn storm_three_sidecars_agree_with_postgres_within_1s_after_2400_random_ch
 
     let writer = {
         let (pool, world) = (fleet.pool.clone(), fleet.world.clone());
-        tokio::spawn(async move { write_storm(&pool, &world, WRITES, SEED + 2, Duration::ZERO).await })
+        tokio::spawn(
+            async move { write_storm(&pool, &world, WRITES, SEED + 2, Duration::ZERO).await },
+        )
     };
     let writes = writer.await.expect("writer");
     let stopped = Instant::now();
@@ -73,12 +75,13 @@ async fn storm_three_sidecars_agree_with_postgres_within_1s_after_2400_random_ch
     println!(
         "storm: sidecars ready in {ready:.1?}; {} commits ({} changes, {} refused cycles) in {storm_took:.1?} \
          while {checks} Checks went to 3 sidecars; then {} pairs × 3 compared with Postgres \
-         ({allows} allows): {conv}; {}",
+         ({allows} allows): {conv}; {}\nstorm: invalidation lag: {}",
         writes.commits,
         writes.ops,
         writes.rejected,
         pairs.len(),
         report(&conv.mismatches, &fleet.sidecars, &pairs, &expected),
+        lag_report(&fleet.sidecars).await,
     );
     assert!(
         writes.ops >= WRITES,
