@@ -194,8 +194,9 @@ async fn round(
     out
 }
 
-/// How long [`converge`] keeps re-asking wrong answers after the window, only
-/// to tell a late invalidation from a lost one in the report.
+/// How long [`converge`] keeps re-asking wrong answers after the window (or
+/// after its first round, if that ends later), only to tell a late
+/// invalidation from a lost one in the report.
 const DIAGNOSE_FOR: Duration = Duration::from_secs(5);
 
 /// Result of [`converge`].
@@ -207,8 +208,8 @@ pub struct Convergence {
     /// and the confirming last round ask everything.
     pub rounds: Vec<(usize, usize, Duration)>,
     /// When every answer was right (the end of the round that found none),
-    /// after `since`; `None` if some were still wrong `DIAGNOSE_FOR` after the
-    /// window: an invalidation lost, not late.
+    /// after `since`; `None` if some were still wrong `DIAGNOSE_FOR` later:
+    /// an invalidation lost, not late.
     pub all_right_at: Option<Duration>,
 }
 
@@ -249,6 +250,7 @@ pub async fn converge(
     let mut pending: Vec<Vec<usize>> = vec![all.clone(); sidecars.len()];
     let mut rounds = Vec::new();
     let mut failures: Vec<Mismatch> = Vec::new();
+    let mut give_up = None;
     let all_right_at = loop {
         let mismatches = round(sidecars, calls, expected, &pending, since).await;
         let asks = pending.iter().map(Vec::len).sum();
@@ -264,7 +266,8 @@ pub async fn converge(
                 failures.push(m.clone());
             }
         }
-        if since.elapsed() > within + DIAGNOSE_FOR {
+        let give_up = *give_up.get_or_insert(since.elapsed().max(within) + DIAGNOSE_FOR);
+        if since.elapsed() > give_up {
             break None;
         }
         pending = vec![Vec::new(); sidecars.len()];
