@@ -279,7 +279,7 @@ async fn faults_redis_killed_and_restarted_answers_stay_right_and_dependency_rec
 
     println!(
         "redis fault: {sent} Checks ({sent_during} during the 3 s outage), session revoked during the outage seen after {revoked_in:?}; \
-         saw dependency_up{{redis}}=0: {saw_down:?}, circuit open: {saw_open:?}"
+         saw dependency_up{{redis}}=0: {saw_down:?}, circuit open: {saw_open:?}; contract problems so far: {contract:?}"
     );
     assert_no_problems("Checks around the Redis outage", &problems);
     assert!(
@@ -613,7 +613,7 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
     println!(
         "postgres fault: {sent} Checks ({sent_during} from cache during the {outage:.1?} outage); \
          uncached Checks failed closed in ≤ {slowest:.0?}; uncached answered again {recovered:.2?} after the restart; \
-         a change after the restart seen in {seen_in:.1?}"
+         a change after the restart seen in {seen_in:.1?}; contract problems: {contract:?}"
     );
     assert_no_problems("cached Checks around the Postgres outage", &problems);
     assert!(

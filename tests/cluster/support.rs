@@ -31,7 +31,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_velro-authz");
 
 /// The `auth:` section every sidecar gets; tokens are minted with the same
 /// keys. The HS256 secret is for these tests only, like demo/config.yaml's.
-const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-0123456789abcdef0123\n";
+pub const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-0123456789abcdef0123\n";
 
 // ------------------------------------------------------------------ basics
 

@@ -18,12 +18,19 @@ use super::support::{Call, token};
 /// Sizes of a world.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
+    /// Users (some suspended or deleted).
     pub users: usize,
+    /// Teams, in a forest of four roots.
     pub teams: usize,
+    /// Projects (some public, most in a team).
     pub projects: usize,
+    /// Generations (most in a project, the rest reach one through parents).
     pub generations: usize,
+    /// Shares tried (duplicates per grantee are skipped).
     pub shares: usize,
+    /// Sessions (some revoked, some expired).
     pub sessions: usize,
+    /// API keys (various scopes; some revoked, some expired).
     pub api_keys: usize,
 }
 
@@ -47,12 +54,18 @@ const ROLES: [&str; 4] = ["viewer", "member", "admin", "owner"];
 pub enum Principal {
     /// A JWT with `sub`, optional `sid` and `scope`.
     Jwt {
+        /// `sub`.
         user: Uuid,
+        /// `sid`.
         sid: Option<Uuid>,
+        /// `scope`.
         scope: Option<String>,
     },
-    /// An API key (plain text).
-    ApiKey { plain: String },
+    /// An API key.
+    ApiKey {
+        /// The plain key (never printed: see `fleet::describe`).
+        plain: String,
+    },
 }
 
 /// What a route needs (mirrors the default route table, written out here so the
@@ -62,7 +75,12 @@ pub enum Need {
     /// Any active user; `ops` scope when `true`.
     Authenticated { ops: bool },
     /// `action` on a generation / project / team.
-    Resource { kind: Kind, action: &'static str },
+    Resource {
+        /// What the path's id names.
+        kind: Kind,
+        /// `read`, `write`, `delete`, `share` or `manage`.
+        action: &'static str,
+    },
 }
 
 /// Resource kinds with routes.
@@ -76,8 +94,11 @@ pub enum Kind {
 /// One route with its id filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
+    /// HTTP method.
     pub method: &'static str,
+    /// Path with the id filled in.
     pub path: String,
+    /// What the route table says it needs.
     pub need: Need,
     /// The resource id, on resource routes.
     pub id: Option<Uuid>,
@@ -136,9 +157,13 @@ pub fn authenticated_routes() -> Vec<Route> {
 /// The seeded world: ids by kind, credentials, and the per-user resources that
 /// are likely to allow (so samples are not all 404s).
 pub struct World {
+    /// User ids.
     pub users: Vec<Uuid>,
+    /// Team ids, parents before children.
     pub teams: Vec<Uuid>,
+    /// Project ids.
     pub projects: Vec<Uuid>,
+    /// Generation ids, parents before children.
     pub generations: Vec<Uuid>,
     /// (session id, its user).
     pub sessions: Vec<(Uuid, Uuid)>,
