@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::{
-    Answer, Call, Sidecar, SidecarOptions, TestDb, check, features, jwt, migrate, summary, token,
-    unique,
+    Answer, Call, RedisPrefix, Sidecar, SidecarOptions, TestDb, check, features, jwt, migrate,
+    summary, token,
 };
 
 /// One kind of revocation: the SQL that takes access away and gives it back,
@@ -115,12 +115,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     ];
 
-    let prefix = format!("{}:", unique("velro-authz-freshness"));
+    // Removed at the end (declared before the sidecars, so dropped after them).
+    let prefix = redis
+        .as_ref()
+        .map(|r| RedisPrefix::new(r, "velro-authz-freshness"));
     let mut sidecars = Vec::new();
     for n in 1..=3 {
         let mut options = SidecarOptions::new(&format!("sidecar-{n}"), &db.url);
-        if let Some(r) = &redis {
-            options = options.redis(r, &prefix);
+        if let (Some(r), Some(p)) = (&redis, &prefix) {
+            options = options.redis(r, &p.prefix);
         }
         sidecars.push(Sidecar::start(&options).await);
     }

@@ -13,7 +13,7 @@ use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
 
 use super::fleet::{Fleet, Traffic, assert_no_problems, converge, describe, lag_report, report};
-use super::support::{AUTH_YAML, Answer, Call, SidecarOptions, TestDb, unique};
+use super::support::{AUTH_YAML, Answer, Call, RedisPrefix, SidecarOptions, TestDb};
 use super::world::write_storm;
 
 const SEED: u64 = 0x5707_2026;
@@ -30,15 +30,16 @@ async fn storm_three_sidecars_agree_with_postgres_within_1s_after_2400_random_ch
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| {
         panic!("REDIS_URL must name a reachable Redis: eval \"$(scripts/services.sh env)\"; export REDIS_URL")
     });
+    // One L2 namespace shared by the three sidecars, used by no other test,
+    // removed at the end.
+    let prefix = RedisPrefix::new(&redis_url, "velro-authz-storm");
     let db = TestDb::from_env("storm").await;
-    // One L2 namespace shared by the three sidecars, used by no other test.
-    let prefix = format!("{}:", unique("velro-authz-storm"));
     // No faults here, so no "cannot decide" is acceptable: a generous deadline
     // keeps a busy 2-core machine from turning slowness into RPC errors.
     let options = (1..=3)
         .map(|n| {
-            let mut o =
-                SidecarOptions::new(&format!("storm-{n}"), &db.url).redis(&redis_url, &prefix);
+            let mut o = SidecarOptions::new(&format!("storm-{n}"), &db.url)
+                .redis(&redis_url, &prefix.prefix);
             o.deadline_ms = 5_000;
             o
         })

@@ -227,6 +227,50 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis key prefix of its own on a shared server, whose keys are deleted
+/// on drop: L2 entries expire by themselves, but the epoch key has no TTL.
+/// Best effort (with `redis-cli`): leftovers are harmless, only untidy.
+pub struct RedisPrefix {
+    url: String,
+    /// `<tag>_<unique>:`.
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    /// A fresh prefix on the server at `url`.
+    pub fn new(url: &str, tag: &str) -> RedisPrefix {
+        RedisPrefix {
+            url: url.to_owned(),
+            prefix: format!("{}:", unique(tag)),
+        }
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("redis-cli")
+            .args(["-u", &self.url, "--scan", "--pattern"])
+            .arg(format!("{}*", self.prefix))
+            .stdin(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        for chunk in keys.chunks(200) {
+            let _ = Command::new("redis-cli")
+                .args(["-u", &self.url, "DEL"])
+                .args(chunk)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
 // ------------------------------------------------------------------ postgres
 
 /// A throwaway Postgres cluster (initdb + pg_ctl from /usr/lib/postgresql/*/bin)
