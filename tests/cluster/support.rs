@@ -528,58 +528,6 @@ pub fn with_database(url: &str, db: &str) -> String {
 
 // ------------------------------------------------------------------ sidecars
 
-/// What the binary on disk accepts in its config file. The lead adds `redis:`
-/// and `breaker:` on main; until that lands, this binary rejects them (the
-/// config denies unknown fields) and sidecars start without them (L1 +
-/// Postgres). Detected by `velro-authz validate`, once per process; only a
-/// rejection of the section name itself counts as "not supported", any other
-/// complaint fails the test.
-pub struct Features {
-    /// `redis:` accepted (L2 can be configured).
-    pub redis: bool,
-    /// `breaker:` accepted.
-    pub breaker: bool,
-}
-
-/// See [`Features`].
-pub fn features() -> &'static Features {
-    static FEATURES: OnceLock<Features> = OnceLock::new();
-    FEATURES.get_or_init(|| {
-        let accepts = |section: &str, yaml: &str| -> bool {
-            let dir = TempDir::new("validate");
-            let path = dir.path().join("config.yaml");
-            std::fs::write(&path, format!("{AUTH_YAML}{yaml}")).expect("write config");
-            let out = Command::new(BIN)
-                .arg("--config")
-                .arg(&path)
-                .arg("validate")
-                .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-                .env_remove("REDIS_URL")
-                .output()
-                .expect("run velro-authz validate");
-            let text = String::from_utf8_lossy(&out.stderr);
-            if out.status.success() {
-                return true;
-            }
-            assert!(
-                text.contains(&format!("unknown field `{section}`")),
-                "velro-authz rejects the cluster tests' `{section}:` section for another reason:\n{text}"
-            );
-            eprintln!(
-                "NOTE: this velro-authz rejects `{section}:` in its config (not merged yet?): cluster sidecars start without it"
-            );
-            false
-        };
-        Features {
-            redis: accepts(
-                "redis",
-                "redis:\n  url: redis://127.0.0.1:1\n  key_prefix: \"velro-authz-probe:\"\n  timeout_ms: 100\n",
-            ),
-            breaker: accepts("breaker", "breaker:\n  failures: 5\n  open_ms: 1000\n"),
-        }
-    })
-}
-
 /// How to start one sidecar.
 #[derive(Clone, Debug)]
 pub struct SidecarOptions {
@@ -618,25 +566,20 @@ impl SidecarOptions {
 
     /// The YAML config file for these options (addresses and URLs come from the env).
     pub fn yaml(&self) -> String {
-        let f = features();
         let mut y = format!(
             "log_format: json\n{AUTH_YAML}listener:\n  reconnect_min_ms: 20\n  reconnect_max_ms: 200\ndatabase:\n  acquire_timeout_ms: {t}\n  statement_timeout_ms: {t}\ndecision:\n  deadline_ms: {d}\n  allow_log_sample: 0\n",
             t = self.db_timeout_ms,
             d = self.deadline_ms,
         );
-        if f.redis
-            && let Some((_, prefix)) = &self.redis
-        {
+        if let Some((_, prefix)) = &self.redis {
             y.push_str(&format!(
                 "redis:\n  key_prefix: \"{prefix}\"\n  timeout_ms: 100\n"
             ));
         }
-        if f.breaker {
-            y.push_str(&format!(
-                "breaker:\n  failures: {}\n  open_ms: {}\n",
-                self.breaker.0, self.breaker.1
-            ));
-        }
+        y.push_str(&format!(
+            "breaker:\n  failures: {}\n  open_ms: {}\n",
+            self.breaker.0, self.breaker.1
+        ));
         y
     }
 }
