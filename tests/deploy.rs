@@ -550,33 +550,45 @@ mod envoy_e2e {
         }
     }
 
-    /// envoy/envoy.yaml with its ports moved to this test's.
-    fn envoy_config(listen: u16, admin: u16, authz: u16, app: u16) -> String {
-        let mut text =
-            std::fs::read_to_string(root().join("envoy/envoy.yaml")).expect("read envoy.yaml");
-        for (from, to) in [
-            (
-                "address: 0.0.0.0, port_value: 10000",
-                format!("address: 127.0.0.1, port_value: {listen}"),
-            ),
-            ("port_value: 9901", format!("port_value: {admin}")),
-            ("port_value: 9191", format!("port_value: {authz}")),
-            ("port_value: 8080", format!("port_value: {app}")),
-            // A debug build deciding cold while other tests load both cores can
-            // pass 250 ms; this test is about behaviour, not latency.
-            (
-                "\n                        timeout: 0.25s",
-                "\n                        timeout: 5s".to_owned(),
-            ),
-        ] {
+    /// A shipped Envoy config with its ports moved to this test's. `authz` is the
+    /// port the shipped file gives the sidecar (9191 gRPC, 8181 HTTP).
+    fn envoy_config(file: &str, ports: [(u16, u16); 4]) -> String {
+        let mut text = std::fs::read_to_string(root().join(file)).expect("read envoy config");
+        for (from, to) in ports {
+            let from = if from == 10000 {
+                "address: 0.0.0.0, port_value: 10000".to_owned()
+            } else {
+                format!("port_value: {from}")
+            };
+            let to = if from.starts_with("address") {
+                format!("address: 127.0.0.1, port_value: {to}")
+            } else {
+                format!("port_value: {to}")
+            };
             assert_eq!(
-                text.matches(from).count(),
+                text.matches(&from).count(),
                 1,
-                "envoy.yaml: expected one {from:?}"
+                "{file}: expected one {from:?}"
             );
-            text = text.replace(from, &to);
+            text = text.replace(&from, &to);
         }
-        text
+        // A debug build deciding cold while other tests load both cores can pass
+        // 250 ms; this test is about behaviour, not latency.
+        let timeouts = text
+            .lines()
+            .filter(|l| l.trim() == "timeout: 0.25s")
+            .count();
+        assert_eq!(timeouts, 1, "{file}: expected one ext_authz timeout: 0.25s");
+        text.lines()
+            .map(|l| {
+                if l.trim() == "timeout: 0.25s" {
+                    l.replace("0.25s", "5s")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Through a real Envoy running the shipped envoy/envoy.yaml: no token is
@@ -586,6 +598,22 @@ mod envoy_e2e {
     /// while the health path still works.
     #[sqlx::test(migrations = "./migrations")]
     async fn envoy_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
+        through_envoy(pool, "envoy/envoy.yaml", 9191, |r| r.grpc_addr.port()).await;
+    }
+
+    /// The same through envoy/envoy-http.yaml: ext_authz `http_service` to the
+    /// sidecar's `/v1/check` on the HTTP port.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn envoy_http_service_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
+        through_envoy(pool, "envoy/envoy-http.yaml", 8181, |r| r.http_addr.port()).await;
+    }
+
+    async fn through_envoy(
+        pool: PgPool,
+        file: &str,
+        shipped_authz_port: u16,
+        authz_port: fn(&velro_authz::app::Running) -> u16,
+    ) {
         let envoy_bin = root().join(".dev/venv/bin/envoy");
         assert!(
             envoy_bin.exists(),
@@ -621,11 +649,19 @@ mod envoy_e2e {
 
         let app = fake_app().await;
         let (listen, admin) = (free_port(), free_port());
-        let dir = super::scratch("envoy-e2e");
+        let dir = super::scratch(&format!("envoy-e2e-{shipped_authz_port}"));
         let cfg = dir.join("envoy.yaml");
         std::fs::write(
             &cfg,
-            envoy_config(listen, admin, running.grpc_addr.port(), app.port()),
+            envoy_config(
+                file,
+                [
+                    (10000, listen),
+                    (9901, admin),
+                    (shipped_authz_port, authz_port(&running)),
+                    (8080, app.port()),
+                ],
+            ),
         )
         .expect("write envoy config");
         let _envoy = Envoy(
