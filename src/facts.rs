@@ -446,7 +446,9 @@ impl<S: FactSource> Facts<S> {
                 .cache
                 .try_get_with(key.clone(), async {
                     let (stamp, epoch) = self.stamps(&key);
-                    let (fact, source) = self.fill(&key).await?;
+                    // Boxed: the Redis and Postgres futures are large, and
+                    // inline they would make every L1 hit's future as big.
+                    let (fact, source) = Box::pin(self.fill(&key)).await?;
                     *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
                     Ok::<_, FactError>(Arc::new(Entry { fact, stamp, epoch }))
                 })
