@@ -13,14 +13,15 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 use velro_authz::authn::jwt::JwtVerifier;
-use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
+use velro_authz::authz::{Authorizer, Outcome};
 use velro_authz::facts::{Fact, FactKey, Facts};
 use velro_authz::l2::{L2, L2Get};
 use velro_authz::metrics::Metrics;
 use velro_authz::store::Store;
 
 use super::support::{
-    Harness, HeldStore, attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
+    Harness, HeldStore, attach, config, decide_get, demo::*, redis_url, redis_yaml, start_with,
+    unique_prefix,
 };
 
 async fn redis() -> Client {
@@ -175,25 +176,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     //    from Postgres, and is held there.
     let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     *source.0.hold.lock().await = Some((read.clone(), release.clone()));
-    let first = {
-        let authorizer = authorizer.clone();
-        let token = token.clone();
-        let path = path.clone();
-        tokio::spawn(async move {
-            let req = AuthzRequest {
-                method: "GET",
-                path: &path,
-                authorization: Some(&token),
-                api_key: None,
-                largest_header: 0,
-            };
-            authorizer
-                .check(&req, Some(Duration::from_secs(30)))
-                .await
-                .expect("decides")
-                .outcome
-        })
-    };
+    let first = tokio::spawn(decide_get(authorizer.clone(), token, path.clone()));
     tokio::time::timeout(Duration::from_secs(10), read.notified())
         .await
         .expect("fill reached Postgres");

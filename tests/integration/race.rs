@@ -8,13 +8,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use velro_authz::authn::jwt::JwtVerifier;
-use velro_authz::authz::{Authorizer, AuthzRequest, Outcome};
+use velro_authz::authz::{Authorizer, Outcome};
 use velro_authz::facts::Facts;
 use velro_authz::invalidate;
 use velro_authz::metrics::Metrics;
 use velro_authz::store::Store;
 
-use super::support::{HeldStore, config, demo::*};
+use super::support::{HeldStore, config, decide_get, demo::*};
 
 #[sqlx::test(migrations = "./migrations")]
 async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool: PgPool) {
@@ -50,30 +50,7 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
         .expect("channel");
 
     let path = format!("/api/v1/generations/{GEN_CHILD}");
-    let check = {
-        let authorizer = authorizer.clone();
-        let token = token.clone();
-        let path = path.clone();
-        move || {
-            let authorizer = authorizer.clone();
-            let token = token.clone();
-            let path = path.clone();
-            async move {
-                let req = AuthzRequest {
-                    method: "GET",
-                    path: &path,
-                    authorization: Some(&token),
-                    api_key: None,
-                    largest_header: 0,
-                };
-                authorizer
-                    .check(&req, Some(Duration::from_secs(30)))
-                    .await
-                    .expect("decides")
-                    .outcome
-            }
-        }
-    };
+    let check = || decide_get(authorizer.clone(), token.clone(), path.clone());
 
     // 1. A decision starts; its memberships fill reads bob's membership and is held.
     let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));

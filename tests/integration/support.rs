@@ -292,21 +292,29 @@ pub fn answer(response: CheckResponse) -> Answer {
 
 /// A plain HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let reply = super::http_client::send(addr, "GET", path, &[], Vec::new()).await;
+    (reply.status, reply.text())
+}
+
+/// `GET path` with `token` as a bearer, decided in-process; panics on
+/// "cannot decide". For tests that hold a fill mid-decision.
+pub async fn decide_get<S: velro_authz::facts::FactSource>(
+    authorizer: Arc<velro_authz::authz::Authorizer<S>>,
+    token: String,
+    path: String,
+) -> velro_authz::authz::Outcome {
+    let req = velro_authz::authz::AuthzRequest {
+        method: "GET",
+        path: &path,
+        authorization: Some(&token),
+        api_key: None,
+        largest_header: 0,
+    };
+    authorizer
+        .check(&req, Some(Duration::from_secs(30)))
+        .await
+        .expect("decides")
+        .outcome
 }
 
 /// The real store, with a switch that holds one memberships read after it
