@@ -17,9 +17,10 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use sqlx::{Connection, PgConnection};
+use velro_authz::answer::Outcome;
 use velro_authz::app::App;
-use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
-use velro_authz::authz::{AuthzRequest, Outcome};
+use velro_authz::authn::jwt::MintClaims;
+use velro_authz::authz::AuthzRequest;
 use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
 
@@ -93,7 +94,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         "VELRO_AUTHZ_JWT_SECRET" => Some(SECRET.to_owned()),
         _ => None,
     })?;
-    let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.join("; "))?;
+    let jwt = config.jwt.clone();
     let token = jwt.mint(&MintClaims {
         subject: BOB.into(),
         ttl: Duration::from_secs(3600),

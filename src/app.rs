@@ -10,16 +10,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use crate::authn::jwt::JwtVerifier;
+use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::{Config, ConfigError};
 use crate::facts::Facts;
+use crate::facts::l2::L2;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, router};
 use crate::invalidate;
-use crate::l2::L2;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::redis::Redis;
 use crate::store::{self, Store};
 
 /// The decision path over Postgres.
@@ -31,7 +32,9 @@ pub struct App {
     pub authorizer: Arc<PgAuthorizer>,
     /// Postgres access.
     pub store: Store,
-    /// The Redis tier, when configured.
+    /// The Redis client, when configured.
+    pub redis: Option<Arc<Redis>>,
+    /// The shared fact tier in Redis, when configured.
     pub l2: Option<Arc<L2>>,
     /// Exported metrics.
     pub metrics: Metrics,
@@ -80,13 +83,15 @@ impl App {
         metrics: Metrics,
     ) -> Result<App, ConfigError> {
         let store = Store::new(pool);
-        let jwt = JwtVerifier::new(&config.jwt).map_err(ConfigError)?;
-        let l2 = match &config.redis {
+        let redis = match &config.redis {
             Some(settings) => {
-                Some(L2::new(settings, metrics.clone()).map_err(|e| ConfigError(vec![e]))?)
+                Some(Redis::new(settings, metrics.clone()).map_err(|e| ConfigError(vec![e]))?)
             }
             None => None,
         };
+        let l2 = redis
+            .as_ref()
+            .map(|r| L2::new(r.clone(), config.l2, metrics.clone()));
         let facts = Arc::new(Facts::with_tiers(
             store.clone(),
             &config.cache,
@@ -96,19 +101,22 @@ impl App {
         ));
         let mut authorizer = Authorizer::new(
             config.routes.clone(),
-            jwt,
+            Authenticator::new(config.jwt.clone(), config.max_credentials),
             facts,
-            &config.cache,
             config.decision,
             metrics.clone(),
         );
         if let Some(limit) = config.rate_limit {
-            authorizer =
-                authorizer.with_rate_limiter(RateLimiter::new(limit, l2.clone(), metrics.clone()));
+            authorizer = authorizer.with_rate_limiter(RateLimiter::new(
+                limit,
+                redis.clone(),
+                metrics.clone(),
+            ));
         }
         Ok(App {
             authorizer: Arc::new(authorizer),
             store,
+            redis,
             l2,
             metrics,
             config,
@@ -136,8 +144,12 @@ impl App {
             shutdown_rx.clone(),
         )));
 
+        // L2 subscribes to Redis' connection events before Redis connects.
         if let Some(l2) = &self.l2 {
             tasks.push(l2.spawn_maintenance(shutdown_rx.clone()));
+        }
+        if let Some(redis) = &self.redis {
+            tasks.push(redis.spawn_connection(shutdown_rx.clone()));
         }
         if self.authorizer.rate_limiter().is_some() {
             let authorizer = self.authorizer.clone();

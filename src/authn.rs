@@ -1,22 +1,162 @@
 //! Authentication (SPEC §4 step 2, §9 "Credentials"): request headers →
 //! a credential → a verified token or a checked API key / session.
 //!
-//! Everything here is pure: no database and no async. The caller extracts the
-//! credential with [`extract_credential`], verifies a bearer token with
-//! [`jwt::JwtVerifier`] or hashes an API key with [`apikey::hash`], looks the
-//! session or key row up itself, and hands it back to [`check_session`] or
-//! [`apikey::check_state`]. Every failure is an [`AuthnError`], whose
-//! [`AuthnError::reason`] is the stable machine code of the 401 answer.
+//! [`Authenticator::authenticate`] is the one call the decision makes: it
+//! extracts the credential with [`extract_credential`], verifies a bearer
+//! token with [`jwt::JwtVerifier`] (cached by a hash of the token until it
+//! expires) or hashes an API key with [`apikey::hash`], reads the session or
+//! key row through the fact cache, and checks it with [`check_session`] or
+//! [`apikey::check_state`]. Those steps are pure; only the row reads do I/O.
+//! Every failure is an [`AuthnError`], whose [`AuthnError::reason`] is the
+//! stable machine code of the 401 answer.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use moka::Expiry;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::model::Session;
+use crate::answer::{AuthKind, DenyReason};
+use crate::facts::{FactError, FactSource, Facts, Trace};
+use crate::model::{Scopes, Session};
 
 pub mod apikey;
 pub mod jwt;
+
+use jwt::{JwtVerifier, VerifiedToken};
+
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    /// The user (the JWT `sub`, or the API key's owner).
+    pub user_id: Uuid,
+    /// JWT or API key.
+    pub auth: AuthKind,
+    /// `None` = no narrowing.
+    pub scopes: Option<Scopes>,
+    /// The API key's id, when authenticated by one (rate limiting key).
+    pub api_key_id: Option<Uuid>,
+}
+
+/// Turns request credentials into a [`Principal`].
+pub struct Authenticator {
+    /// Verifies bearer tokens against the configured keys.
+    jwt: Arc<JwtVerifier>,
+    /// Verified tokens by SHA-256 of the token (never the token itself); an
+    /// entry never outlives `exp`.
+    tokens: Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+/// Expires a verified token's cache entry at its `exp`, at most after 300 s.
+struct TokenExpiry;
+
+impl Expiry<[u8; 32], Arc<VerifiedToken>> for TokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let left = value.expires_at - chrono::Utc::now().timestamp();
+        Some(Duration::from_secs(left.clamp(0, 300) as u64))
+    }
+}
+
+impl Authenticator {
+    /// Authenticates with `jwt`, caching up to `max_tokens` verified tokens.
+    pub fn new(jwt: Arc<JwtVerifier>, max_tokens: u64) -> Authenticator {
+        let tokens = Cache::builder()
+            .max_capacity(max_tokens)
+            .expire_after(TokenExpiry)
+            .build();
+        Authenticator { jwt, tokens }
+    }
+
+    /// Drops verified tokens (admin flush, key rotation).
+    pub fn flush(&self) {
+        self.tokens.invalidate_all();
+    }
+
+    /// Cached verified tokens.
+    pub fn cached_tokens(&self) -> u64 {
+        self.tokens.entry_count()
+    }
+
+    /// SPEC §4 step 2: the principal, or why there is none (`Ok(Err(..))`, a
+    /// 401). `Err` only when a session or key row could not be read.
+    pub async fn authenticate<S: FactSource>(
+        &self,
+        authorization: Option<&str>,
+        api_key: Option<&str>,
+        facts: &Facts<S>,
+        trace: &Trace,
+    ) -> Result<Result<Principal, AuthnError>, FactError> {
+        let credential = match extract_credential(authorization, api_key) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(Err(AuthnError::MissingCredentials)),
+            Err(e) => return Ok(Err(e)),
+        };
+        match credential {
+            Credential::Bearer(token) => {
+                let verified = match self.verify_token(token) {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if let Some(sid) = verified.session_id {
+                    let session = facts.session(sid, trace).await?;
+                    if let Err(e) = check_session(session.as_ref(), verified.subject, Utc::now()) {
+                        return Ok(Err(e));
+                    }
+                }
+                Ok(Ok(Principal {
+                    user_id: verified.subject,
+                    auth: AuthKind::Jwt,
+                    scopes: verified.scopes,
+                    api_key_id: None,
+                }))
+            }
+            Credential::ApiKey(plain) => {
+                let hash = apikey::hash(plain);
+                let Some(key) = facts.api_key(hash.as_str().into(), trace).await? else {
+                    return Ok(Err(AuthnError::InvalidApiKey));
+                };
+                if !apikey::hashes_match(&key.key_hash, &hash) {
+                    return Ok(Err(AuthnError::InvalidApiKey));
+                }
+                if let Err(e) = apikey::check_state(&key, Utc::now()) {
+                    return Ok(Err(e));
+                }
+                Ok(Ok(Principal {
+                    user_id: key.user_id,
+                    auth: AuthKind::ApiKey,
+                    scopes: key
+                        .scopes
+                        .as_ref()
+                        .map(|s| Scopes::from_tokens(s.iter().map(String::as_str))),
+                    api_key_id: Some(key.id),
+                }))
+            }
+        }
+    }
+
+    /// Signature and claims checks are pure and costly; their result is cached
+    /// by a hash of the token until it expires.
+    fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthnError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(v) = self.tokens.get(&key)
+            && v.expires_at > Utc::now().timestamp()
+        {
+            return Ok(v);
+        }
+        let verified = Arc::new(self.jwt.verify(token)?);
+        self.tokens.insert(key, verified.clone());
+        Ok(verified)
+    }
+}
 
 /// A credential as presented by the client, borrowed from the request headers.
 ///
@@ -72,16 +212,22 @@ impl AuthnError {
     /// The stable machine code used in deny bodies, metric labels and logs.
     #[must_use]
     pub fn reason(self) -> &'static str {
-        match self {
-            AuthnError::MissingCredentials => "missing_credentials",
-            AuthnError::InvalidToken => "invalid_token",
-            AuthnError::TokenExpired => "token_expired",
-            AuthnError::AmbiguousCredentials => "ambiguous_credentials",
-            AuthnError::UnknownUser => "unknown_user",
-            AuthnError::SessionRevoked => "session_revoked",
-            AuthnError::InvalidApiKey => "invalid_api_key",
-            AuthnError::ApiKeyRevoked => "api_key_revoked",
-            AuthnError::ApiKeyExpired => "api_key_expired",
+        DenyReason::from(self).code()
+    }
+}
+
+impl From<AuthnError> for DenyReason {
+    fn from(e: AuthnError) -> DenyReason {
+        match e {
+            AuthnError::MissingCredentials => DenyReason::MissingCredentials,
+            AuthnError::InvalidToken => DenyReason::InvalidToken,
+            AuthnError::TokenExpired => DenyReason::TokenExpired,
+            AuthnError::AmbiguousCredentials => DenyReason::AmbiguousCredentials,
+            AuthnError::UnknownUser => DenyReason::UnknownUser,
+            AuthnError::SessionRevoked => DenyReason::SessionRevoked,
+            AuthnError::InvalidApiKey => DenyReason::InvalidApiKey,
+            AuthnError::ApiKeyRevoked => DenyReason::ApiKeyRevoked,
+            AuthnError::ApiKeyExpired => DenyReason::ApiKeyExpired,
         }
     }
 }

@@ -1,28 +1,41 @@
-//! The decision, in the order of SPEC §4: route → authenticate → active user →
-//! effective role → answer. Protocol-free: adapters translate to and from it.
+//! The decision, in the order of SPEC §4: route → authenticate → rate limit →
+//! active user → effective role → answer. Protocol-free: adapters translate to
+//! and from it, and [`crate::answer`] holds what an answer is made of.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
-use moka::sync::Cache;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::authn::jwt::{JwtVerifier, VerifiedToken};
-use crate::authn::{self, AuthnError, Credential, apikey};
-use crate::config::{CacheConfig, DecisionConfig};
-use crate::facts::{FactError, FactSource, FactUse, Facts, Trace};
+use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
+use crate::authn::{Authenticator, AuthnError, Principal};
+use crate::facts::{FactError, FactSource, Facts, Trace};
 use crate::metrics::Metrics;
-use crate::model::{ResourceKind, Role, Scopes, Share, UserStatus};
-use crate::policy::{
-    self, DenyReason, GenerationFacts, ProjectFacts, ShareFact, ShareGrantee, Subject, Verdict,
-};
-use crate::ratelimit::{LimitKey, RateLimitInfo, RateLimiter};
-use crate::routes::{Need, RouteError, RouteTable, TargetKind};
+use crate::model::{Action, Role, Scopes, UserStatus};
+use crate::policy::{self, Verdict};
+use crate::ratelimit::{LimitKey, RateLimiter};
+use crate::routes::{Need, RouteError, RouteTable};
+
+mod explain;
+pub mod log;
+mod role;
+
+pub use explain::{Explanation, Summary};
 
 /// Largest header value accepted (SPEC §9): larger → 400 `too_large`.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// Per-decision settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionSettings {
+    /// Budget of one decision when the caller sets no sooner deadline.
+    pub deadline: Duration,
+    /// Shadow mode: log and count what would be denied, but allow.
+    pub dry_run: bool,
+    /// Fraction of allows written to the decision log (denies are always logged).
+    pub allow_log_sample: f64,
+}
 
 /// One request to decide, as the proxy described it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,65 +52,75 @@ pub struct AuthzRequest<'a> {
     pub largest_header: usize,
 }
 
-/// How the principal authenticated (`x-velro-auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthKind {
-    Jwt,
-    ApiKey,
-}
+/// The original request's headers as every adapter hands them over: lower-case
+/// names, repeated headers joined with `,` as Envoy joins them (so two
+/// `Authorization` headers are `invalid_token`, whatever the door).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Headers(HashMap<String, String>);
 
-impl AuthKind {
-    /// Header spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthKind::Jwt => "jwt",
-            AuthKind::ApiKey => "api_key",
+impl Headers {
+    /// From (name, value) pairs, in order.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Headers {
+        let mut out = Headers::default();
+        for (name, value) in pairs {
+            out.add(name, value);
+        }
+        out
+    }
+
+    /// Envoy's header map as sent (Envoy lower-cases names itself); names are
+    /// kept as they are, so `headers_to_remove` echoes them exactly.
+    pub fn from_envoy(map: &HashMap<String, String>) -> Headers {
+        Headers(map.clone())
+    }
+
+    /// Adds one header line; the name is matched without regard to case.
+    pub fn add(&mut self, name: &str, value: &str) {
+        self.0
+            .entry(name.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+
+    /// The (joined) value of `name`, a lower-case name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Length of the largest value, not counting headers named in `except`
+    /// (a proxy's own description of the original request).
+    pub fn largest(&self, except: &[&str]) -> usize {
+        self.0
+            .iter()
+            .filter(|(k, _)| !except.contains(&k.as_str()))
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every header name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// The request to decide.
+    pub fn request<'a>(
+        &'a self,
+        method: &'a str,
+        target: &'a str,
+        except: &[&str],
+    ) -> AuthzRequest<'a> {
+        AuthzRequest {
+            method,
+            path: target,
+            authorization: self.get("authorization"),
+            api_key: self.get("x-api-key"),
+            largest_header: self.largest(except),
         }
     }
-}
-
-/// Who is asking, once authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Principal {
-    /// The user (the JWT `sub`, or the API key's owner).
-    pub user_id: Uuid,
-    /// JWT or API key.
-    pub auth: AuthKind,
-    /// `None` = no narrowing.
-    pub scopes: Option<Scopes>,
-    /// The API key's id, when authenticated by one (rate limiting key).
-    pub api_key_id: Option<Uuid>,
-}
-
-/// Identity handed to the upstream on allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    /// `x-velro-user-id`.
-    pub user_id: Uuid,
-    /// `x-velro-auth`.
-    pub auth: AuthKind,
-    /// `x-velro-role`, on resource routes only.
-    pub role: Option<Role>,
-}
-
-/// A deny: status, stable reason code and what the client is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deny {
-    /// HTTP status the proxy answers with.
-    pub status: u16,
-    /// Stable machine code (`no_route`, `invalid_token`, ...).
-    pub reason: &'static str,
-    /// Whether to send `www-authenticate` (401s).
-    pub challenge: bool,
-}
-
-/// The answer for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Let it through; `None` identity on public routes.
-    Allow(Option<Identity>),
-    /// Stop it.
-    Deny(Deny),
 }
 
 /// A decision with the context that explains it.
@@ -109,7 +132,7 @@ pub struct Decision {
     /// `dry_run_deny` keeps what would have happened.
     pub outcome: Outcome,
     /// The deny that dry-run mode waved through.
-    pub dry_run_deny: Option<Deny>,
+    pub dry_run_deny: Option<DenyReason>,
     /// The route pattern matched, if any.
     pub route: Option<Arc<str>>,
     /// The authenticated principal, if it got that far.
@@ -118,6 +141,36 @@ pub struct Decision {
     pub role: Option<Role>,
     /// The rate limiter's verdict, when one ran (headers on a 429).
     pub rate_limit: Option<RateLimitInfo>,
+}
+
+impl Decision {
+    /// A deny decided by an adapter before the core (the proxy did not describe
+    /// the request): it gets a decision id like any other.
+    pub fn adapter_deny(reason: DenyReason) -> Decision {
+        Decision {
+            decision_id: new_decision_id(),
+            outcome: Outcome::Deny(reason),
+            dry_run_deny: None,
+            route: None,
+            principal: None,
+            role: None,
+            rate_limit: None,
+        }
+    }
+
+    /// The headers for the upstream on allow (decision id, identity).
+    pub fn identity_headers(&self) -> Vec<crate::answer::Header> {
+        let identity = match &self.outcome {
+            Outcome::Allow(identity) => identity.as_ref(),
+            Outcome::Deny(_) => None,
+        };
+        crate::answer::identity_headers(&self.decision_id, identity)
+    }
+
+    /// The headers of a deny answer for `reason`.
+    pub fn deny_headers(&self, reason: DenyReason) -> Vec<crate::answer::Header> {
+        crate::answer::deny_headers(reason, &self.decision_id, self.rate_limit.as_ref())
+    }
 }
 
 /// "Cannot decide": never a deny, never an allow (SPEC §4 step 6).
@@ -141,16 +194,7 @@ impl CheckError {
     }
 }
 
-/// A decision plus every fact it used (`check --explain`, admin `Explain`).
-#[derive(Debug)]
-pub struct Explanation {
-    /// The decision, or why none could be made.
-    pub decision: Result<Decision, CheckError>,
-    /// Facts used, in order, with their source.
-    pub facts: Vec<FactUse>,
-}
-
-/// Per-request state built up along the steps.
+/// What the steps learned on the way, for the decision and its log.
 #[derive(Default)]
 struct Steps {
     route: Option<Arc<str>>,
@@ -161,50 +205,34 @@ struct Steps {
 
 /// Decides requests.
 pub struct Authorizer<S> {
+    /// Step 1: (method, path) → what the request needs.
     routes: RouteTable,
-    jwt: JwtVerifier,
+    /// Step 2: credentials → principal.
+    authn: Authenticator,
+    /// Steps 2–4 read their facts here (L1, then Redis, then Postgres).
     facts: Arc<Facts<S>>,
-    /// Verified tokens by SHA-256 of the token; an entry never outlives `exp`.
-    tokens: Cache<[u8; 32], Arc<VerifiedToken>>,
-    config: DecisionConfig,
+    /// Deadline, dry run, log sampling.
+    settings: DecisionSettings,
+    /// Step 2b, when configured.
     limiter: Option<RateLimiter>,
+    /// Decision counters and latency.
     metrics: Metrics,
-}
-
-struct TokenExpiry;
-
-impl Expiry<[u8; 32], Arc<VerifiedToken>> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<VerifiedToken>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        let left = value.expires_at - chrono::Utc::now().timestamp();
-        Some(Duration::from_secs(left.clamp(0, 300) as u64))
-    }
 }
 
 impl<S: FactSource> Authorizer<S> {
     /// Wires the decision steps.
     pub fn new(
         routes: RouteTable,
-        jwt: JwtVerifier,
+        authn: Authenticator,
         facts: Arc<Facts<S>>,
-        cache: &CacheConfig,
-        config: DecisionConfig,
+        settings: DecisionSettings,
         metrics: Metrics,
     ) -> Authorizer<S> {
-        let tokens = Cache::builder()
-            .max_capacity(cache.max_credentials)
-            .expire_after(TokenExpiry)
-            .build();
         Authorizer {
             routes,
-            jwt,
+            authn,
             facts,
-            tokens,
-            config,
+            settings,
             limiter: None,
             metrics,
         }
@@ -228,12 +256,12 @@ impl<S: FactSource> Authorizer<S> {
 
     /// Drops verified credentials (admin flush, key rotation).
     pub fn flush_credentials(&self) {
-        self.tokens.invalidate_all();
+        self.authn.flush();
     }
 
     /// Cached verified credentials.
     pub fn credential_entries(&self) -> u64 {
-        self.tokens.entry_count()
+        self.authn.cached_tokens()
     }
 
     /// Decides one request within `deadline` (the caller's, capped by the
@@ -244,7 +272,7 @@ impl<S: FactSource> Authorizer<S> {
         deadline: Option<Duration>,
     ) -> Result<Decision, CheckError> {
         let started = Instant::now();
-        let budget = deadline.map_or(self.config.deadline, |d| d.min(self.config.deadline));
+        let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
         let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
         {
             Ok(r) => r,
@@ -253,7 +281,7 @@ impl<S: FactSource> Authorizer<S> {
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.record(&result);
+        log::record(&self.metrics, self.settings.allow_log_sample, &result);
         result
     }
 
@@ -277,11 +305,11 @@ impl<S: FactSource> Authorizer<S> {
         let mut steps = Steps::default();
         let outcome = self.steps(req, trace, limit, &mut steps).await?;
         let (outcome, dry_run_deny) = match outcome {
-            Outcome::Deny(deny) if self.config.dry_run => (Outcome::Allow(None), Some(deny)),
+            Outcome::Deny(reason) if self.settings.dry_run => (Outcome::Allow(None), Some(reason)),
             other => (other, None),
         };
         Ok(Decision {
-            decision_id: Uuid::new_v4().simple().to_string(),
+            decision_id: new_decision_id(),
             outcome,
             dry_run_deny,
             route: steps.route,
@@ -300,21 +328,25 @@ impl<S: FactSource> Authorizer<S> {
         steps: &mut Steps,
     ) -> Result<Outcome, CheckError> {
         if req.largest_header > MAX_HEADER_BYTES {
-            return Ok(deny_route(RouteError::TooLarge));
+            return Ok(deny(RouteError::TooLarge));
         }
         // 1. Route.
         let route = match self.routes.resolve(req.method, req.path) {
             Ok(m) => m,
-            Err(e) => return Ok(deny_route(e)),
+            Err(e) => return Ok(deny(e)),
         };
         steps.route = Some(route.route.clone());
         if route.need == Need::Public {
             return Ok(Outcome::Allow(None));
         }
         // 2. Authenticate.
-        let principal = match self.authenticate(req, trace).await? {
+        let authenticated = self
+            .authn
+            .authenticate(req.authorization, req.api_key, &self.facts, trace)
+            .await?;
+        let principal = match authenticated {
             Ok(p) => p,
-            Err(e) => return Ok(deny_authn(e)),
+            Err(e) => return Ok(deny(e)),
         };
         steps.principal = Some(principal);
         // 2b. Rate limit, per principal, before any more facts are read.
@@ -328,17 +360,13 @@ impl<S: FactSource> Authorizer<S> {
             let verdict = Box::pin(limiter.check(key)).await;
             steps.rate_limit = Some(verdict);
             if !verdict.allowed {
-                return Ok(Outcome::Deny(Deny {
-                    status: 429,
-                    reason: "rate_limited",
-                    challenge: false,
-                }));
+                return Ok(Outcome::Deny(DenyReason::RateLimited));
             }
         }
         // 3. The principal must be an active user.
         let status = match self.facts.user(principal.user_id, trace).await? {
             Some(user) => user.status,
-            None => return Ok(deny_authn(AuthnError::UnknownUser)),
+            None => return Ok(deny(AuthnError::UnknownUser)),
         };
         let identity = |role| Identity {
             user_id: principal.user_id,
@@ -348,20 +376,19 @@ impl<S: FactSource> Authorizer<S> {
         match (&route.need, route.id) {
             (Need::Authenticated { scope }, _) => {
                 if status != UserStatus::Active {
-                    return Ok(deny_policy(DenyReason::UserInactive));
+                    return Ok(Outcome::Deny(DenyReason::UserInactive));
                 }
                 if let Some(scope) = scope
                     && !scope_grants(principal.scopes, scope)
                 {
-                    return Ok(deny_policy(DenyReason::InsufficientScope));
+                    return Ok(Outcome::Deny(DenyReason::InsufficientScope));
                 }
                 Ok(Outcome::Allow(Some(identity(None))))
             }
             (Need::Resource { kind, action }, Some(id)) => {
                 // 4. Effective role (skipped for inactive users: step 3 wins).
                 let role = if status == UserStatus::Active {
-                    self.effective_role(principal.user_id, *kind, id, trace)
-                        .await?
+                    role::effective_role(&self.facts, principal.user_id, *kind, id, trace).await?
                 } else {
                     None
                 };
@@ -369,213 +396,11 @@ impl<S: FactSource> Authorizer<S> {
                 // 5–6. Allowed by role and scopes?
                 match policy::decide(status, role, *action, principal.scopes) {
                     Verdict::Allow(role) => Ok(Outcome::Allow(Some(identity(Some(role))))),
-                    Verdict::Deny(reason) => Ok(deny_policy(reason)),
+                    Verdict::Deny(reason) => Ok(Outcome::Deny(reason)),
                 }
             }
             // A resource route always carries an id; treat anything else as no route.
-            (Need::Resource { .. }, None) | (Need::Public, _) => {
-                Ok(deny_route(RouteError::NoRoute))
-            }
-        }
-    }
-
-    async fn authenticate(
-        &self,
-        req: &AuthzRequest<'_>,
-        trace: &Trace,
-    ) -> Result<Result<Principal, AuthnError>, CheckError> {
-        let credential = match authn::extract_credential(req.authorization, req.api_key) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Ok(Err(AuthnError::MissingCredentials)),
-            Err(e) => return Ok(Err(e)),
-        };
-        match credential {
-            Credential::Bearer(token) => {
-                let verified = match self.verify_token(token) {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if let Some(sid) = verified.session_id {
-                    let session = self.facts.session(sid, trace).await?;
-                    let now = chrono::Utc::now();
-                    if let Err(e) = authn::check_session(session.as_ref(), verified.subject, now) {
-                        return Ok(Err(e));
-                    }
-                }
-                Ok(Ok(Principal {
-                    user_id: verified.subject,
-                    auth: AuthKind::Jwt,
-                    scopes: verified.scopes,
-                    api_key_id: None,
-                }))
-            }
-            Credential::ApiKey(plain) => {
-                let hash = apikey::hash(plain);
-                let Some(key) = self.facts.api_key(hash.as_str().into(), trace).await? else {
-                    return Ok(Err(AuthnError::InvalidApiKey));
-                };
-                if !apikey::hashes_match(&key.key_hash, &hash) {
-                    return Ok(Err(AuthnError::InvalidApiKey));
-                }
-                if let Err(e) = apikey::check_state(&key, chrono::Utc::now()) {
-                    return Ok(Err(e));
-                }
-                Ok(Ok(Principal {
-                    user_id: key.user_id,
-                    auth: AuthKind::ApiKey,
-                    scopes: key
-                        .scopes
-                        .as_ref()
-                        .map(|s| Scopes::from_tokens(s.iter().map(String::as_str))),
-                    api_key_id: Some(key.id),
-                }))
-            }
-        }
-    }
-
-    /// Signature and claims checks are pure and costly; their result is cached
-    /// by a hash of the token (never the token itself) until it expires.
-    fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthnError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(v) = self.tokens.get(&key)
-            && v.expires_at > chrono::Utc::now().timestamp()
-        {
-            return Ok(v);
-        }
-        let verified = Arc::new(self.jwt.verify(token)?);
-        self.tokens.insert(key, verified.clone());
-        Ok(verified)
-    }
-
-    async fn effective_role(
-        &self,
-        user_id: Uuid,
-        kind: TargetKind,
-        id: Uuid,
-        trace: &Trace,
-    ) -> Result<Option<Role>, CheckError> {
-        let memberships = self.facts.memberships(user_id, trace).await?;
-        let subject = Subject {
-            user_id,
-            memberships: &memberships,
-        };
-        Ok(match kind {
-            TargetKind::Team => {
-                let chain = self.facts.team_chain(id, trace).await?;
-                policy::role_in_team(&subject, &chain)
-            }
-            TargetKind::Project => match self.project_facts(id, trace).await? {
-                Some(p) => policy::role_on_project(&subject, &p),
-                None => None,
-            },
-            TargetKind::Generation => {
-                let Some(generation) = self.facts.generation(id, trace).await? else {
-                    return Ok(None);
-                };
-                if generation.status == crate::model::GenerationStatus::Deleted {
-                    return Ok(None);
-                }
-                let chain = self
-                    .facts
-                    .generation_chain(generation.clone(), trace)
-                    .await?;
-                let project = match policy::project_of(&chain) {
-                    Some(pid) => self.project_facts(pid, trace).await?,
-                    None => None,
-                };
-                let shares = self
-                    .share_facts(ResourceKind::Generation, id, trace)
-                    .await?;
-                policy::role_on_generation(
-                    &subject,
-                    &GenerationFacts {
-                        generation,
-                        shares,
-                        project,
-                    },
-                )
-            }
-        })
-    }
-
-    async fn project_facts(
-        &self,
-        id: Uuid,
-        trace: &Trace,
-    ) -> Result<Option<ProjectFacts>, CheckError> {
-        let Some(project) = self.facts.project(id, trace).await? else {
-            return Ok(None);
-        };
-        let team_chain = match project.team_id {
-            Some(team) => self.facts.team_chain(team, trace).await?,
-            None => Vec::new(),
-        };
-        let shares = self.share_facts(ResourceKind::Project, id, trace).await?;
-        Ok(Some(ProjectFacts {
-            project,
-            team_chain,
-            shares,
-        }))
-    }
-
-    async fn share_facts(
-        &self,
-        kind: ResourceKind,
-        id: Uuid,
-        trace: &Trace,
-    ) -> Result<Vec<ShareFact>, CheckError> {
-        let shares = self.facts.shares(kind, id, trace).await?;
-        let mut out = Vec::with_capacity(shares.len());
-        for Share { grantee, role } in shares.iter().copied() {
-            let grantee = match grantee {
-                crate::model::Grantee::User(u) => ShareGrantee::User(u),
-                crate::model::Grantee::Team(t) => ShareGrantee::Team {
-                    chain: self.facts.team_chain(t, trace).await?,
-                },
-            };
-            out.push(ShareFact { grantee, role });
-        }
-        Ok(out)
-    }
-
-    fn record(&self, result: &Result<Decision, CheckError>) {
-        match result {
-            Ok(d) => {
-                let (outcome, status, reason) = match (&d.outcome, &d.dry_run_deny) {
-                    (Outcome::Deny(deny), _) => ("deny", status_label(deny.status), deny.reason),
-                    (Outcome::Allow(_), Some(deny)) => {
-                        ("dry_run_allow", status_label(deny.status), deny.reason)
-                    }
-                    (Outcome::Allow(_), None) => ("allow", "200", "ok"),
-                };
-                self.metrics
-                    .decisions
-                    .with_label_values(&[outcome, status, reason])
-                    .inc();
-                let sampled =
-                    outcome == "allow" && rand::random::<f64>() < self.config.allow_log_sample;
-                if outcome != "allow" || sampled {
-                    tracing::info!(
-                        target: "velro_authz::decision",
-                        decision_id = %d.decision_id,
-                        outcome,
-                        status,
-                        reason,
-                        route = d.route.as_deref().unwrap_or("-"),
-                        user_id = d.principal.map(|p| p.user_id.to_string()).unwrap_or_default(),
-                        auth = d.principal.map(|p| p.auth.as_str()).unwrap_or("-"),
-                        role = d.role.map(|r| r.as_str()).unwrap_or("-"),
-                        "decision"
-                    );
-                }
-            }
-            Err(e) => {
-                self.metrics
-                    .decisions
-                    .with_label_values(&["error", "503", e.reason()])
-                    .inc();
-                tracing::warn!(target: "velro_authz::decision", reason = e.reason(), error = %e, "cannot decide");
-            }
+            (Need::Resource { .. }, None) | (Need::Public, _) => Ok(deny(RouteError::NoRoute)),
         }
     }
 }
@@ -583,49 +408,17 @@ impl<S: FactSource> Authorizer<S> {
 /// A route's required scope: `ops` must be granted explicitly; an action name
 /// is granted unless scopes narrow it away.
 fn scope_grants(scopes: Option<Scopes>, scope: &str) -> bool {
-    match scope.parse::<crate::model::Action>() {
+    match scope.parse::<Action>() {
         Ok(action) => scopes.is_none_or(|s| s.allows(action)),
         Err(_) => scopes.is_some_and(Scopes::has_ops),
     }
 }
 
-fn status_label(status: u16) -> &'static str {
-    match status {
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        429 => "429",
-        _ => "other",
-    }
+fn deny(reason: impl Into<DenyReason>) -> Outcome {
+    Outcome::Deny(reason.into())
 }
 
-fn deny_route(e: RouteError) -> Outcome {
-    Outcome::Deny(Deny {
-        status: e.http_status(),
-        reason: e.reason(),
-        challenge: false,
-    })
-}
-
-fn deny_authn(e: AuthnError) -> Outcome {
-    Outcome::Deny(Deny {
-        status: 401,
-        reason: e.reason(),
-        challenge: true,
-    })
-}
-
-fn deny_policy(reason: DenyReason) -> Outcome {
-    let status = match reason {
-        DenyReason::NotFound => 404,
-        DenyReason::UserInactive | DenyReason::InsufficientRole | DenyReason::InsufficientScope => {
-            403
-        }
-    };
-    Outcome::Deny(Deny {
-        status,
-        reason: reason.reason(),
-        challenge: false,
-    })
+/// A fresh decision id: 32 hex digits.
+fn new_decision_id() -> String {
+    Uuid::new_v4().simple().to_string()
 }

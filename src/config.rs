@@ -1,22 +1,49 @@
-//! Configuration: a YAML file plus environment overrides, parsed once into strong
-//! types. Every problem is collected and reported together, each naming the
+//! Configuration: a YAML file plus environment overrides, parsed once into the
+//! settings types each module owns, and built once (the JWT keys, the route
+//! table). Every problem is collected and reported together, each naming the
 //! setting, so an operator fixes a bad deployment in one round trip.
 //!
 //! The environment is read through a lookup function, so tests pass a map
 //! instead of mutating the process environment.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::authn::jwt::{JwtConfig, JwtKeyConfig};
+use crate::authn::jwt::{JwtConfig, JwtKeyConfig, JwtVerifier};
+use crate::authz::DecisionSettings;
 use crate::breaker::BreakerConfig;
-use crate::l2::RedisSettings;
+use crate::facts::CacheSettings;
+use crate::facts::l2::L2Settings;
+use crate::http::ForwardAuthSettings;
+use crate::invalidate::ListenerSettings;
 use crate::ratelimit::RateLimitConfig;
+use crate::redis::RedisSettings;
 use crate::routes::RouteTable;
+use crate::store::DatabaseSettings;
+use crate::telemetry::LogFormat;
+
+/// `DATABASE_URL`: the Postgres URL, honoured as is.
+pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+/// `REDIS_URL`: the Redis URL; unset = no shared tier.
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
+/// The gRPC listen address.
+pub const ENV_GRPC_ADDR: &str = "VELRO_AUTHZ_GRPC_ADDR";
+/// The HTTP listen address.
+pub const ENV_HTTP_ADDR: &str = "VELRO_AUTHZ_HTTP_ADDR";
+/// Dry-run (shadow) mode: `true` or `false`.
+pub const ENV_DRY_RUN: &str = "VELRO_AUTHZ_DRY_RUN";
+/// The HS256 secret, so the config file can be committed without it.
+pub const ENV_JWT_SECRET: &str = "VELRO_AUTHZ_JWT_SECRET";
+/// A route table file instead of the built-in one.
+pub const ENV_ROUTES_FILE: &str = "VELRO_AUTHZ_ROUTES_FILE";
+/// `json` or `text`.
+pub const ENV_LOG_FORMAT: &str = "VELRO_AUTHZ_LOG_FORMAT";
+/// The Redis key prefix.
+pub const ENV_REDIS_PREFIX: &str = "VELRO_AUTHZ_REDIS_PREFIX";
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -29,113 +56,33 @@ pub struct Config {
     /// HTTP listener: /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
     /// Postgres, the source of truth.
-    pub database: DatabaseConfig,
+    pub database: DatabaseSettings,
     /// In-process cache bounds and safety-net TTLs.
-    pub cache: CacheConfig,
+    pub cache: CacheSettings,
+    /// How many verified tokens are cached.
+    pub max_credentials: u64,
     /// Per-decision behaviour.
-    pub decision: DecisionConfig,
-    /// JWT verification keys and claims.
-    pub jwt: JwtConfig,
+    pub decision: DecisionSettings,
+    /// JWT verification keys and claims, built and checked.
+    pub jwt: Arc<JwtVerifier>,
     /// The route table (shipped default unless `routes_file` is set).
     pub routes: RouteTable,
     /// Where the routes came from, for logs.
     pub routes_source: String,
     /// LISTEN reconnect backoff.
-    pub listener: ListenerConfig,
+    pub listener: ListenerSettings,
     /// `json` (default, for production) or `text` (for humans).
     pub log_format: LogFormat,
     /// The shared Redis tier; `None` (no `REDIS_URL`) = L1 + Postgres only.
     pub redis: Option<RedisSettings>,
+    /// Fact TTLs in Redis (used when `redis` is set).
+    pub l2: L2Settings,
     /// Circuit breaker settings, for Postgres and Redis.
     pub breaker: BreakerConfig,
     /// Per-principal rate limit; `None` = off.
     pub rate_limit: Option<RateLimitConfig>,
     /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
-    pub forward_auth: ForwardAuthConfig,
-}
-
-/// Where `/v1/auth` finds the original request (nginx `auth_request`); Traefik's
-/// `X-Forwarded-Method` / `X-Forwarded-Uri` are always read as well.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardAuthConfig {
-    /// Header carrying the original method (lower-case); default `x-original-method`.
-    pub original_method_header: String,
-    /// Header carrying the original request URI (lower-case); default `x-original-uri`.
-    pub original_uri_header: String,
-}
-
-impl Default for ForwardAuthConfig {
-    fn default() -> Self {
-        ForwardAuthConfig {
-            original_method_header: "x-original-method".to_owned(),
-            original_uri_header: "x-original-uri".to_owned(),
-        }
-    }
-}
-
-/// Postgres connection settings.
-#[derive(Clone)]
-pub struct DatabaseConfig {
-    /// `DATABASE_URL`; may carry a password, so `Debug` redacts it.
-    pub url: String,
-    /// Pool size.
-    pub max_connections: u32,
-    /// How long a query waits for a pooled connection.
-    pub acquire_timeout: Duration,
-    /// Per-statement timeout (`statement_timeout` on each connection).
-    pub statement_timeout: Duration,
-}
-
-impl fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .field("acquire_timeout", &self.acquire_timeout)
-            .field("statement_timeout", &self.statement_timeout)
-            .finish()
-    }
-}
-
-/// L1 cache settings (SPEC §5 defaults).
-#[derive(Debug, Clone, Copy)]
-pub struct CacheConfig {
-    /// Maximum cached facts.
-    pub max_facts: u64,
-    /// Safety-net TTL of a present fact; invalidation is what keeps facts fresh.
-    pub ttl: Duration,
-    /// TTL of a negative entry (row not found).
-    pub negative_ttl: Duration,
-    /// Maximum cached verified credentials.
-    pub max_credentials: u64,
-}
-
-/// Decision settings.
-#[derive(Debug, Clone, Copy)]
-pub struct DecisionConfig {
-    /// Budget of one decision when the caller sets no sooner deadline.
-    pub deadline: Duration,
-    /// Shadow mode: log and count what would be denied, but allow.
-    pub dry_run: bool,
-    /// Fraction of allows written to the decision log (denies are always logged).
-    pub allow_log_sample: f64,
-}
-
-/// LISTEN connection settings.
-#[derive(Debug, Clone, Copy)]
-pub struct ListenerConfig {
-    /// First reconnect delay.
-    pub reconnect_min: Duration,
-    /// Backoff cap.
-    pub reconnect_max: Duration,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    Json,
-    Text,
+    pub forward_auth: ForwardAuthSettings,
 }
 
 /// All configuration problems found, each naming its setting.
@@ -259,7 +206,7 @@ impl Config {
     pub fn load_database(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<DatabaseConfig, ConfigError> {
+    ) -> Result<DatabaseSettings, ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
@@ -285,25 +232,25 @@ impl Config {
 
         let grpc_addr = addr(
             "grpc_addr / VELRO_AUTHZ_GRPC_ADDR",
-            env("VELRO_AUTHZ_GRPC_ADDR").or(file.grpc_addr),
+            env(ENV_GRPC_ADDR).or(file.grpc_addr),
             "127.0.0.1:9191",
             &mut errors,
         );
         let http_addr = addr(
             "http_addr / VELRO_AUTHZ_HTTP_ADDR",
-            env("VELRO_AUTHZ_HTTP_ADDR").or(file.http_addr),
+            env(ENV_HTTP_ADDR).or(file.http_addr),
             "127.0.0.1:8181",
             &mut errors,
         );
 
         let database = database(file.database, &env, &mut errors);
 
-        let cache = CacheConfig {
+        let cache = CacheSettings {
             max_facts: file.cache.max_facts.unwrap_or(200_000),
             ttl: Duration::from_secs(file.cache.ttl_secs.unwrap_or(300)),
             negative_ttl: Duration::from_secs(file.cache.negative_ttl_secs.unwrap_or(30)),
-            max_credentials: file.cache.max_credentials.unwrap_or(100_000),
         };
+        let max_credentials = file.cache.max_credentials.unwrap_or(100_000);
         if cache.max_facts == 0 {
             errors.push("cache.max_facts: must be at least 1".to_owned());
         }
@@ -311,7 +258,7 @@ impl Config {
             errors.push("cache.ttl_secs / cache.negative_ttl_secs: must be at least 1".to_owned());
         }
 
-        let dry_run = match env("VELRO_AUTHZ_DRY_RUN") {
+        let dry_run = match env(ENV_DRY_RUN) {
             Some(v) => match v.as_str() {
                 "1" | "true" => true,
                 "0" | "false" => false,
@@ -324,7 +271,7 @@ impl Config {
             },
             None => file.decision.dry_run.unwrap_or(false),
         };
-        let decision = DecisionConfig {
+        let decision = DecisionSettings {
             deadline: ms(file.decision.deadline_ms, 500),
             dry_run,
             allow_log_sample: file.decision.allow_log_sample.unwrap_or(0.01),
@@ -337,7 +284,7 @@ impl Config {
         }
 
         let mut jwt = file.auth.jwt.unwrap_or_else(dev_jwt_defaults);
-        if let Some(secret) = env("VELRO_AUTHZ_JWT_SECRET") {
+        if let Some(secret) = env(ENV_JWT_SECRET) {
             // The env var supplies the secret of the HS256 key, so the file can be
             // committed without it; add such a key when the file names none.
             match jwt.keys.iter_mut().find(|k| k.alg == "HS256") {
@@ -345,13 +292,15 @@ impl Config {
                 None => jwt.keys.push(hs256_key(secret)),
             }
         }
-        if let Err(problems) = crate::authn::jwt::JwtVerifier::new(&jwt) {
-            errors.extend(problems);
-        }
+        let jwt = match JwtVerifier::new(&jwt) {
+            Ok(verifier) => Some(Arc::new(verifier)),
+            Err(problems) => {
+                errors.extend(problems);
+                None
+            }
+        };
 
-        let routes_file = env("VELRO_AUTHZ_ROUTES_FILE")
-            .map(PathBuf::from)
-            .or(file.routes_file);
+        let routes_file = env(ENV_ROUTES_FILE).map(PathBuf::from).or(file.routes_file);
         let (routes, routes_source) = match &routes_file {
             None => (
                 RouteTable::velro_default(),
@@ -372,7 +321,7 @@ impl Config {
             },
         };
 
-        let listener = ListenerConfig {
+        let listener = ListenerSettings {
             reconnect_min: ms(file.listener.reconnect_min_ms, 100),
             reconnect_max: ms(file.listener.reconnect_max_ms, 5_000),
         };
@@ -383,7 +332,7 @@ impl Config {
             );
         }
 
-        let log_format = match env("VELRO_AUTHZ_LOG_FORMAT").as_deref() {
+        let log_format = match env(ENV_LOG_FORMAT).as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
             Some(other) => {
@@ -403,7 +352,7 @@ impl Config {
             errors.push("breaker.failures / breaker.open_ms: must be at least 1".to_owned());
         }
 
-        let redis_url = env("REDIS_URL")
+        let redis_url = env(ENV_REDIS_URL)
             .or(file.redis.url)
             .filter(|u| !u.is_empty());
         let redis = redis_url.map(|url| {
@@ -419,24 +368,24 @@ impl Config {
             }
             let settings = RedisSettings {
                 url,
-                key_prefix: env("VELRO_AUTHZ_REDIS_PREFIX")
+                key_prefix: env(ENV_REDIS_PREFIX)
                     .or(file.redis.key_prefix)
                     .unwrap_or_else(|| "velro-authz:".to_owned()),
                 timeout: ms(file.redis.timeout_ms, 100),
-                ttl: Duration::from_secs(file.redis.ttl_secs.unwrap_or(900)),
-                negative_ttl: Duration::from_secs(file.redis.negative_ttl_secs.unwrap_or(30)),
                 breaker,
             };
             if settings.timeout.is_zero() {
                 errors.push("redis.timeout_ms: must be at least 1".to_owned());
             }
-            if settings.ttl.is_zero() || settings.negative_ttl.is_zero() {
-                errors.push(
-                    "redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned(),
-                );
-            }
             settings
         });
+        let l2 = L2Settings {
+            ttl: Duration::from_secs(file.redis.ttl_secs.unwrap_or(900)),
+            negative_ttl: Duration::from_secs(file.redis.negative_ttl_secs.unwrap_or(30)),
+        };
+        if l2.ttl.is_zero() || l2.negative_ttl.is_zero() {
+            errors.push("redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned());
+        }
 
         let rate_limit = file.rate_limit.map(|r| {
             let config = RateLimitConfig {
@@ -458,14 +407,15 @@ impl Config {
         });
         let forward_auth = forward_auth(file.forward_auth, &mut errors);
 
-        if !errors.is_empty() {
+        let (Some(jwt), true) = (jwt, errors.is_empty()) else {
             return Err(ConfigError(errors));
-        }
+        };
         Ok(Config {
             grpc_addr,
             http_addr,
             database,
             cache,
+            max_credentials,
             decision,
             jwt,
             routes,
@@ -473,6 +423,7 @@ impl Config {
             listener,
             log_format,
             redis,
+            l2,
             breaker,
             rate_limit,
             forward_auth,
@@ -491,8 +442,8 @@ fn database(
     file: FileDatabase,
     env: &impl Fn(&str) -> Option<String>,
     errors: &mut Vec<String>,
-) -> DatabaseConfig {
-    let url = env("DATABASE_URL").or(file.url).unwrap_or_default();
+) -> DatabaseSettings {
+    let url = env(ENV_DATABASE_URL).or(file.url).unwrap_or_default();
     if url.is_empty() {
         errors.push("database.url / DATABASE_URL: required".to_owned());
     } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -502,7 +453,7 @@ fn database(
     if max_connections == 0 {
         errors.push("database.max_connections: must be at least 1".to_owned());
     }
-    DatabaseConfig {
+    DatabaseSettings {
         url,
         max_connections,
         acquire_timeout: ms(file.acquire_timeout_ms, 2_000),
@@ -511,8 +462,8 @@ fn database(
 }
 
 /// The `forward_auth` section: header names, validated and lower-cased.
-fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthConfig {
-    let defaults = ForwardAuthConfig::default();
+fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthSettings {
+    let defaults = ForwardAuthSettings::default();
     let mut name = |setting: &str, value: Option<String>, default: String| match value {
         None => default,
         Some(v) => match axum::http::HeaderName::from_bytes(v.as_bytes()) {
@@ -525,7 +476,7 @@ fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthC
             }
         },
     };
-    ForwardAuthConfig {
+    ForwardAuthSettings {
         original_method_header: name(
             "original_method_header",
             file.original_method_header,
@@ -580,24 +531,7 @@ fn ms(value: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(value.unwrap_or(default))
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use crate::secret::redact_url;
 
 #[cfg(test)]
 mod tests {
@@ -663,8 +597,8 @@ mod tests {
         let redis = on.redis.as_ref().expect("redis on");
         assert_eq!(redis.key_prefix, "{v}:");
         assert_eq!(redis.timeout, Duration::from_millis(100));
-        assert_eq!(redis.ttl, Duration::from_secs(900));
-        assert_eq!(redis.negative_ttl, Duration::from_secs(30));
+        assert_eq!(on.l2.ttl, Duration::from_secs(900));
+        assert_eq!(on.l2.negative_ttl, Duration::from_secs(30));
         assert!(!format!("{on:?}").contains("hunter2"), "password redacted");
     }
 
@@ -721,7 +655,7 @@ mod tests {
             ("VELRO_AUTHZ_JWT_SECRET", SECRET),
         ]);
         let cfg = Config::from_yaml("", &env).expect("valid");
-        assert_eq!(cfg.forward_auth, ForwardAuthConfig::default());
+        assert_eq!(cfg.forward_auth, ForwardAuthSettings::default());
         assert_eq!(cfg.forward_auth.original_uri_header, "x-original-uri");
         let yaml = "forward_auth:\n  original_method_header: X-Orig-Method\n  original_uri_header: X-Orig-Uri\n";
         let cfg = Config::from_yaml(yaml, &env).expect("valid");

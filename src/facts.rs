@@ -22,13 +22,15 @@ use moka::future::Cache;
 use uuid::Uuid;
 
 use crate::breaker::{Breaker, BreakerConfig};
-use crate::config::CacheConfig;
-use crate::l2::{L2, L2Get};
 use crate::metrics::Metrics;
 use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
 use crate::store::{Store, StoreError};
+
+pub mod l2;
+
+use l2::{L2, L2Get};
 
 /// Number of invalidation buckets; a collision only costs a spurious refill.
 const BUCKETS: usize = 1 << 16;
@@ -36,6 +38,17 @@ const BUCKETS: usize = 1 << 16;
 const MAX_FILL_ATTEMPTS: usize = 3;
 /// Team-tree walk bound; the database rejects cycles, this keeps us safe anyway.
 pub const MAX_TEAM_DEPTH: usize = 64;
+
+/// L1 cache settings (SPEC §5 defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Maximum cached facts.
+    pub max_facts: u64,
+    /// Safety-net TTL of a present fact; invalidation is what keeps facts fresh.
+    pub ttl: Duration,
+    /// TTL of a negative entry (row not found).
+    pub negative_ttl: Duration,
+}
 
 /// The identity of one fact.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,7 +78,8 @@ pub enum Fact {
 }
 
 /// Where a fact came from, for `--explain` and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     /// In-process cache hit.
     L1,
@@ -100,7 +114,7 @@ pub struct FactError {
 }
 
 /// One fact used by a decision, recorded for `--explain`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct FactUse {
     /// Fact kind label.
     pub kind: &'static str,
@@ -315,7 +329,7 @@ pub struct Facts<S> {
 
 impl<S: FactSource> Facts<S> {
     /// An empty cache bounded by `config`.
-    pub fn new(source: S, config: &CacheConfig, metrics: Metrics) -> Facts<S> {
+    pub fn new(source: S, config: &CacheSettings, metrics: Metrics) -> Facts<S> {
         Facts::with_tiers(source, config, None, BreakerConfig::default(), metrics)
     }
 
@@ -323,7 +337,7 @@ impl<S: FactSource> Facts<S> {
     /// breaker with `breaker` settings.
     pub fn with_tiers(
         source: S,
-        config: &CacheConfig,
+        config: &CacheSettings,
         l2: Option<Arc<L2>>,
         breaker: BreakerConfig,
         metrics: Metrics,

@@ -1,5 +1,5 @@
 //! HTTP listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
-//! (Prometheus text), and the forward-auth endpoints of [`crate::forward`].
+//! (Prometheus text), and the forward-auth doors of [`forward`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,10 +12,14 @@ use axum::routing::get;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::app::PgAuthorizer;
+use crate::authz::Authorizer;
 use crate::breaker::CircuitState;
-use crate::config::ForwardAuthConfig;
 use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub mod forward;
+
+pub use forward::ForwardAuthSettings;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -30,16 +34,16 @@ pub struct HttpState {
     pub log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// Decides the forward-auth requests (the same core as gRPC); its
     /// dependency states feed readiness.
-    pub authorizer: Arc<PgAuthorizer>,
+    pub authorizer: Arc<Authorizer<Store>>,
     /// True once LISTEN has connected the first time.
     pub started: Arc<AtomicBool>,
     /// Where `/v1/auth` reads the original request.
-    pub forward_auth: ForwardAuthConfig,
+    pub forward_auth: ForwardAuthSettings,
 }
 
 /// The router; tests call it in-process or through a socket.
 pub fn router(state: HttpState) -> Router {
-    let forward = crate::forward::router(state.authorizer.clone(), state.forward_auth.clone());
+    let forward = forward::router(state.authorizer.clone(), state.forward_auth.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -14,13 +14,21 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::config::ListenerConfig;
 use crate::facts::{FactKey, FactSource, Facts};
 use crate::metrics::Metrics;
 use crate::model::ResourceKind;
 
 /// The channel every authz table's trigger notifies (migrations/0002).
 pub const CHANNEL: &str = "velro_authz_invalidate";
+
+/// LISTEN connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSettings {
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Backoff cap.
+    pub reconnect_max: Duration,
+}
 
 /// What one notification asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +181,7 @@ pub async fn run<S: FactSource>(
     pool: PgPool,
     facts: Arc<Facts<S>>,
     metrics: Metrics,
-    config: ListenerConfig,
+    config: ListenerSettings,
     connected: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -188,7 +196,7 @@ async fn listen<S: FactSource>(
     pool: PgPool,
     facts: Arc<Facts<S>>,
     metrics: Metrics,
-    config: ListenerConfig,
+    config: ListenerSettings,
     connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
     queue: mpsc::Sender<Invalidation>,

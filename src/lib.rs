@@ -5,6 +5,7 @@
 //! `policy` (pure) → `facts` (L1 cache, single-flight, version stamps) → `store`
 //! (Postgres) ; `invalidate` keeps `facts` fresh from LISTEN/NOTIFY.
 
+pub mod answer;
 pub mod app;
 pub mod authn;
 pub mod authz;
@@ -12,15 +13,15 @@ pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod facts;
-pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod invalidate;
-pub mod l2;
 pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod ratelimit;
+pub mod redis;
 pub mod routes;
+pub mod secret;
 pub mod store;
 pub mod telemetry;

@@ -8,12 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use velro_authz::app::App;
 use velro_authz::authn::apikey;
-use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+use velro_authz::authn::jwt::MintClaims;
 use velro_authz::authz::AuthzRequest;
 use velro_authz::config::{Config, EXIT_BAD_CONFIG};
 use velro_authz::metrics::Metrics;
 use velro_authz::store::{self, MIGRATOR, Store};
-use velro_authz::{demo, grpc, telemetry};
+use velro_authz::{demo, telemetry};
 
 /// Authorization sidecar for Envoy ext_authz.
 #[derive(Parser)]
@@ -165,7 +165,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             let pool = store::connect(&config.database)?;
             MIGRATOR.run(&pool).await?;
             let users = demo::seed(&pool).await?;
-            let jwt = JwtVerifier::new(&config.jwt).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+            let jwt = &config.jwt;
             println!("demo data loaded. Dev tokens (valid 24 h):");
             for u in users {
                 let token = jwt.mint(&MintClaims {
@@ -198,36 +198,31 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .map_or(0, String::len)
                     .max(api_key.as_ref().map_or(0, String::len)),
             };
-            let explanation = app.authorizer.explain(&req).await;
-            let response = match grpc::explain_response(explanation) {
-                Ok(r) => r,
-                Err(status) => {
+            let summary = match app.authorizer.explain(&req).await.summary() {
+                Ok(s) => s,
+                Err(e) => {
                     println!(
-                        "{{\"error\":\"cannot decide\",\"detail\":{:?}}}",
-                        status.message()
+                        "{}",
+                        serde_json::json!({"error": "cannot decide", "reason": e.reason()})
                     );
                     return Ok(ExitCode::from(3));
                 }
             };
             let mut out = serde_json::json!({
-                "allowed": response.allowed,
-                "status": response.http_status,
-                "reason": response.reason,
-                "decision_id": response.decision_id,
-                "headers": response.headers,
+                "allowed": summary.allowed,
+                "status": summary.status,
+                "reason": summary.reason,
+                "decision_id": summary.decision_id,
+                "headers": summary.headers,
             });
             if explain {
-                out["route"] = response.route.into();
-                out["principal"] = response.principal.into();
-                out["role"] = response.role.into();
-                out["facts"] = response
-                    .facts
-                    .iter()
-                    .map(|f| serde_json::json!({"kind": f.kind, "key": f.key, "source": f.source, "value": f.value}))
-                    .collect();
+                out["route"] = summary.route.into();
+                out["principal"] = summary.principal.into();
+                out["role"] = summary.role.into();
+                out["facts"] = serde_json::to_value(&summary.facts)?;
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(if response.allowed {
+            Ok(if summary.allowed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
@@ -239,7 +234,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             scope,
             session,
         } => {
-            let jwt = JwtVerifier::new(&config.jwt).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+            let jwt = config.jwt.clone();
             let store = Store::new(store::connect(&config.database)?);
             let user_id = store
                 .resolve_user(&user)

@@ -8,6 +8,8 @@
 
 use uuid::Uuid;
 
+use crate::answer::DenyReason;
+
 use crate::model::{
     Action, Generation, GenerationStatus, Membership, Project, Role, Scopes, UserStatus, Visibility,
 };
@@ -79,20 +81,6 @@ pub enum Verdict {
     Allow(Role),
     /// Denied, with the stable reason code for the deny body.
     Deny(DenyReason),
-}
-
-/// Why the policy denied (the policy's share of SPEC §4 step 6 reason codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
-    /// The principal is not an active user (403), checked before any resource.
-    UserInactive,
-    /// The resource does not exist or the user has no role on it (404, no
-    /// existence oracle).
-    NotFound,
-    /// The user has a role, but that role does not allow the action (403).
-    InsufficientRole,
-    /// The role allows the action but the credential's scopes do not (403).
-    InsufficientScope,
 }
 
 /// SPEC §9: find a generation's project. `chain[0]` is G (hop 0), `chain[i+1]`
@@ -205,18 +193,6 @@ pub fn decide(
         return Verdict::Deny(DenyReason::InsufficientScope);
     }
     Verdict::Allow(role)
-}
-
-impl DenyReason {
-    /// The stable machine code used in deny bodies, metric labels and logs.
-    pub fn reason(self) -> &'static str {
-        match self {
-            DenyReason::UserInactive => "user_inactive",
-            DenyReason::NotFound => "not_found",
-            DenyReason::InsufficientRole => "insufficient_role",
-            DenyReason::InsufficientScope => "insufficient_scope",
-        }
-    }
 }
 
 /// The highest role any of `shares` gives the subject: a user share to U, or a

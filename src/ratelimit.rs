@@ -10,13 +10,35 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fred::types::Value;
+use fred::types::scripts::Script;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter as Gcra};
 use uuid::Uuid;
 
-use crate::l2::L2;
+use crate::answer::RateLimitInfo;
 use crate::metrics::Metrics;
+use crate::redis::Redis;
+
+/// GCRA in one round trip. KEYS: the principal's TAT key. ARGV: emission
+/// interval µs, burst. Returns {allowed, remaining, retry_after_µs, reset_µs}.
+/// Time comes from Redis so sidecars' clocks do not matter.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+"#;
 
 /// Limit settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,21 +67,6 @@ impl LimitKey {
     }
 }
 
-/// One verdict, with what the rate-limit headers report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitInfo {
-    /// Let it through.
-    pub allowed: bool,
-    /// `ratelimit-limit`: the burst.
-    pub limit: u32,
-    /// `ratelimit-remaining`.
-    pub remaining: u64,
-    /// `ratelimit-reset`: seconds until the bucket is full again (rounded up).
-    pub reset_secs: u64,
-    /// `retry-after` on a deny: seconds, rounded up, at least 1.
-    pub retry_after_secs: u64,
-}
-
 type LocalLimiter = Gcra<
     LimitKey,
     governor::state::keyed::DefaultKeyedStateStore<LimitKey>,
@@ -72,13 +79,20 @@ pub struct RateLimiter {
     config: RateLimitConfig,
     interval: Duration,
     local: LocalLimiter,
-    l2: Option<Arc<L2>>,
+    /// Shared limits through Redis, when configured.
+    redis: Option<Arc<Redis>>,
+    /// The GCRA script.
+    gcra: Script,
     metrics: Metrics,
 }
 
 impl RateLimiter {
-    /// A limiter shared through `l2` when given.
-    pub fn new(config: RateLimitConfig, l2: Option<Arc<L2>>, metrics: Metrics) -> RateLimiter {
+    /// A limiter shared through `redis` when given.
+    pub fn new(
+        config: RateLimitConfig,
+        redis: Option<Arc<Redis>>,
+        metrics: Metrics,
+    ) -> RateLimiter {
         let interval = Duration::from_secs_f64(1.0 / config.per_second.max(1e-6));
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(interval)
@@ -88,25 +102,15 @@ impl RateLimiter {
             config,
             interval,
             local: Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>(),
-            l2,
+            redis,
+            gcra: Script::from_lua(GCRA),
             metrics,
         }
     }
 
     /// Spends one request of `key`'s allowance.
     pub async fn check(&self, key: LimitKey) -> RateLimitInfo {
-        if let Some(l2) = &self.l2
-            && let Some(v) = l2
-                .gcra(&key.redis_suffix(), self.interval, self.config.burst)
-                .await
-        {
-            let info = RateLimitInfo {
-                allowed: v.allowed,
-                limit: self.config.burst,
-                remaining: v.remaining,
-                reset_secs: ceil_secs(v.reset),
-                retry_after_secs: ceil_secs(v.retry_after).max(1),
-            };
+        if let Some(info) = self.check_redis(key).await {
             if !info.allowed {
                 self.metrics
                     .rate_limited
@@ -116,6 +120,28 @@ impl RateLimiter {
             return info;
         }
         self.check_local(key)
+    }
+
+    /// One GCRA step in Redis; `None` when Redis cannot answer (the caller
+    /// falls back to the local limiter).
+    async fn check_redis(&self, key: LimitKey) -> Option<RateLimitInfo> {
+        let redis = self.redis.as_ref().filter(|r| r.up())?;
+        let keys = vec![redis.key(&format!("rl:{}", key.redis_suffix()))];
+        let args: Vec<Value> = vec![
+            (self.interval.as_micros().max(1) as i64).into(),
+            i64::from(self.config.burst).into(),
+        ];
+        let reply = redis.eval::<Vec<i64>>(&self.gcra, keys, args).await.ok()?;
+        let [allowed, remaining, retry_us, reset_us] = reply[..] else {
+            return None;
+        };
+        Some(RateLimitInfo {
+            allowed: allowed == 1,
+            limit: self.config.burst,
+            remaining: remaining.max(0) as u64,
+            reset_secs: ceil_secs(Duration::from_micros(reset_us.max(0) as u64)),
+            retry_after_secs: ceil_secs(Duration::from_micros(retry_us.max(0) as u64)).max(1),
+        })
     }
 
     fn check_local(&self, key: LimitKey) -> RateLimitInfo {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use uuid::Uuid;
 
+use crate::answer::DenyReason;
 use crate::model::Action;
 
 #[cfg(test)]
@@ -234,19 +235,22 @@ const CLASS: [u8; 256] = {
 impl RouteError {
     /// Stable machine code for deny bodies, metric labels and logs.
     pub fn reason(self) -> &'static str {
-        match self {
-            RouteError::BadPath => "bad_path",
-            RouteError::InvalidId => "invalid_id",
-            RouteError::NoRoute => "no_route",
-            RouteError::TooLarge => "too_large",
-        }
+        DenyReason::from(self).code()
     }
 
     /// HTTP status of the deny (SPEC §9).
     pub fn http_status(self) -> u16 {
-        match self {
-            RouteError::BadPath | RouteError::InvalidId | RouteError::TooLarge => 400,
-            RouteError::NoRoute => 404,
+        DenyReason::from(self).http_status()
+    }
+}
+
+impl From<RouteError> for DenyReason {
+    fn from(e: RouteError) -> DenyReason {
+        match e {
+            RouteError::BadPath => DenyReason::BadPath,
+            RouteError::InvalidId => DenyReason::InvalidId,
+            RouteError::NoRoute => DenyReason::NoRoute,
+            RouteError::TooLarge => DenyReason::TooLarge,
         }
     }
 }

@@ -10,7 +10,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::config::DatabaseConfig;
 use crate::model::{
     ApiKey, Generation, Grantee, Membership, Project, ResourceKind, Role, Session, Share, Team,
     User,
@@ -18,6 +17,30 @@ use crate::model::{
 
 /// The embedded migrations (`migrations/`), applied by `velro-authz migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Postgres connection settings.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`; may carry a password, so `Debug` redacts it.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Per-statement timeout (`statement_timeout` on each connection).
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &crate::secret::redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
 
 /// A failed store call.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +79,7 @@ pub struct Store {
 
 /// Connects a pool with the configured bounds; each connection gets a
 /// `statement_timeout` so one slow query cannot hold a decision past its deadline.
-pub fn connect(config: &DatabaseConfig) -> Result<PgPool, sqlx::Error> {
+pub fn connect(config: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let timeout_ms = config.statement_timeout.as_millis().to_string();
     let options = PgConnectOptions::from_str(&config.url)?
         .application_name("velro-authz")

@@ -5,14 +5,22 @@
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 /// Keeps the log writer alive and reports dropped lines.
 pub struct Telemetry {
     /// Flushes pending lines when dropped (at shutdown).
     _guard: WorkerGuard,
     /// Lines dropped so far.
     pub dropped: ErrorCounter,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object a line (production).
+    Json,
+    /// Human-readable lines.
+    Text,
 }
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info`.

@@ -454,7 +454,7 @@ mod envoy_e2e {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use velro_authz::app::App;
-    use velro_authz::authn::jwt::{JwtVerifier, MintClaims};
+    use velro_authz::authn::jwt::MintClaims;
     use velro_authz::config::Config;
     use velro_authz::metrics::Metrics;
 
@@ -635,7 +635,7 @@ mod envoy_e2e {
             |k| env.get(k).map(|v| v.to_string()),
         )
         .expect("config");
-        let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
+        let jwt = config.jwt.clone();
         let running = App::with_pool(config, pool, Metrics::new())
             .expect("app")
             .spawn(None)

@@ -31,12 +31,11 @@ impl FactSource for Arc<HeldSource> {
     }
 }
 
-fn cache_config() -> CacheConfig {
-    CacheConfig {
+fn cache_config() -> CacheSettings {
+    CacheSettings {
         max_facts: 1000,
         ttl: Duration::from_secs(300),
         negative_ttl: Duration::from_secs(30),
-        max_credentials: 10,
     }
 }
 

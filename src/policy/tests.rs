@@ -1213,18 +1213,18 @@ fn deny_reason_each_variant_gives_stable_code() {
     assert_rows([
         (
             "user_inactive",
-            DenyReason::UserInactive.reason(),
+            DenyReason::UserInactive.code(),
             "user_inactive",
         ),
-        ("not_found", DenyReason::NotFound.reason(), "not_found"),
+        ("not_found", DenyReason::NotFound.code(), "not_found"),
         (
             "insufficient_role",
-            DenyReason::InsufficientRole.reason(),
+            DenyReason::InsufficientRole.code(),
             "insufficient_role",
         ),
         (
             "insufficient_scope",
-            DenyReason::InsufficientScope.reason(),
+            DenyReason::InsufficientScope.code(),
             "insufficient_scope",
         ),
     ]);

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use velro_authz::answer::Outcome;
 use velro_authz::app::App;
-use velro_authz::authz::{AuthzRequest, Outcome};
+use velro_authz::authz::AuthzRequest;
 use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
 
@@ -171,7 +172,7 @@ async fn library_oracle(database_url: &str, calls: &Arc<Vec<Call>>) -> Vec<Answe
             Outcome::Allow(identity) => {
                 Answer::allow(identity.and_then(|i| i.role).map(|r| r.as_str()))
             }
-            Outcome::Deny(d) => Answer::deny(d.status, d.reason),
+            Outcome::Deny(d) => Answer::deny(d.http_status(), d.code()),
         });
     }
     out

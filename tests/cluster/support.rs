@@ -882,12 +882,12 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
 // ------------------------------------------------------------------ checks
 
 /// A JWT verifier/minter with the sidecars' keys.
-pub fn jwt() -> JwtVerifier {
+pub fn jwt() -> std::sync::Arc<JwtVerifier> {
     let config = Config::from_yaml(AUTH_YAML, |k| {
         (k == "DATABASE_URL").then(|| "postgres://unused@127.0.0.1/unused".to_owned())
     })
     .expect("auth config");
-    JwtVerifier::new(&config.jwt).expect("jwt")
+    config.jwt.clone()
 }
 
 /// A one-hour token for `user`, with optional `sid` and `scope`.

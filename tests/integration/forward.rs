@@ -616,7 +616,7 @@ async fn dead_store_sidecar(extra_yaml: &str) -> Running {
 async fn forward_cannot_decide_is_503_for_every_shape_never_an_allow() {
     let running = dead_store_sidecar("database:\n  acquire_timeout_ms: 200\n").await;
     let addr = running.http_addr;
-    let jwt = velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt");
+    let jwt = config("").jwt.clone();
     let auth = format!("Bearer {}", super::support::mint(&jwt, ALICE));
     let path = generation(GEN_BOB);
     let headers = [("authorization", auth.as_str())];
@@ -694,7 +694,7 @@ async fn forward_deadline_exceeded_is_503_with_its_reason() {
         "database:\n  acquire_timeout_ms: 5000\ndecision:\n  deadline_ms: 100\n",
     )
     .await;
-    let jwt = velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt");
+    let jwt = config("").jwt.clone();
     let auth = format!("Bearer {}", super::support::mint(&jwt, ALICE));
     let started = std::time::Instant::now();
     let reply = send(

@@ -218,7 +218,7 @@ async fn check_without_reachable_postgres_is_unavailable_never_a_deny() {
         client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
             .await
             .expect("connect"),
-        jwt: velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt"),
+        jwt: config("").jwt.clone(),
         pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://x@127.0.0.1:1/x").expect("lazy"),
         running,
     };
@@ -247,7 +247,7 @@ async fn check_past_deadline_is_deadline_exceeded() {
     let mut cfg = config("database:\n  acquire_timeout_ms: 5000\ndecision:\n  deadline_ms: 100\n");
     cfg.database.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
     let app = App::build(cfg, Metrics::new()).expect("app");
-    let jwt = velro_authz::authn::jwt::JwtVerifier::new(&config("").jwt).expect("jwt");
+    let jwt = config("").jwt.clone();
     let token = jwt
         .mint(&velro_authz::authn::jwt::MintClaims {
             subject: ALICE.into(),

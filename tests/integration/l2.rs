@@ -12,11 +12,13 @@ use fred::interfaces::{ClientLike, KeysInterface};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
-use velro_authz::authn::jwt::JwtVerifier;
-use velro_authz::authz::{Authorizer, Outcome};
+use velro_authz::answer::Outcome;
+use velro_authz::authn::Authenticator;
+use velro_authz::authz::Authorizer;
+use velro_authz::facts::l2::{L2, L2Get};
 use velro_authz::facts::{Fact, FactKey, Facts};
-use velro_authz::l2::{L2, L2Get};
 use velro_authz::metrics::Metrics;
+use velro_authz::redis::Redis;
 use velro_authz::store::Store;
 
 use super::support::{
@@ -141,9 +143,11 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     // A: its own L1 over the held store and the same Redis; no listener of its
     // own, so only Redis's version check stands between its old row and Redis.
     let metrics = Metrics::new();
-    let l2 = L2::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("l2");
+    let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
+    let l2 = L2::new(client.clone(), cfg.l2, metrics.clone());
     let (stop_tx, stop) = watch::channel(false);
-    let maintenance = l2.spawn_maintenance(stop);
+    let maintenance = l2.spawn_maintenance(stop.clone());
+    let connection = client.spawn_connection(stop);
     let source = HeldStore::new(Store::new(pool.clone()));
     let facts = Arc::new(Facts::with_tiers(
         source.clone(),
@@ -160,13 +164,12 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
         async move { l2.usable() }
     })
     .await;
-    let jwt = JwtVerifier::new(&cfg.jwt).expect("jwt");
+    let jwt = cfg.jwt.clone();
     let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
     let authorizer = Arc::new(Authorizer::new(
         cfg.routes.clone(),
-        jwt,
+        Authenticator::new(jwt, cfg.max_credentials),
         facts.clone(),
-        &cfg.cache,
         cfg.decision,
         metrics.clone(),
     ));
@@ -226,6 +229,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
 
     stop_tx.send_replace(true);
     maintenance.await.expect("maintenance ends");
+    connection.await.expect("connection ends");
 }
 
 #[sqlx::test(migrations = "./migrations")]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
-use velro_authz::authn::jwt::JwtVerifier;
-use velro_authz::authz::{Authorizer, Outcome};
+use velro_authz::answer::Outcome;
+use velro_authz::authn::Authenticator;
+use velro_authz::authz::Authorizer;
 use velro_authz::facts::Facts;
 use velro_authz::invalidate;
 use velro_authz::metrics::Metrics;
@@ -23,13 +24,12 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
     let metrics = Metrics::new();
     let source = HeldStore::new(Store::new(pool.clone()));
     let facts = Arc::new(Facts::new(source.clone(), &cfg.cache, metrics.clone()));
-    let jwt = JwtVerifier::new(&cfg.jwt).expect("jwt");
+    let jwt = cfg.jwt.clone();
     let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
     let authorizer = Arc::new(Authorizer::new(
         cfg.routes.clone(),
-        jwt,
+        Authenticator::new(jwt, cfg.max_credentials),
         facts.clone(),
-        &cfg.cache,
         cfg.decision,
         metrics.clone(),
     ));
@@ -96,7 +96,7 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
     // Every decision after the invalidation sees the new truth.
     for _ in 0..3 {
         match check().await {
-            Outcome::Deny(d) => assert_eq!((d.status, d.reason), (404, "not_found")),
+            Outcome::Deny(d) => assert_eq!((d.http_status(), d.code()), (404, "not_found")),
             other => panic!("stale allow after the invalidation: {other:?}"),
         }
     }

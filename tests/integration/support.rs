@@ -87,7 +87,7 @@ pub fn unique_prefix(test: &str) -> String {
 pub struct Harness {
     pub running: Running,
     pub client: AuthorizationClient<Channel>,
-    pub jwt: JwtVerifier,
+    pub jwt: Arc<JwtVerifier>,
     pub pool: PgPool,
 }
 
@@ -108,7 +108,7 @@ pub async fn start_with(pool: PgPool, config: Config) -> Harness {
 /// Starts one more sidecar over an already seeded `pool` (several sidecars,
 /// one database).
 pub async fn attach(pool: PgPool, config: Config) -> Harness {
-    let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
+    let jwt = config.jwt.clone();
     let app = App::with_pool(config, pool.clone(), Metrics::new()).expect("app");
     let running = app.spawn(None).await.expect("spawn");
     let mut listener = running.listener.clone();
@@ -302,7 +302,7 @@ pub async fn decide_get<S: velro_authz::facts::FactSource>(
     authorizer: Arc<velro_authz::authz::Authorizer<S>>,
     token: String,
     path: String,
-) -> velro_authz::authz::Outcome {
+) -> velro_authz::answer::Outcome {
     let req = velro_authz::authz::AuthzRequest {
         method: "GET",
         path: &path,

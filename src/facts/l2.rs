@@ -1,5 +1,5 @@
-//! L2: facts shared by every sidecar through Redis (SPEC §5), and the Redis
-//! side of rate limiting.
+//! L2: facts shared by every sidecar through Redis (SPEC §5), over the shared
+//! [`Redis`] client.
 //!
 //! Three kinds of key live under the configured prefix:
 //!
@@ -25,8 +25,8 @@
 //!   and every Redis (re)connection (the server may have restarted from an old
 //!   snapshot or failed over to a replica that missed writes).
 //!
-//! Redis trouble never reaches the proxy: every call has a timeout, failures
-//! feed a circuit breaker, and an open circuit means L1 + Postgres.
+//! Redis trouble never reaches the proxy: every call goes through [`Redis`]'s
+//! timeout and circuit breaker, and an open circuit means L1 + Postgres.
 //! Redis Cluster: the scripts touch the entry, version and epoch keys together,
 //! so put a hash tag in the prefix (`{velro}:`) to keep them in one slot.
 
@@ -34,16 +34,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fred::clients::Client;
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
+use fred::interfaces::KeysInterface;
 use fred::types::Value;
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use tokio::sync::Notify;
 
-use crate::breaker::{Breaker, BreakerConfig, CircuitState};
-use crate::facts::{Fact, FactKey};
+use super::{Fact, FactKey};
+use crate::breaker::CircuitState;
 use crate::metrics::Metrics;
+use crate::redis::Redis;
 
 /// First byte of every stored value; a different byte (another release's
 /// format) reads as a miss.
@@ -73,54 +72,13 @@ end
 return #KEYS / 2
 "#;
 
-/// GCRA in one round trip (see `ratelimit`). KEYS: the principal's TAT key.
-/// ARGV: emission interval µs, burst. Returns {allowed, remaining,
-/// retry_after_µs, reset_µs}. Time comes from Redis so sidecars' clocks do not
-/// matter.
-const GCRA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
-"#;
-
-/// L2 settings.
-#[derive(Clone)]
-pub struct RedisSettings {
-    /// `REDIS_URL` (may carry a password; never logged unredacted).
-    pub url: String,
-    /// Prefix of every key.
-    pub key_prefix: String,
-    /// Per-call timeout.
-    pub timeout: Duration,
+/// Fact TTLs in Redis (`redis.ttl_secs`, `redis.negative_ttl_secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct L2Settings {
     /// TTL of a present fact (safety net).
     pub ttl: Duration,
     /// TTL of a negative fact.
     pub negative_ttl: Duration,
-    /// Circuit breaker.
-    pub breaker: BreakerConfig,
-}
-
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &crate::config::redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .field("ttl", &self.ttl)
-            .field("negative_ttl", &self.negative_ttl)
-            .field("breaker", &self.breaker)
-            .finish()
-    }
 }
 
 /// What a read found.
@@ -141,73 +99,35 @@ pub struct Ticket {
     epoch: String,
 }
 
-/// A GCRA verdict from Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GcraVerdict {
-    /// Let it through.
-    pub allowed: bool,
-    /// Requests left in the burst.
-    pub remaining: u64,
-    /// Wait before the next request would be allowed (denies).
-    pub retry_after: Duration,
-    /// Until the bucket is full again.
-    pub reset: Duration,
-}
-
 /// The Redis tier.
 pub struct L2 {
-    client: Client,
-    prefix: String,
-    timeout: Duration,
+    /// The shared client (timeouts, breaker, reconnects).
+    redis: Arc<Redis>,
+    /// TTL of a present fact.
     ttl: Duration,
+    /// TTL of a negative fact.
     negative_ttl: Duration,
-    breaker: Breaker,
     /// Bumped by every event after which L2 may hold what we failed to void.
     dirty: AtomicU64,
     /// The `dirty` value that the last successful epoch bump covered.
     clean: AtomicU64,
     /// Wakes the maintenance task.
     wake: Notify,
+    /// The compare-and-set fill script.
     fill: Script,
+    /// The delete-and-bump invalidation script.
     invalidate: Script,
-    gcra: Script,
+    /// Fill results.
     metrics: Metrics,
 }
 
-/// A Redis failure (timeout, connection, protocol); logged, never sent to a client.
-#[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct L2Error(String);
-
 impl L2 {
-    /// Builds the client. Connecting happens in the background (`spawn_maintenance`):
-    /// start-up never waits for Redis.
-    pub fn new(settings: &RedisSettings, metrics: Metrics) -> Result<Arc<L2>, String> {
-        let config = RedisConfig::from_url(&settings.url)
-            .map_err(|e| format!("redis.url / REDIS_URL: {}", e.details()))?;
-        let timeout = settings.timeout;
-        let client = fred::types::Builder::from_config(config)
-            .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
-            })
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(1);
-                c.internal_command_timeout = Duration::from_secs(1);
-                // A timed-out call is not retried: the breaker decides.
-                c.max_command_attempts = 1;
-                c.max_command_buffer_len = 10_000;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()
-            .map_err(|e| format!("redis.url / REDIS_URL: {}", e.details()))?;
-        metrics.dependency_up.with_label_values(&["redis"]).set(0);
-        Ok(Arc::new(L2 {
-            client,
-            prefix: settings.key_prefix.clone(),
-            timeout,
+    /// The tier over `redis`; it distrusts Redis until its first epoch bump.
+    pub fn new(redis: Arc<Redis>, settings: L2Settings, metrics: Metrics) -> Arc<L2> {
+        Arc::new(L2 {
+            redis,
             ttl: settings.ttl,
             negative_ttl: settings.negative_ttl,
-            breaker: Breaker::new("redis", settings.breaker, metrics.clone()),
             // Dirty until the first epoch bump: entries written while no
             // sidecar was listening may be stale.
             dirty: AtomicU64::new(1),
@@ -215,26 +135,24 @@ impl L2 {
             wake: Notify::new(),
             fill: Script::from_lua(FILL),
             invalidate: Script::from_lua(INVALIDATE),
-            gcra: Script::from_lua(GCRA),
             metrics,
-        }))
+        })
     }
 
-    /// Connects and keeps L2 honest: bumps the epoch whenever this sidecar is
-    /// dirty, and probes Redis while the circuit is open. Runs until `stop`.
+    /// Keeps L2 honest: bumps the epoch whenever this sidecar is dirty. Runs
+    /// until `stop`.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
+        // Every (re)connection may be to a server that lost writes: a restart
+        // from an old snapshot, a failover to a lagging replica. Entries it
+        // holds may predate invalidations, so each one makes us dirty.
+        // Subscribed before the task runs, so the first connection is seen.
+        let mut reconnects = this.redis.reconnects();
         tokio::spawn(async move {
-            // Every (re)connection may be to a server that lost writes: a restart
-            // from an old snapshot, a failover to a lagging replica. Entries it
-            // holds may predate invalidations, so each one makes us dirty.
-            let mut reconnects = this.client.reconnect_rx();
             let mut events_open = true;
-            // Reconnects are fred's job from here on.
-            let _connection = this.client.connect();
             loop {
                 this.maintain().await;
                 tokio::select! {
@@ -250,53 +168,39 @@ impl L2 {
                     _ = stop.changed() => break,
                 }
             }
-            let _ = this.client.quit().await;
         })
     }
 
     async fn maintain(&self) {
         let dirty = self.dirty.load(Ordering::Acquire);
-        let needs_bump = self.clean.load(Ordering::Acquire) != dirty;
-        let state = self.breaker.state();
-        if !needs_bump && state == CircuitState::Closed {
+        if self.clean.load(Ordering::Acquire) == dirty || !self.redis.up() {
+            // Nothing to do, or Redis is away: the client's probe closes the
+            // circuit, and the bump follows.
             return;
         }
-        if state != CircuitState::Closed && !self.breaker.allow() {
-            return;
-        }
-        let probe = async {
-            if needs_bump {
-                let _: i64 = self.client.incr(self.key("epoch")).await?;
-            } else {
-                let _: Value = self.client.ping(None).await?;
+        let bump = self.redis.client().incr::<i64, _>(self.redis.key("epoch"));
+        match self.redis.call(bump).await {
+            Ok(_) => {
+                self.clean.fetch_max(dirty, Ordering::AcqRel);
+                tracing::info!("redis epoch bumped: entries from before are void");
             }
-            Ok::<_, fred::error::Error>(())
-        };
-        match self.call(probe).await {
-            Ok(()) => {
-                if needs_bump {
-                    self.clean.fetch_max(dirty, Ordering::AcqRel);
-                    tracing::info!("redis epoch bumped: entries from before are void");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "redis maintenance call failed"),
+            Err(e) => tracing::debug!(error = %e, "redis epoch bump failed"),
         }
     }
 
     /// True while reads and fills may use Redis.
     pub fn usable(&self) -> bool {
-        self.clean.load(Ordering::Acquire) == self.dirty.load(Ordering::Acquire)
-            && self.breaker.state() == CircuitState::Closed
+        self.clean.load(Ordering::Acquire) == self.dirty.load(Ordering::Acquire) && self.redis.up()
     }
 
-    /// The breaker's state.
+    /// The Redis breaker's state.
     pub fn circuit(&self) -> CircuitState {
-        self.breaker.state()
+        self.redis.circuit()
     }
 
     /// True while the circuit is closed (Redis answering).
     pub fn up(&self) -> bool {
-        self.breaker.state() == CircuitState::Closed
+        self.redis.up()
     }
 
     /// Stop trusting L2 until the epoch has been bumped after this call.
@@ -305,38 +209,11 @@ impl L2 {
         self.wake.notify_one();
     }
 
-    /// Runs one Redis call with the timeout, feeding the breaker.
-    async fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T, L2Error> {
-        let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(L2Error(e.details().to_owned())),
-            Err(_) => Err(L2Error(format!("timed out after {:?}", self.timeout))),
-        };
-        let up = result.is_ok();
-        if up {
-            self.breaker.success();
-        } else {
-            self.breaker.failure();
-        }
-        self.metrics
-            .dependency_up
-            .with_label_values(&["redis"])
-            .set(i64::from(self.up()));
-        result
-    }
-
-    fn key(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.prefix)
-    }
-
     fn fact_keys(&self, key: &FactKey) -> (String, String) {
         let id = key.redis_id();
         (
-            format!("{}f:{}:{id}", self.prefix, key.kind()),
-            format!("{}v:{}:{id}", self.prefix, key.kind()),
+            self.redis.key(&format!("f:{}:{id}", key.kind())),
+            self.redis.key(&format!("v:{}:{id}", key.kind())),
         )
     }
 
@@ -347,10 +224,11 @@ impl L2 {
         }
         let (entry, version) = self.fact_keys(key);
         let read = self
-            .call(self.client.mget::<Vec<Option<Vec<u8>>>, _>(vec![
+            .redis
+            .call(self.redis.client().mget::<Vec<Option<Vec<u8>>>, _>(vec![
                 entry,
                 version,
-                self.key("epoch"),
+                self.redis.key("epoch"),
             ]))
             .await;
         let Ok(mut values) = read else {
@@ -384,20 +262,14 @@ impl L2 {
             self.ttl
         };
         let (entry, version) = self.fact_keys(key);
-        let keys = vec![entry, version, self.key("epoch")];
+        let keys = vec![entry, version, self.redis.key("epoch")];
         let args: Vec<Value> = vec![
             ticket.version.into(),
             ticket.epoch.into(),
             Value::Bytes(value.into()),
             (ttl.as_millis() as i64).into(),
         ];
-        match self
-            .call(
-                self.fill
-                    .evalsha_with_reload::<i64, _, _>(&self.client, keys, args),
-            )
-            .await
-        {
+        match self.redis.eval::<i64>(&self.fill, keys, args).await {
             Ok(1) => self.metrics.l2_fills.with_label_values(&["written"]).inc(),
             Ok(_) => self.metrics.l2_fills.with_label_values(&["refused"]).inc(),
             Err(e) => tracing::debug!(error = %e, "redis fill failed"),
@@ -411,7 +283,7 @@ impl L2 {
         if keys.is_empty() {
             return;
         }
-        if self.breaker.state() != CircuitState::Closed {
+        if !self.redis.up() {
             self.mark_dirty();
             return;
         }
@@ -424,42 +296,13 @@ impl L2 {
         // Versions must outlive any entry and any fill in flight.
         let version_ttl = (self.ttl.max(self.negative_ttl) * 2).as_millis() as i64;
         let result = self
-            .call(self.invalidate.evalsha_with_reload::<i64, _, _>(
-                &self.client,
-                redis_keys,
-                vec![version_ttl],
-            ))
+            .redis
+            .eval::<i64>(&self.invalidate, redis_keys, vec![version_ttl.into()])
             .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "redis invalidation failed; L2 distrusted until the epoch is bumped");
             self.mark_dirty();
         }
-    }
-
-    /// One GCRA step for `key`; `None` when Redis cannot answer (the caller
-    /// falls back to its local limiter).
-    pub async fn gcra(&self, key: &str, interval: Duration, burst: u32) -> Option<GcraVerdict> {
-        if !self.up() {
-            return None;
-        }
-        let keys = vec![self.key(&format!("rl:{key}"))];
-        let args: Vec<i64> = vec![interval.as_micros().max(1) as i64, i64::from(burst)];
-        let reply = self
-            .call(
-                self.gcra
-                    .evalsha_with_reload::<Vec<i64>, _, _>(&self.client, keys, args),
-            )
-            .await
-            .ok()?;
-        let [allowed, remaining, retry_us, reset_us] = reply[..] else {
-            return None;
-        };
-        Some(GcraVerdict {
-            allowed: allowed == 1,
-            remaining: remaining.max(0) as u64,
-            retry_after: Duration::from_micros(retry_us.max(0) as u64),
-            reset: Duration::from_micros(reset_us.max(0) as u64),
-        })
     }
 }
 

@@ -27,9 +27,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::Headers;
-use crate::authz::{Decision, Outcome};
-use crate::grpc::{deny_headers, deny_json, headers_to_remove, identity_headers};
+use crate::answer::{self, Outcome};
+use crate::authz::{Decision, Headers};
 
 /// What the decision needs from an OPA input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,10 +145,10 @@ pub fn result(decision: &Decision, request_headers: &Headers) -> Value {
     let id = &decision.decision_id;
     match &decision.outcome {
         Outcome::Allow(_) => {
-            let ours = identity_headers(decision);
+            let ours = decision.identity_headers();
             let mut headers = Map::new();
             // Empty array: Kong removes the header from the upstream request.
-            for name in headers_to_remove(request_headers.names(), &ours) {
+            for name in answer::headers_to_remove(request_headers.names(), &ours) {
                 headers.insert(name, json!([]));
             }
             for (name, value) in ours {
@@ -160,9 +159,10 @@ pub fn result(decision: &Decision, request_headers: &Headers) -> Value {
                 "result": { "allow": true, "status": 200, "headers": headers },
             })
         }
-        Outcome::Deny(deny) => {
+        Outcome::Deny(reason) => {
             // Kong writes its own content type for `{"message": ...}`.
-            let headers: Map<String, Value> = deny_headers(decision, deny)
+            let headers: Map<String, Value> = decision
+                .deny_headers(*reason)
                 .into_iter()
                 .filter(|(name, _)| *name != "content-type")
                 .map(|(name, value)| (name.to_owned(), Value::String(value)))
@@ -171,9 +171,9 @@ pub fn result(decision: &Decision, request_headers: &Headers) -> Value {
                 "decision_id": id,
                 "result": {
                     "allow": false,
-                    "status": deny.status,
+                    "status": reason.http_status(),
                     "headers": headers,
-                    "message": deny_json(deny, id),
+                    "message": answer::deny_json(*reason, id),
                 },
             })
         }

@@ -6,7 +6,7 @@ use axum::body::Body;
 use proptest::prelude::*;
 
 use super::*;
-use crate::authn::jwt::{JwtVerifier, MintClaims};
+use crate::authn::jwt::MintClaims;
 use crate::config::Config;
 use crate::facts::{Fact, FactKey, Facts};
 use crate::metrics::Metrics;
@@ -62,12 +62,11 @@ fn forward<S: FactSource>(source: S, yaml: &str) -> Forward<S> {
     let config = config(yaml);
     let metrics = Metrics::new();
     let facts = Arc::new(Facts::new(source, &config.cache, metrics.clone()));
-    let jwt = JwtVerifier::new(&config.jwt).expect("jwt");
+    let authn = crate::authn::Authenticator::new(config.jwt.clone(), config.max_credentials);
     let authorizer = Authorizer::new(
         config.routes.clone(),
-        jwt,
+        authn,
         facts,
-        &config.cache,
         config.decision,
         metrics,
     );
@@ -78,7 +77,7 @@ fn forward<S: FactSource>(source: S, yaml: &str) -> Forward<S> {
 }
 
 fn bearer() -> String {
-    let jwt = JwtVerifier::new(&config("").jwt).expect("jwt");
+    let jwt = config("").jwt.clone();
     let token = jwt
         .mint(&MintClaims {
             subject: USER.to_owned(),
@@ -123,7 +122,7 @@ fn headers_join_repeats_with_comma_and_ignore_case() {
         ("authorization", "Bearer b"),
         ("X-Api-Key", "k"),
     ]);
-    let headers = Headers::from_map(&map);
+    let headers = headers_of(&map);
     assert_eq!(headers.get("authorization"), Some("Bearer a,Bearer b"));
     assert_eq!(headers.get("x-api-key"), Some("k"));
     let mut added = Headers::default();
@@ -136,7 +135,7 @@ fn headers_join_repeats_with_comma_and_ignore_case() {
 fn headers_largest_skips_the_proxys_description() {
     let long = "a".repeat(100);
     let map = header_map(&[("x-original-uri", &long), ("accept", "1234")]);
-    let headers = Headers::from_map(&map);
+    let headers = headers_of(&map);
     assert_eq!(headers.largest(&[]), 100);
     assert_eq!(headers.largest(&["x-original-uri"]), 4);
     let req = headers.request("GET", "/", &["x-original-uri"]);
@@ -164,7 +163,7 @@ fn check_target_is_everything_after_the_prefix() {
 
 #[test]
 fn original_from_nginx_traefik_or_both_agreeing() {
-    let config = ForwardAuthConfig::default();
+    let config = ForwardAuthSettings::default();
     let nginx = header_map(&[("X-Original-Method", "PUT"), ("X-Original-URI", "/a?b")]);
     let o = original::extract(&nginx, &config).expect("nginx");
     assert_eq!((o.method.as_str(), o.uri.as_str()), ("PUT", "/a?b"));
@@ -198,7 +197,7 @@ fn original_from_nginx_traefik_or_both_agreeing() {
 
 #[test]
 fn original_conflicts_and_repeats_are_ambiguous() {
-    let config = ForwardAuthConfig::default();
+    let config = ForwardAuthSettings::default();
     for pairs in [
         // A client behind Traefik adding nginx's header to pick a public route.
         &[
@@ -228,7 +227,7 @@ fn original_conflicts_and_repeats_are_ambiguous() {
 
 #[test]
 fn original_missing_or_empty_is_missing() {
-    let config = ForwardAuthConfig::default();
+    let config = ForwardAuthSettings::default();
     for pairs in [
         &[][..],
         &[("X-Original-Method", "GET")],
@@ -243,7 +242,7 @@ fn original_missing_or_empty_is_missing() {
 
 #[test]
 fn original_header_names_are_configurable() {
-    let config = ForwardAuthConfig {
+    let config = ForwardAuthSettings {
         original_method_header: "x-m".to_owned(),
         original_uri_header: "x-u".to_owned(),
     };
@@ -397,9 +396,9 @@ fn opa_malformed_inputs_are_named_errors() {
 fn opa_result_allow_sets_identity_and_clears_spoofed_names() {
     let decision = Decision {
         decision_id: "d1".to_owned(),
-        outcome: Outcome::Allow(Some(crate::authz::Identity {
+        outcome: Outcome::Allow(Some(crate::answer::Identity {
             user_id: USER.parse().expect("uuid"),
-            auth: crate::authz::AuthKind::Jwt,
+            auth: crate::answer::AuthKind::Jwt,
             role: Some(crate::model::Role::Viewer),
         })),
         dry_run_deny: None,
@@ -424,14 +423,9 @@ fn opa_result_allow_sets_identity_and_clears_spoofed_names() {
 
 #[test]
 fn opa_result_deny_carries_status_headers_and_our_body_as_message() {
-    let deny = Deny {
-        status: 401,
-        reason: "missing_credentials",
-        challenge: true,
-    };
     let decision = Decision {
         decision_id: "d2".to_owned(),
-        outcome: Outcome::Deny(deny),
+        outcome: Outcome::Deny(DenyReason::MissingCredentials),
         dry_run_deny: None,
         route: None,
         principal: None,
@@ -773,7 +767,7 @@ proptest! {
 
     #[test]
     fn original_extract_never_panics(headers in arb_headers()) {
-        let _ = original::extract(&to_map(&headers), &ForwardAuthConfig::default());
+        let _ = original::extract(&to_map(&headers), &ForwardAuthSettings::default());
     }
 
     /// Envoy shape: whatever the target and headers, only public routes allow.
@@ -823,7 +817,7 @@ proptest! {
         }
         pairs.extend(extra);
         let map = to_map(&pairs);
-        let original = original::extract(&map, &ForwardAuthConfig::default());
+        let original = original::extract(&map, &ForwardAuthSettings::default());
         let response = RT.block_on(forward_auth(State(WORLD.clone()), map));
         if response.status() == StatusCode::OK {
             let o = original.expect("an allow had an original request");

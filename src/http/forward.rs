@@ -11,7 +11,6 @@
 //! This module is the only place that picks the HTTP statuses of these answers;
 //! the parsers live in the submodules and are pure.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,12 +19,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use crate::authz::{Authorizer, AuthzRequest, CheckError, Decision, Deny, Outcome};
-use crate::config::ForwardAuthConfig;
+use crate::answer::{self, DenyReason, Header, Outcome};
+use crate::authz::{Authorizer, CheckError, Decision, Headers};
 use crate::facts::FactSource;
-use crate::grpc::{deny_body, deny_headers, headers_to_remove, identity_headers};
 
 pub mod opa;
 pub mod original;
@@ -63,7 +60,7 @@ pub struct Forward<S> {
     /// The decision core, shared with the gRPC adapter.
     authorizer: Arc<Authorizer<S>>,
     /// Where `/v1/auth` reads nginx's description of the original request.
-    config: Arc<ForwardAuthConfig>,
+    config: Arc<ForwardAuthSettings>,
 }
 
 impl<S> Clone for Forward<S> {
@@ -76,7 +73,10 @@ impl<S> Clone for Forward<S> {
 }
 
 /// The forward-auth routes, ready to merge into the HTTP router.
-pub fn router<S: FactSource>(authorizer: Arc<Authorizer<S>>, config: ForwardAuthConfig) -> Router {
+pub fn router<S: FactSource>(
+    authorizer: Arc<Authorizer<S>>,
+    config: ForwardAuthSettings,
+) -> Router {
     let state = Forward {
         authorizer,
         config: Arc::new(config),
@@ -91,70 +91,33 @@ pub fn router<S: FactSource>(authorizer: Arc<Authorizer<S>>, config: ForwardAuth
         .with_state(state)
 }
 
-/// The original request's headers: lower-case names, repeated headers joined
-/// with `,` as Envoy joins them (so two `Authorization` headers are
-/// `invalid_token` in the core, as over gRPC).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Headers(HashMap<String, String>);
+/// Where `/v1/auth` finds the original request (nginx `auth_request`); Traefik's
+/// `X-Forwarded-Method` / `X-Forwarded-Uri` are always read as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthSettings {
+    /// Header carrying the original method (lower-case); default `x-original-method`.
+    pub original_method_header: String,
+    /// Header carrying the original request URI (lower-case); default `x-original-uri`.
+    pub original_uri_header: String,
+}
 
-impl Headers {
-    /// From an HTTP request's headers; values that are not UTF-8 are kept lossily
-    /// (the core refuses them as credentials anyway).
-    pub fn from_map(map: &HeaderMap) -> Headers {
-        let mut out = Headers::default();
-        for (name, value) in map {
-            out.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
-        }
-        out
-    }
-
-    /// Adds one header line; the name is matched without regard to case.
-    pub fn add(&mut self, name: &str, value: &str) {
-        self.0
-            .entry(name.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.to_owned());
-    }
-
-    /// The (joined) value of `name`, a lower-case name.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    /// Length of the largest value, not counting headers named in `except`
-    /// (the proxy's own description of the original request).
-    pub fn largest(&self, except: &[&str]) -> usize {
-        self.0
-            .iter()
-            .filter(|(k, _)| !except.contains(&k.as_str()))
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Every header name.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
-    }
-
-    /// The request to decide.
-    pub fn request<'a>(
-        &'a self,
-        method: &'a str,
-        target: &'a str,
-        except: &[&str],
-    ) -> AuthzRequest<'a> {
-        AuthzRequest {
-            method,
-            path: target,
-            authorization: self.get("authorization"),
-            api_key: self.get("x-api-key"),
-            largest_header: self.largest(except),
+impl Default for ForwardAuthSettings {
+    fn default() -> Self {
+        ForwardAuthSettings {
+            original_method_header: "x-original-method".to_owned(),
+            original_uri_header: "x-original-uri".to_owned(),
         }
     }
+}
+
+/// The request's headers, values that are not UTF-8 kept lossily (the core
+/// refuses them as credentials anyway).
+pub fn headers_of(map: &HeaderMap) -> Headers {
+    let mut out = Headers::default();
+    for (name, value) in map {
+        out.add(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+    }
+    out
 }
 
 /// How a `/v1/auth` answer is shaped.
@@ -176,20 +139,20 @@ async fn envoy_check<S: FactSource>(
     headers: HeaderMap,
 ) -> Response {
     let target = check_target(&uri);
-    let headers = Headers::from_map(&headers);
+    let headers = headers_of(&headers);
     let req = headers.request(method.as_str(), target, &[]);
     match fwd.authorizer.check(&req, None).await {
         Ok(decision) => match &decision.outcome {
             Outcome::Allow(_) => {
-                let ours = identity_headers(&decision);
-                let remove = headers_to_remove(headers.names(), &ours);
+                let ours = decision.identity_headers();
+                let remove = answer::headers_to_remove(headers.names(), &ours);
                 let mut response = allow_response(&ours);
                 if !remove.is_empty() {
                     set(&mut response, ENVOY_HEADERS_TO_REMOVE, &remove.join(","));
                 }
                 response
             }
-            Outcome::Deny(deny) => deny_response(&decision, deny, Shape::True),
+            Outcome::Deny(reason) => deny_response(&decision, *reason, Shape::True),
         },
         Err(e) => unavailable(&e, Shape::True),
     }
@@ -210,32 +173,32 @@ async fn forward_auth<S: FactSource>(State(fwd): State<Forward<S>>, map: HeaderM
     };
     let original = match original::extract(&map, &fwd.config) {
         Ok(o) => o,
-        Err(e) => return adapter_deny(400, e.reason(), shape),
+        Err(e) => return adapter_deny(e.into(), shape),
     };
     tracing::debug!(
         forwarded_host = original.host.as_deref().unwrap_or("-"),
         forwarded_proto = original.proto.as_deref().unwrap_or("-"),
         "forward-auth request"
     );
-    let headers = Headers::from_map(&map);
+    let headers = headers_of(&map);
     let except = original::header_names(&fwd.config);
     let req = headers.request(&original.method, &original.uri, &except);
     match fwd.authorizer.check(&req, None).await {
         Ok(decision) => match &decision.outcome {
             Outcome::Allow(_) => {
-                let ours = identity_headers(&decision);
+                let ours = decision.identity_headers();
                 let mut response = allow_response(&ours);
                 if shape == Shape::Nginx {
                     // nginx set x-velro-proxy on the auth subrequest only.
                     let names = headers.names().filter(|n| *n != PROXY_MODE);
-                    let remove = headers_to_remove(names, &ours);
+                    let remove = answer::headers_to_remove(names, &ours);
                     if !remove.is_empty() {
                         set(&mut response, NGINX_HEADERS_TO_REMOVE, &remove.join(","));
                     }
                 }
                 response
             }
-            Outcome::Deny(deny) => deny_response(&decision, deny, shape),
+            Outcome::Deny(reason) => deny_response(&decision, *reason, shape),
         },
         Err(e) => unavailable(&e, shape),
     }
@@ -296,7 +259,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 /// 200 with the identity headers.
-fn allow_response(ours: &[(&'static str, String)]) -> Response {
+fn allow_response(ours: &[Header]) -> Response {
     let mut response = StatusCode::OK.into_response();
     for (name, value) in ours {
         set(&mut response, name, value);
@@ -305,11 +268,11 @@ fn allow_response(ours: &[(&'static str, String)]) -> Response {
 }
 
 /// The decision's deny, shaped for the proxy.
-fn deny_response(decision: &Decision, deny: &Deny, shape: Shape) -> Response {
-    let body = deny_body(deny, &decision.decision_id);
+fn deny_response(decision: &Decision, reason: DenyReason, shape: Shape) -> Response {
+    let body = answer::deny_body(reason, &decision.decision_id);
     let status = match shape {
-        Shape::True => deny.status,
-        Shape::Nginx if deny.status == 401 => 401,
+        Shape::True => reason.http_status(),
+        Shape::Nginx if reason.http_status() == 401 => 401,
         Shape::Nginx => 403,
     };
     let mut response = (
@@ -317,11 +280,15 @@ fn deny_response(decision: &Decision, deny: &Deny, shape: Shape) -> Response {
         body.clone(),
     )
         .into_response();
-    for (name, value) in deny_headers(decision, deny) {
+    for (name, value) in decision.deny_headers(reason) {
         set(&mut response, name, &value);
     }
     if shape == Shape::Nginx {
-        set(&mut response, NGINX_STATUS, &deny.status.to_string());
+        set(
+            &mut response,
+            NGINX_STATUS,
+            &reason.http_status().to_string(),
+        );
         set(&mut response, NGINX_BODY, &body);
     }
     response
@@ -329,38 +296,17 @@ fn deny_response(decision: &Decision, deny: &Deny, shape: Shape) -> Response {
 
 /// A deny decided here, before the core (the proxy did not describe the
 /// request): it gets a decision id and a decision-log line like any other.
-fn adapter_deny(status: u16, reason: &'static str, shape: Shape) -> Response {
-    let deny = Deny {
-        status,
-        reason,
-        challenge: false,
-    };
-    let decision = Decision {
-        decision_id: Uuid::new_v4().simple().to_string(),
-        outcome: Outcome::Deny(deny),
-        dry_run_deny: None,
-        route: None,
-        principal: None,
-        role: None,
-        rate_limit: None,
-    };
-    tracing::info!(
-        target: "velro_authz::decision",
-        decision_id = %decision.decision_id,
-        outcome = "deny",
-        status,
-        reason,
-        interface = "forward_auth",
-        "decision"
-    );
-    deny_response(&decision, &deny, shape)
+fn adapter_deny(reason: DenyReason, shape: Shape) -> Response {
+    let decision = Decision::adapter_deny(reason);
+    crate::authz::log::adapter_deny(&decision, "forward_auth");
+    deny_response(&decision, reason, shape)
 }
 
 /// "Cannot decide": 503 with no internal detail, never an allow. nginx turns
 /// any status but 2xx/401/403 into its own 500, so its shape says 403 and
 /// carries the 503 for the shipped config to render.
 fn unavailable(e: &CheckError, shape: Shape) -> Response {
-    let body = json!({ "error": "unavailable", "reason": e.reason() }).to_string();
+    let body = answer::unavailable_body(e.reason());
     let status = match shape {
         Shape::True => StatusCode::SERVICE_UNAVAILABLE,
         Shape::Nginx => StatusCode::FORBIDDEN,

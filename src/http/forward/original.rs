@@ -15,7 +15,8 @@
 
 use axum::http::{HeaderMap, HeaderValue};
 
-use crate::config::ForwardAuthConfig;
+use super::ForwardAuthSettings;
+use crate::answer::DenyReason;
 
 /// Traefik's original method.
 pub const TRAEFIK_METHOD: &str = "x-forwarded-method";
@@ -53,15 +54,21 @@ pub enum OriginalError {
 impl OriginalError {
     /// Stable reason code for the deny body and the decision log.
     pub fn reason(self) -> &'static str {
-        match self {
-            OriginalError::Missing => "missing_original_request",
-            OriginalError::Ambiguous => "ambiguous_original_request",
+        DenyReason::from(self).code()
+    }
+}
+
+impl From<OriginalError> for DenyReason {
+    fn from(e: OriginalError) -> DenyReason {
+        match e {
+            OriginalError::Missing => DenyReason::MissingOriginalRequest,
+            OriginalError::Ambiguous => DenyReason::AmbiguousOriginalRequest,
         }
     }
 }
 
 /// The original request from the proxy's headers.
-pub fn extract(map: &HeaderMap, config: &ForwardAuthConfig) -> Result<Original, OriginalError> {
+pub fn extract(map: &HeaderMap, config: &ForwardAuthSettings) -> Result<Original, OriginalError> {
     let method = field(map, &config.original_method_header, TRAEFIK_METHOD)?;
     let uri = field(map, &config.original_uri_header, TRAEFIK_URI)?;
     let (Some(method), Some(uri)) = (method, uri) else {
@@ -79,7 +86,7 @@ pub fn extract(map: &HeaderMap, config: &ForwardAuthConfig) -> Result<Original, 
 /// The headers that describe the original request rather than being part of
 /// it: they do not count for the 8 KiB header rule (over gRPC the path is not a
 /// header either).
-pub fn header_names(config: &ForwardAuthConfig) -> [&str; 4] {
+pub fn header_names(config: &ForwardAuthSettings) -> [&str; 4] {
     [
         &config.original_method_header,
         &config.original_uri_header,
