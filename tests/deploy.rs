@@ -1,6 +1,6 @@
 //! Deployment artifacts (envoy/, k8s/, kong/, Dockerfile), validated offline.
 //!
-//! The checks are Python scripts in `scripts/validate/`, run with the
+//! The checks are Python scripts in `tests/validate/`, run with the
 //! project-local virtualenv `.dev/venv` that `scripts/pyenv.sh` creates with
 //! pinned tools (Envoy's API protos and an Envoy binary, kubernetes-validate,
 //! jsonschema, a PromQL parser). `scripts/test.sh` runs `scripts/pyenv.sh`
@@ -32,10 +32,10 @@ fn python() -> PathBuf {
     py
 }
 
-/// Runs `scripts/validate/<script>` with `args`, from the repository root.
+/// Runs `tests/validate/<script>` with `args`, from the repository root.
 fn validate(script: &str, args: &[&Path]) -> Output {
     Command::new(python())
-        .arg(root().join("scripts/validate").join(script))
+        .arg(root().join("tests/validate").join(script))
         .args(args)
         .current_dir(root())
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -426,7 +426,7 @@ fn dockerfile_validator_rejects_a_root_runtime_user() {
 
 #[test]
 fn validation_requirements_are_exact_pins() {
-    let req = std::fs::read_to_string(root().join("scripts/requirements-validate.txt"))
+    let req = std::fs::read_to_string(root().join("tests/validate/requirements.txt"))
         .expect("read requirements");
     let pins: Vec<&str> = req
         .lines()

