@@ -383,6 +383,7 @@ fn k8s_sidecar_config_loads_with_the_real_config_loader() {
         .env_remove("VELRO_AUTHZ_CONFIG")
         .env_remove("VELRO_AUTHZ_GRPC_ADDR")
         .env_remove("VELRO_AUTHZ_HTTP_ADDR")
+        .env_remove("VELRO_AUTHZ_METRICS_ADDR")
         .env_remove("VELRO_AUTHZ_LOG_FORMAT")
         .env_remove("VELRO_AUTHZ_DRY_RUN")
         .output()
