@@ -167,6 +167,79 @@ fn envoy_validator_rejects_failing_open() {
     );
 }
 
+#[test]
+fn envoy_validator_rejects_underscore_headers_allowed() {
+    let dir = scratch("envoy-underscores");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "headers_with_underscores_action: REJECT_REQUEST",
+        "headers_with_underscores_action: ALLOW",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["headers_with_underscores_action", "REJECT_REQUEST"],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_missing_edge_settings() {
+    let dir = scratch("envoy-edge");
+    let bad = dir.join("envoy-http.yaml");
+    broken_copy(
+        "envoy/envoy-http.yaml",
+        &bad,
+        "                use_remote_address: true\n",
+        "",
+    );
+    let text = std::fs::read_to_string(&bad).expect("read copy");
+    let text = text
+        .replacen("                request_headers_timeout: 10s\n", "", 1)
+        .replacen("                  max_concurrent_streams: 100\n", "", 1);
+    std::fs::write(&bad, text).expect("write copy");
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &[
+            "use_remote_address",
+            "request_headers_timeout",
+            "max_concurrent_streams",
+        ],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_a_health_bypass_for_every_method() {
+    let dir = scratch("envoy-health-methods");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "                            headers:\n                              - name: \":method\"\n                                string_match: { safe_regex: { regex: \"GET|HEAD\" } }\n",
+        "",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["only GET/HEAD of the exact path /health/status"],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_method_override_headers_reaching_the_app() {
+    let dir = scratch("envoy-method-override");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "                    - x-http-method-override\n",
+        "",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["must remove x-http-method-override"],
+    );
+}
+
 /// A value the protos accept but Envoy does not: proves `envoy --mode validate` runs.
 #[test]
 fn envoy_validator_runs_envoy_itself() {
@@ -449,6 +522,8 @@ mod envoy_e2e {
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::process::{Child, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use sqlx::PgPool;
@@ -483,12 +558,16 @@ mod envoy_e2e {
             .port()
     }
 
-    /// A stand-in app: answers 200 with the x-velro-* request headers it saw.
-    async fn fake_app() -> SocketAddr {
+    /// A stand-in app: answers 200 with the request line and headers it saw
+    /// (lower-cased), and counts the requests that reached it.
+    async fn fake_app() -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("app addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -498,10 +577,11 @@ mod envoy_e2e {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    counter.fetch_add(1, Ordering::SeqCst);
                     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
                     let seen: String = head
                         .lines()
-                        .filter(|l| l.starts_with("x-velro-"))
+                        .take_while(|l| !l.is_empty())
                         .map(|l| format!("{l}\n"))
                         .collect();
                     let reply = format!(
@@ -512,7 +592,7 @@ mod envoy_e2e {
                 });
             }
         });
-        addr
+        (addr, hits)
     }
 
     struct Reply {
@@ -521,12 +601,17 @@ mod envoy_e2e {
         body: String,
     }
 
-    /// One HTTP/1.1 request through Envoy.
+    /// One HTTP/1.1 GET through Envoy.
     async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(port, "GET", path, headers).await
+    }
+
+    /// One HTTP/1.1 request through Envoy, the target sent exactly as given.
+    async fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
         let mut conn = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to envoy");
-        let mut req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
+        let mut req = format!("{method} {target} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -594,9 +679,10 @@ mod envoy_e2e {
 
     /// Through a real Envoy running the shipped envoy/envoy.yaml: no token is
     /// 401 from velro-authz, a valid token reaches the app with velro-authz's
-    /// identity headers and none of the client's spoofed ones, the health path
-    /// bypasses the check, and with the sidecar gone Envoy fails closed (503)
-    /// while the health path still works.
+    /// identity headers and none of the client's spoofed ones, GET/HEAD of the
+    /// health path bypass the check (POST does not), the edge hardening of
+    /// [`edge_hardening`] holds, and with the sidecar gone Envoy fails closed
+    /// (503) while GET/HEAD of the health path still work.
     #[sqlx::test(migrations = "./migrations")]
     async fn envoy_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
         through_envoy(pool, "envoy/envoy.yaml", 9191, |r| r.grpc_addr.port()).await;
@@ -648,7 +734,7 @@ mod envoy_e2e {
             .expect("LISTEN connects within 10 s")
             .expect("listener channel");
 
-        let app = fake_app().await;
+        let (app, app_hits) = fake_app().await;
         let (listen, admin) = (free_port(), free_port());
         let dir = super::scratch(&format!("envoy-e2e-{shipped_authz_port}"));
         let cfg = dir.join("envoy.yaml");
@@ -736,6 +822,8 @@ mod envoy_e2e {
         let health = get(listen, "/health/status", &[]).await;
         assert_eq!(health.status, 200, "{}", health.headers);
 
+        edge_hardening(listen, &bearer, &project, &app_hits).await;
+
         running.shutdown().await;
         let closed = get(listen, &project, &[("authorization", &bearer)]).await;
         assert_eq!(
@@ -748,11 +836,123 @@ mod envoy_e2e {
             "{}",
             closed.body
         );
-        let health = get(listen, "/health/status", &[]).await;
+        for method in ["GET", "HEAD"] {
+            let health = request(listen, method, "/health/status", &[]).await;
+            assert_eq!(
+                health.status, 200,
+                "{method} health bypass with the sidecar down: {}",
+                health.headers
+            );
+        }
+        let post = request(listen, "POST", "/health/status", &[]).await;
         assert_eq!(
-            health.status, 200,
-            "health bypass with the sidecar down: {}",
-            health.headers
+            post.status, 503,
+            "POST /health/status is decided, so fails closed: {}",
+            post.headers
+        );
+    }
+
+    /// Issue 12 items 5, 14, 15 and 17, through the shipped file with the
+    /// sidecar up: what the client sends vs what the app sees.
+    async fn edge_hardening(listen: u16, bearer: &str, project: &str, app_hits: &AtomicUsize) {
+        // 5: an underscore alias of an identity header (CGI/WSGI/Rack apps read
+        // x_velro_user_id as X-Velro-User-Id) is refused before anything else.
+        let before = app_hits.load(Ordering::SeqCst);
+        let aliased = get(
+            listen,
+            project,
+            &[("authorization", bearer), ("x_velro_user_id", "victim")],
+        )
+        .await;
+        assert_eq!(aliased.status, 400, "{}{}", aliased.headers, aliased.body);
+        assert_eq!(
+            app_hits.load(Ordering::SeqCst),
+            before,
+            "a request with x_velro_user_id reached the app"
+        );
+
+        // 14: method-override headers never reach the app, so it cannot be told
+        // a method other than the one decided on (GET).
+        let overridden = get(
+            listen,
+            project,
+            &[
+                ("authorization", bearer),
+                ("x-http-method-override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
+            ],
+        )
+        .await;
+        assert_eq!(overridden.status, 200, "{}", overridden.headers);
+        assert!(
+            overridden.body.starts_with(&format!("get {project} ")),
+            "the app saw: {}",
+            overridden.body
+        );
+        for name in [
+            "x-http-method-override",
+            "x-http-method:",
+            "x-method-override",
+        ] {
+            assert!(
+                !overridden.body.contains(name),
+                "{name} reached the app: {}",
+                overridden.body
+            );
+        }
+        // 14: a fragment is not part of a request target; one sent anyway is
+        // refused, never decided on or passed to the app.
+        let before = app_hits.load(Ordering::SeqCst);
+        let fragment = get(
+            listen,
+            &format!("{project}#/../../users/profile"),
+            &[("authorization", bearer)],
+        )
+        .await;
+        assert_eq!(
+            fragment.status, 400,
+            "{}{}",
+            fragment.headers, fragment.body
+        );
+        assert_eq!(app_hits.load(Ordering::SeqCst), before);
+
+        // 15: only GET and HEAD bypass the check on /health/status; POST is
+        // decided (no such route: 404 no_route) and never reaches the app.
+        let head = request(listen, "HEAD", "/health/status", &[]).await;
+        assert_eq!(head.status, 200, "{}", head.headers);
+        let before = app_hits.load(Ordering::SeqCst);
+        let post = request(listen, "POST", "/health/status", &[]).await;
+        assert_eq!(post.status, 404, "{}{}", post.headers, post.body);
+        assert!(post.body.contains("no_route"), "{}", post.body);
+        assert!(
+            post.headers.contains("x-velro-decision-id: "),
+            "{}",
+            post.headers
+        );
+        assert_eq!(app_hits.load(Ordering::SeqCst), before);
+
+        // 17: use_remote_address: the client is the TCP peer, which Envoy
+        // appends to whatever x-forwarded-for the client sent (for a loopback
+        // peer, as here, Envoy appends the host's own address instead).
+        let forwarded = get(
+            listen,
+            project,
+            &[
+                ("authorization", bearer),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+        )
+        .await;
+        assert_eq!(forwarded.status, 200, "{}", forwarded.headers);
+        let xff = forwarded
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+            .unwrap_or_default();
+        assert!(
+            xff.starts_with("203.0.113.9,") && xff.split(',').count() == 2,
+            "x-forwarded-for the app saw: {xff:?}"
         );
     }
 }
