@@ -318,6 +318,67 @@ fn mesh_validator_rejects_an_unknown_istio_field() {
     assert_rejects(&out, &["notPath"]);
 }
 
+#[test]
+fn mesh_validator_rejects_an_istio_health_bypass_for_every_method() {
+    let dir = scratch("istio-health-methods");
+    copy_dir("envoy/istio", &dir);
+    broken_copy(
+        "envoy/istio/authorization-policy.yaml",
+        &dir.join("authorization-policy.yaml"),
+        "        - operation:\n            notMethods:\n              - GET\n              - HEAD\n",
+        "",
+    );
+    let istio = dir.to_string_lossy().into_owned();
+    let out = validate(
+        "validate_mesh.py",
+        &[Path::new("--istio"), Path::new(&istio)],
+    );
+    assert_rejects(
+        &out,
+        &["AuthorizationPolicy[velro-authz].rules", "notMethods"],
+    );
+}
+
+#[test]
+fn mesh_validator_rejects_meshes_that_let_underscore_headers_through() {
+    let istio = scratch("istio-underscores");
+    copy_dir("envoy/istio", &istio);
+    broken_copy(
+        "envoy/istio/envoy-filter.yaml",
+        &istio.join("envoy-filter.yaml"),
+        "headers_with_underscores_action: REJECT_REQUEST",
+        "headers_with_underscores_action: ALLOW",
+    );
+    let kuma = scratch("kuma-underscores");
+    copy_dir("envoy/kuma", &kuma);
+    broken_copy(
+        "envoy/kuma/meshproxypatch.yaml",
+        &kuma.join("meshproxypatch.yaml"),
+        "headersWithUnderscoresAction: REJECT_REQUEST",
+        "headersWithUnderscoresAction: ALLOW",
+    );
+    let (istio, kuma) = (
+        istio.to_string_lossy().into_owned(),
+        kuma.to_string_lossy().into_owned(),
+    );
+    let out = validate(
+        "validate_mesh.py",
+        &[
+            Path::new("--istio"),
+            Path::new(&istio),
+            Path::new("--kuma"),
+            Path::new(&kuma),
+        ],
+    );
+    assert_rejects(
+        &out,
+        &[
+            "envoy-filter.yaml: EnvoyFilter: no NETWORK_FILTER patch",
+            "meshproxypatch.yaml: MeshProxyPatch[velro-authz]: no networkFilter patch",
+        ],
+    );
+}
+
 // ---- Kong -----------------------------------------------------------------
 
 #[test]
