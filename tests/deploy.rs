@@ -410,6 +410,24 @@ fn kong_validator_rejects_a_config_that_lets_spoofed_identity_headers_through() 
     assert_rejects(&validate("validate_kong.py", &[&bad]), &["x-velro-role"]);
 }
 
+#[test]
+fn kong_validator_rejects_a_pre_function_blind_to_underscores_and_method_overrides() {
+    let dir = scratch("kong-underscore");
+    let bad = dir.join("kong.yaml");
+    broken_copy(
+        "kong/kong.yaml",
+        &bad,
+        "local folded = string.gsub(string.lower(name), \"_\", \"-\")",
+        "local folded = string.lower(name)",
+    );
+    let text = std::fs::read_to_string(&bad).expect("read copy");
+    std::fs::write(&bad, text.replacen("\"x-http-method-override\", ", "", 1)).expect("write");
+    assert_rejects(
+        &validate("validate_kong.py", &[&bad]),
+        &["'_' read as '-'", "must clear x-http-method-override"],
+    );
+}
+
 // ---- Kubernetes -------------------------------------------------------------
 
 #[test]
