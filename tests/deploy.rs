@@ -486,6 +486,80 @@ fn k8s_validator_rejects_a_drifted_envoy_copy() {
     assert_rejects(&out, &["envoy.yaml", "differs from envoy/envoy.yaml"]);
 }
 
+/// Without the NetworkPolicy any pod in the cluster could reach every port the
+/// pod listens on.
+#[test]
+fn k8s_validator_rejects_a_missing_network_policy() {
+    let dir = scratch("k8s-netpol");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/kustomization.yaml",
+        &dir.join("kustomization.yaml"),
+        "  - networkpolicy.yaml\n",
+        "",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["no NetworkPolicy selects its pods"]);
+}
+
+#[test]
+fn k8s_validator_rejects_a_network_policy_that_admits_the_decision_port() {
+    let dir = scratch("k8s-netpol-port");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/networkpolicy.yaml",
+        &dir.join("networkpolicy.yaml"),
+        "          port: http\n",
+        "          port: http\n        - protocol: TCP\n          port: 8181\n",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(
+        &out,
+        &["NetworkPolicy[velro-app].spec.ingress[0].ports", "8181"],
+    );
+}
+
+/// A probe on the app's own port needs the app on the pod IP, where anything
+/// that gets past the NetworkPolicy could send it forged x-velro-* headers.
+#[test]
+fn k8s_validator_rejects_an_app_probe_on_the_app_port() {
+    let dir = scratch("k8s-app-probe");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/deployment.yaml",
+        &dir.join("deployment.yaml"),
+        "              path: /health/status\n              port: 10000\n",
+        "              path: /health/status\n              port: 8080\n",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(
+        &out,
+        &[
+            "containers[app].readinessProbe",
+            "not the app port directly",
+        ],
+    );
+}
+
+/// The decision endpoints belong on loopback: only the pod's Envoy asks.
+#[test]
+fn k8s_validator_rejects_decision_endpoints_on_the_pod_ip() {
+    let dir = scratch("k8s-http-addr");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/config.yaml",
+        &dir.join("config.yaml"),
+        "http_addr: 127.0.0.1:8181",
+        "http_addr: 0.0.0.0:8181",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["http_addr", "127.0.0.1:8181"]);
+}
+
 /// A real `kustomize build` (kubectl's built-in kustomize), whose output is
 /// then validated object by object.
 #[test]
