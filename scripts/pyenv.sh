@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or confirms) the project-local Python environment .dev/venv with the
-# exact tools in scripts/requirements-validate.txt, which the deployment tests
+# exact tools in tests/validate/requirements.txt, which the deployment tests
 # (cargo test --test deploy) run. Idempotent: when the venv already holds this
 # requirements file (same hash, same python3) it returns at once.
 #
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.dev/venv
-req=scripts/requirements-validate.txt
+req=tests/validate/requirements.txt
 stamp=$venv/.requirements.sha256
 
 as_root() {

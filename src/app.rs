@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::facts::Facts;
 use crate::facts::l2::L2;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
-use crate::http::{HttpState, router};
+use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -47,6 +47,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound address of the health/metrics-only listener, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// The decision path, for in-process assertions.
     pub authorizer: Arc<PgAuthorizer>,
     /// Metrics, for assertions.
@@ -123,14 +125,20 @@ impl App {
         })
     }
 
-    /// Binds both listeners and serves in the background.
+    /// Binds the listeners (gRPC, HTTP, and the metrics one when configured)
+    /// and serves in the background.
     pub async fn spawn(
         self,
         log_dropped: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     ) -> std::io::Result<Running> {
         let grpc = TcpListener::bind(self.config.grpc_addr).await?;
         let http = TcpListener::bind(self.config.http_addr).await?;
+        let metrics = match self.config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (listener_tx, listener_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -228,6 +236,15 @@ impl App {
             started,
             forward_auth: self.config.forward_auth.clone(),
         };
+        if let Some(listener) = metrics {
+            let server = axum::serve(listener, ops_router(state.clone()))
+                .with_graceful_shutdown(wait_true(shutdown_rx.clone()));
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "metrics HTTP server failed");
+                }
+            }));
+        }
         let http_server =
             axum::serve(http, router(state)).with_graceful_shutdown(wait_true(shutdown_rx));
         tasks.push(tokio::spawn(async move {
@@ -236,10 +253,11 @@ impl App {
             }
         }));
 
-        tracing::info!(%grpc_addr, %http_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
+        tracing::info!(%grpc_addr, %http_addr, metrics_addr = ?metrics_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
         Ok(Running {
             grpc_addr,
             http_addr,
+            metrics_addr,
             authorizer: self.authorizer,
             metrics: self.metrics,
             listener: listener_rx,

