@@ -34,6 +34,8 @@ pub const ENV_REDIS_URL: &str = "REDIS_URL";
 pub const ENV_GRPC_ADDR: &str = "VELRO_AUTHZ_GRPC_ADDR";
 /// The HTTP listen address.
 pub const ENV_HTTP_ADDR: &str = "VELRO_AUTHZ_HTTP_ADDR";
+/// The separate health/metrics listen address.
+pub const ENV_METRICS_ADDR: &str = "VELRO_AUTHZ_METRICS_ADDR";
 /// Dry-run (shadow) mode: `true` or `false`.
 pub const ENV_DRY_RUN: &str = "VELRO_AUTHZ_DRY_RUN";
 /// The HS256 secret, so the config file can be committed without it.
@@ -248,7 +250,7 @@ impl Config {
             "127.0.0.1:8181",
             &mut errors,
         );
-        let metrics_addr = env("VELRO_AUTHZ_METRICS_ADDR")
+        let metrics_addr = env(ENV_METRICS_ADDR)
             .or(file.metrics_addr)
             .filter(|a| !a.is_empty())
             .map(|a| {
