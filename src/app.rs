@@ -14,6 +14,7 @@ use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::{Config, ConfigError};
 use crate::facts::Facts;
+use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, ops_router, router};
@@ -91,16 +92,26 @@ impl App {
             }
             None => None,
         };
-        let l2 = redis
-            .as_ref()
-            .map(|r| L2::new(r.clone(), config.l2, metrics.clone()));
-        let facts = Arc::new(Facts::with_tiers(
-            store.clone(),
-            &config.cache,
-            l2.clone(),
-            config.breaker,
-            metrics.clone(),
-        ));
+        let l2 = redis.as_ref().map(|r| {
+            // A rejoin waits at most one silence bound for the fleet's coverage.
+            L2::new(
+                r.clone(),
+                config.l2,
+                config.freshness.max_silence,
+                metrics.clone(),
+            )
+        });
+        let freshness = Arc::new(Freshness::new(config.freshness, metrics.clone()));
+        let facts = Arc::new(
+            Facts::with_tiers(
+                store.clone(),
+                &config.cache,
+                l2.clone(),
+                config.breaker,
+                metrics.clone(),
+            )
+            .with_freshness(freshness),
+        );
         let mut authorizer = Authorizer::new(
             config.routes.clone(),
             Authenticator::new(config.jwt.clone(), config.max_credentials),

@@ -17,6 +17,7 @@ use crate::authn::jwt::{JwtConfig, JwtKeyConfig, JwtVerifier};
 use crate::authz::DecisionSettings;
 use crate::breaker::BreakerConfig;
 use crate::facts::CacheSettings;
+use crate::facts::freshness::FreshnessSettings;
 use crate::facts::l2::L2Settings;
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
@@ -78,6 +79,9 @@ pub struct Config {
     pub routes_source: String,
     /// LISTEN reconnect backoff.
     pub listener: ListenerSettings,
+    /// How long a silent change feed is trusted; whether stale facts may
+    /// answer while Postgres is unreachable.
+    pub freshness: FreshnessSettings,
     /// `json` (default, for production) or `text` (for humans).
     pub log_format: LogFormat,
     /// The shared Redis tier; `None` (no `REDIS_URL`) = L1 + Postgres only.
@@ -115,6 +119,8 @@ struct FileConfig {
     routes_file: Option<PathBuf>,
     #[serde(default)]
     listener: FileListener,
+    #[serde(default)]
+    freshness: FileFreshness,
     log_format: Option<LogFormat>,
     #[serde(default)]
     redis: FileRedis,
@@ -186,6 +192,13 @@ struct FileDecision {
 #[serde(deny_unknown_fields)]
 struct FileAuth {
     jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFreshness {
+    max_silence_ms: Option<u64>,
+    serve_stale_on_outage_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +372,27 @@ impl Config {
             );
         }
 
+        let freshness_defaults = FreshnessSettings::default();
+        let freshness = FreshnessSettings {
+            max_silence: file
+                .freshness
+                .max_silence_ms
+                .map_or(freshness_defaults.max_silence, Duration::from_millis),
+            serve_stale_on_outage: ms(file.freshness.serve_stale_on_outage_ms, 0),
+        };
+        if freshness.max_silence < Duration::from_millis(100) {
+            errors.push(
+                "freshness.max_silence_ms: must be at least 100 (heartbeats go out four times per period)"
+                    .to_owned(),
+            );
+        }
+        if freshness.max_silence > Duration::from_secs(60) {
+            errors.push(
+                "freshness.max_silence_ms: at most 60000; a longer silent feed is not a freshness bound"
+                    .to_owned(),
+            );
+        }
+
         let log_format = match env(ENV_LOG_FORMAT).as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -449,6 +483,7 @@ impl Config {
             routes,
             routes_source,
             listener,
+            freshness,
             log_format,
             redis,
             l2,

@@ -28,8 +28,10 @@ use crate::model::{
 };
 use crate::store::{Store, StoreError};
 
+pub mod freshness;
 pub mod l2;
 
+use freshness::Freshness;
 use l2::{L2, L2Get};
 
 /// Number of invalidation buckets; a collision only costs a spurious refill.
@@ -89,6 +91,9 @@ pub enum Source {
     Postgres,
     /// Another request's in-flight fill answered this one.
     Coalesced,
+    /// The feed was untrusted and Postgres could not answer: a cached fact
+    /// served within `freshness.serve_stale_on_outage_ms`.
+    Stale,
 }
 
 impl Source {
@@ -99,6 +104,7 @@ impl Source {
             Source::L2 => "l2",
             Source::Postgres => "postgres",
             Source::Coalesced => "coalesced",
+            Source::Stale => "stale",
         }
     }
 }
@@ -324,6 +330,9 @@ pub struct Facts<S> {
     seq: AtomicU64,
     /// Bumped by a full flush; entries from an older epoch are void.
     epoch: AtomicU64,
+    /// Whether the change feed may be trusted now; when not, lookups read
+    /// through to the source.
+    freshness: Arc<Freshness>,
     metrics: Metrics,
 }
 
@@ -357,8 +366,22 @@ impl<S: FactSource> Facts<S> {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            freshness: Arc::new(Freshness::always_trusted(metrics.clone())),
             metrics,
         }
+    }
+
+    /// Trusts cached facts only while `freshness` says the feed is live (the
+    /// sidecar's wiring; without it, as for a cache with no listener, cached
+    /// facts are always trusted).
+    pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Facts<S> {
+        self.freshness = freshness;
+        self
+    }
+
+    /// The feed's state.
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.freshness
     }
 
     /// The source below L1.
@@ -394,18 +417,22 @@ impl<S: FactSource> Facts<S> {
 
     /// Voids several facts, with one Redis round trip.
     ///
-    /// Redis first: once L1 is voided the next L1 fill may read L2, which must
-    /// no longer hold the old value (or this sidecar must be distrusting L2).
+    /// L1 first, at once: a slow or dead Redis never delays it. Until the Redis
+    /// side is done this sidecar does not read or fill L2 (the `pending` guard),
+    /// so an L1 refill in between goes to Postgres instead of picking the old
+    /// value up from Redis.
     pub async fn invalidate_keys(&self, keys: &[FactKey]) {
-        if let Some(l2) = &self.l2 {
-            l2.invalidate(keys).await;
-        }
+        let pending = self.l2.as_ref().map(|l2| l2.begin_invalidation());
         for key in keys {
             let value = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
             self.buckets[key.bucket()].fetch_max(value, Ordering::AcqRel);
             // Freeing memory only: correctness comes from the bucket stamp.
             self.cache.invalidate(key).await;
         }
+        if let Some(l2) = &self.l2 {
+            l2.invalidate(keys).await;
+        }
+        drop(pending);
     }
 
     /// Voids everything (listener gap, admin flush, TRUNCATE): L1 at once, and
@@ -420,8 +447,9 @@ impl<S: FactSource> Facts<S> {
         epoch
     }
 
-    /// Voids L1 only, leaving Redis trusted: a memory release, not a
-    /// freshness tool (benchmarks use it to measure the Redis tier).
+    /// Voids L1 only, leaving Redis to the shared tier's own rules: after a
+    /// LISTEN gap (the tier rejoins the fleet's coverage, or bumps the epoch),
+    /// and in benchmarks that measure the Redis tier.
     pub fn flush_local(&self) -> u64 {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cache.invalidate_all();
@@ -444,6 +472,10 @@ impl<S: FactSource> Facts<S> {
     /// concurrent callers of the same key).
     pub async fn get(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
         let kind = key.kind();
+        if !self.freshness.trusted() {
+            // Boxed: keep the cold path's future off the hot one.
+            return Box::pin(self.read_through(key, trace)).await;
+        }
         if let Some(entry) = self.cache.get(&key).await {
             if self.trusted(&key, &entry) {
                 self.lookup(kind, "hit");
@@ -486,6 +518,32 @@ impl<S: FactSource> Facts<S> {
         let fact = self.query(&key).await?;
         trace.record(&key, Source::Postgres, &fact);
         Ok(fact)
+    }
+
+    /// The feed is down or silent: cached facts may be stale, so read the
+    /// source (bounded by its breaker and the decision deadline) and cache
+    /// nothing. Only if the source cannot answer, and the operator chose
+    /// availability, may a cached fact answer (`serve_stale_on_outage`).
+    async fn read_through(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
+        let kind = key.kind();
+        self.lookup(kind, "untrusted");
+        match self.query(&key).await {
+            Ok(fact) => {
+                trace.record(&key, Source::Postgres, &fact);
+                Ok(fact)
+            }
+            Err(e) => {
+                if self.freshness.may_serve_stale()
+                    && let Some(entry) = self.cache.get(&key).await
+                    && self.trusted(&key, &entry)
+                {
+                    self.metrics.stale_served.with_label_values(&[kind]).inc();
+                    trace.record(&key, Source::Stale, &entry.fact);
+                    return Ok(entry.fact.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Below L1: Redis when usable, else (or on a Redis miss) Postgres, filling

@@ -58,19 +58,29 @@ pub fn ops_router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Ready once the sidecar has heard LISTEN connect: from then on it decides,
-/// from cache if Postgres or Redis is away ("degraded": cached facts answer,
-/// uncached ones fail closed), so the proxy keeps getting answers. 503 only
-/// while starting.
+/// Ready once the sidecar has heard LISTEN connect: from then on it decides.
+/// "degraded" says what is away: Redis (L1 + Postgres answer), or the feed
+/// (cached facts untrusted: decisions read through to Postgres, and fail closed
+/// if it cannot answer). 503 only while starting.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let listener = *state.listener.borrow();
     let facts = state.authorizer.facts();
     let postgres = listener && facts.breaker().state() == CircuitState::Closed;
     let redis = facts.l2().map(|l2| l2.up());
     let started = state.started.load(Ordering::Acquire);
+    // live: proven within freshness.max_silence_ms; silent: connected but
+    // unproven for longer (cached facts untrusted); down: the LISTEN
+    // connection is lost.
+    let feed = if facts.freshness().trusted() {
+        "live"
+    } else if listener {
+        "silent"
+    } else {
+        "down"
+    };
     let label = if !started {
         "starting"
-    } else if postgres && redis != Some(false) {
+    } else if postgres && redis != Some(false) && feed == "live" {
         "ok"
     } else {
         "degraded"
@@ -81,6 +91,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         "postgres": postgres,
         "redis": redis,
         "listener_connected": listener,
+        "feed": feed,
     });
     let status = if started {
         StatusCode::OK

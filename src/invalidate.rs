@@ -4,9 +4,19 @@
 //! Notifications are lost while the connection is down, so every (re)connect
 //! discards all of L1 *after* LISTEN is in place: a change that commits after
 //! the flush is then certain to be heard.
+//!
+//! A connection can also go silent without failing (a pooler restart, an idle
+//! reaper, a network blip with no reset). So the listener proves the feed
+//! alive: it sends itself a heartbeat through Postgres four times per
+//! `freshness.max_silence_ms`, on the same channel path, carrying the WAL
+//! position at which it was sent. Hearing it back (after applying everything
+//! queued before it) proves every change committed before that position was
+//! heard; [`Freshness`] turns a lost or silent feed into "cached facts
+//! untrusted", and the Redis tier extends the fleet's coverage with it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -14,12 +24,21 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use crate::facts::freshness::Freshness;
 use crate::facts::{FactKey, FactSource, Facts};
 use crate::metrics::Metrics;
 use crate::model::ResourceKind;
 
 /// The channel every authz table's trigger notifies (migrations/0002).
 pub const CHANNEL: &str = "velro_authz_invalidate";
+
+/// The channel sidecars send their own heartbeats on.
+pub const HEARTBEAT_CHANNEL: &str = "velro_authz_heartbeat";
+
+/// LISTEN on both channels, then the WAL position from which this session
+/// hears every commit.
+const LISTEN_SQL: &str = "LISTEN velro_authz_invalidate; LISTEN velro_authz_heartbeat; \
+     SELECT pg_current_wal_lsn()::text";
 
 /// LISTEN connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +63,68 @@ pub enum Invalidation {
     },
     /// Void everything: a TRUNCATE, or a payload we cannot read (safe default).
     Flush,
+}
+
+/// What the reader hands the applier, in the order heard.
+#[derive(Debug, Clone, PartialEq)]
+enum Heard {
+    /// A change to apply.
+    Change(Invalidation),
+    /// One of our own heartbeats: `seq` was sent at feed position `position`.
+    Heartbeat { seq: u64, position: u64 },
+}
+
+/// Heartbeats sent and not yet heard back: their send times by sequence number.
+#[derive(Default)]
+struct Sent {
+    /// This process's id in heartbeat payloads (other sidecars' are ignored).
+    instance: String,
+    /// Next sequence number; unique for the life of the process.
+    next: std::sync::atomic::AtomicU64,
+    /// Send time by sequence number; old entries are pruned.
+    at: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Sent {
+    fn new() -> Sent {
+        Sent {
+            instance: Uuid::new_v4().simple().to_string(),
+            ..Sent::default()
+        }
+    }
+
+    fn record(&self) -> u64 {
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        at.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        at.insert(seq, Instant::now());
+        seq
+    }
+
+    fn take(&self, seq: u64) -> Option<Instant> {
+        self.at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq)
+    }
+
+    /// Our heartbeat's (seq, position), or `None` for another sidecar's or junk.
+    fn parse(&self, payload: &str) -> Option<(u64, u64)> {
+        let mut parts = payload.splitn(3, ':');
+        let (instance, seq, lsn) = (parts.next()?, parts.next()?, parts.next()?);
+        if instance != self.instance {
+            return None;
+        }
+        Some((seq.parse().ok()?, parse_lsn(lsn)?))
+    }
+}
+
+/// A WAL position as Postgres prints it (`16/B374D848`) as one number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
 /// Trigger payload, as built by `velro_authz_notify()`.
@@ -163,20 +244,74 @@ pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, batch: Ve
 
 /// Applies what the reader queues, in batches: under a burst of changes each
 /// batch costs one Redis round trip, so invalidations do not queue up behind
-/// one another (the lag stays flat instead of growing with the burst).
+/// one another (the lag stays flat instead of growing with the burst). A
+/// heartbeat counts only once every change heard before it is applied.
 async fn applier<S: FactSource>(
     facts: Arc<Facts<S>>,
     metrics: Metrics,
-    mut rx: mpsc::Receiver<Invalidation>,
+    sent: Arc<Sent>,
+    connected: watch::Sender<bool>,
+    mut rx: mpsc::Receiver<Heard>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        apply(&facts, &metrics, std::mem::take(&mut batch)).await;
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut heartbeats = Vec::new();
+        for heard in batch.drain(..) {
+            match heard {
+                Heard::Change(c) => changes.push(c),
+                Heard::Heartbeat { seq, position } => heartbeats.push((seq, position)),
+            }
+        }
+        if !changes.is_empty() {
+            apply(&facts, &metrics, changes).await;
+        }
+        for (seq, position) in heartbeats {
+            let Some(sent_at) = sent.take(seq) else {
+                continue;
+            };
+            metrics
+                .feed_heartbeat_seconds
+                .observe(sent_at.elapsed().as_secs_f64());
+            facts.freshness().proven(sent_at);
+            // Hearing every change, and proven: the sidecar is connected.
+            if facts.freshness().trusted() {
+                connected.send_if_modified(|c| !std::mem::replace(c, true));
+            }
+            if let Some(l2) = facts.l2() {
+                l2.heard_through(position).await;
+            }
+        }
     }
 }
 
-/// Runs the LISTEN loop until `shutdown` flips to true. `connected` reports
-/// whether the sidecar is currently hearing every change.
+/// Sends a heartbeat through Postgres every `interval` while the session
+/// lasts, and keeps the freshness gauge current.
+async fn heartbeats(pool: PgPool, sent: Arc<Sent>, freshness: Arc<Freshness>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        freshness.observe();
+        let seq = sent.record();
+        let payload = format!("{}:{seq}", sent.instance);
+        // The position is read before this transaction commits: every change
+        // committed before it is queued ahead of the heartbeat.
+        let send = sqlx::query("SELECT pg_notify($1, $2 || ':' || pg_current_wal_lsn()::text)")
+            .bind(HEARTBEAT_CHANNEL)
+            .bind(payload)
+            .execute(&pool);
+        match tokio::time::timeout(interval * 2, send).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not sent"),
+            Err(_) => tracing::debug!("heartbeat send timed out"),
+        }
+    }
+}
+
+/// Runs the LISTEN loop until `shutdown` flips to true. `connected` turns true
+/// once the sidecar is proven to hear every change (its first heartbeat came
+/// back), and false the moment the feed is lost.
 pub async fn run<S: FactSource>(
     pool: PgPool,
     facts: Arc<Facts<S>>,
@@ -186,12 +321,23 @@ pub async fn run<S: FactSource>(
     shutdown: watch::Receiver<bool>,
 ) {
     let (queue, rx) = mpsc::channel(APPLY_QUEUE);
-    let applier = tokio::spawn(applier(facts.clone(), metrics.clone(), rx));
-    listen(pool, facts, metrics, config, connected, shutdown, queue).await;
+    let sent = Arc::new(Sent::new());
+    let applier = tokio::spawn(applier(
+        facts.clone(),
+        metrics.clone(),
+        sent.clone(),
+        connected.clone(),
+        rx,
+    ));
+    listen(
+        pool, facts, metrics, config, connected, shutdown, queue, sent,
+    )
+    .await;
     // The queue is closed: the applier finishes what was queued and stops.
     let _ = applier.await;
 }
 
+#[allow(clippy::too_many_arguments)] // One loop's state, passed once at start.
 async fn listen<S: FactSource>(
     pool: PgPool,
     facts: Arc<Facts<S>>,
@@ -199,30 +345,51 @@ async fn listen<S: FactSource>(
     config: ListenerSettings,
     connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
-    queue: mpsc::Sender<Invalidation>,
+    queue: mpsc::Sender<Heard>,
+    sent: Arc<Sent>,
 ) {
     let mut backoff = config.reconnect_min;
     let mut first = true;
+    let freshness = facts.freshness().clone();
     loop {
         let session = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             // A lost connection must surface at once (we reconnect, with
             // backoff, and flush); sqlx would otherwise retry inside recv.
             listener.eager_reconnect(false);
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
+            // Both channels, then where this session starts hearing: read
+            // after LISTEN, on the same connection, in one round trip.
+            let rows = sqlx::raw_sql(LISTEN_SQL).fetch_all(&mut listener).await?;
+            let start = rows
+                .first()
+                .and_then(|row| sqlx::Row::try_get::<String, _>(row, 0).ok())
+                .and_then(|lsn| parse_lsn(&lsn))
+                .unwrap_or(1);
+            Ok::<_, sqlx::Error>((listener, start))
         };
         let mut listener = tokio::select! {
             r = session => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match listener.as_mut() {
-            Ok(listener) => {
+            Ok((listener, start)) => {
                 // LISTEN is in place: anything committed from now on will be
                 // heard, so drop what may have been missed while deaf. Postgres
-                // just answered, so its breaker closes before the refills.
+                // just answered, so its breaker closes before the refills. The
+                // Redis tier rejoins the fleet's coverage (or bumps the epoch).
                 facts.breaker().success();
-                facts.flush();
+                facts.flush_local();
+                if let Some(l2) = facts.l2() {
+                    l2.session_started(*start);
+                }
+                freshness.connected_now();
+                let beats = tokio::spawn(heartbeats(
+                    pool.clone(),
+                    sent.clone(),
+                    freshness.clone(),
+                    freshness.settings().heartbeat_interval(),
+                ));
+                let _stop_beats = AbortOnDrop(beats);
                 metrics.flushes.with_label_values(&["listener_gap"]).inc();
                 if !first {
                     metrics.listener_reconnects.inc();
@@ -234,7 +401,6 @@ async fn listen<S: FactSource>(
                     .dependency_up
                     .with_label_values(&["postgres"])
                     .set(1);
-                connected.send_replace(true);
                 tracing::info!(channel = CHANNEL, "listener connected, cache flushed");
 
                 loop {
@@ -244,7 +410,16 @@ async fn listen<S: FactSource>(
                     };
                     match next {
                         Ok(Some(n)) => {
-                            if queue.send(parse(n.payload())).await.is_err() {
+                            let heard = if n.channel() == HEARTBEAT_CHANNEL {
+                                match sent.parse(n.payload()) {
+                                    Some((seq, position)) => Heard::Heartbeat { seq, position },
+                                    // Another sidecar's heartbeat.
+                                    None => continue,
+                                }
+                            } else {
+                                Heard::Change(parse(n.payload()))
+                            };
+                            if queue.send(heard).await.is_err() {
                                 return;
                             }
                         }
@@ -263,9 +438,12 @@ async fn listen<S: FactSource>(
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "listener cannot connect");
             }
         }
-        // Deaf until the next LISTEN. Cached facts stay in use meanwhile (SPEC §5:
-        // while Postgres is unreachable nothing can change there); the flush at
-        // reconnect drops whatever changed during the gap.
+        // Deaf until the next LISTEN: changes may be missed from now on, so
+        // cached facts are untrusted at once (decisions read through to
+        // Postgres, or fail closed if it cannot answer, unless the operator
+        // chose `serve_stale_on_outage`); the flush at reconnect drops whatever
+        // changed during the gap.
+        freshness.lost();
         connected.send_replace(false);
         metrics.listener_connected.set(0);
         metrics
@@ -279,6 +457,15 @@ async fn listen<S: FactSource>(
         backoff = (backoff * 2)
             .min(config.reconnect_max)
             .max(Duration::from_millis(1));
+    }
+}
+
+/// Aborts a task when dropped (the session's heartbeats end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -332,10 +519,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn parse_lsn_reads_postgres_positions() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B_3748));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        for bad in ["", "0", "/1", "1/", "x/1", "1/2/3", "100000000/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_parse_takes_only_our_own() {
+        let sent = Sent::new();
+        let ours = format!("{}:7:0/10", sent.instance);
+        assert_eq!(sent.parse(&ours), Some((7, 0x10)));
+        let theirs = format!("{}:7:0/10", Uuid::new_v4().simple());
+        assert_eq!(sent.parse(&theirs), None);
+        assert_eq!(sent.parse(&format!("{}:x:0/10", sent.instance)), None);
+        assert_eq!(sent.parse(""), None);
+    }
+
     proptest::proptest! {
         #[test]
         fn parse_never_panics(payload in ".*") {
             let _ = parse(&payload);
+            let _ = parse_lsn(&payload);
+            let _ = Sent::new().parse(&payload);
         }
     }
 }

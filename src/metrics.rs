@@ -32,6 +32,17 @@ pub struct Metrics {
     pub listener_connected: IntGauge,
     /// LISTEN reconnects after the first connect.
     pub listener_reconnects: IntCounter,
+    /// 1 while the change feed is proven live within `freshness.max_silence_ms`
+    /// (cached facts trusted); 0 while decisions read through to Postgres.
+    pub feed_trusted: IntGauge,
+    /// Seconds from sending a heartbeat through Postgres to hearing it back.
+    pub feed_heartbeat_seconds: Histogram,
+    /// Facts answered from cache while the feed was untrusted and Postgres
+    /// unreachable (`freshness.serve_stale_on_outage_ms`), by fact kind.
+    pub stale_served: IntCounterVec,
+    /// How this sidecar came to trust the shared Redis tier after a start or a
+    /// gap (joined: others covered the gap | bumped: the epoch was bumped).
+    pub l2_trust: IntCounterVec,
     /// 1 when a dependency answered its last call.
     pub dependency_up: IntGaugeVec,
     /// Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open.
@@ -134,6 +145,37 @@ impl Metrics {
                 "LISTEN reconnects after the first connect.",
             )
             .expect("metric"),
+            feed_trusted: IntGauge::new(
+                "velro_authz_feed_trusted",
+                "1 while the change feed is proven live (cached facts trusted).",
+            )
+            .expect("metric"),
+            feed_heartbeat_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "velro_authz_feed_heartbeat_seconds",
+                    "From sending a heartbeat through Postgres to hearing it on the feed.",
+                )
+                .buckets(vec![
+                    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("metric"),
+            stale_served: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_stale_served_total",
+                    "Facts served from cache while the feed was untrusted and Postgres unreachable.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            l2_trust: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_l2_trust_total",
+                    "How the Redis tier came to be trusted after a start or a gap (joined | bumped).",
+                ),
+                &["how"],
+            )
+            .expect("metric"),
             dependency_up: IntGaugeVec::new(
                 Opts::new(
                     "velro_authz_dependency_up",
@@ -206,6 +248,10 @@ impl Metrics {
             Box::new(m.flushes.clone()),
             Box::new(m.listener_connected.clone()),
             Box::new(m.listener_reconnects.clone()),
+            Box::new(m.feed_trusted.clone()),
+            Box::new(m.feed_heartbeat_seconds.clone()),
+            Box::new(m.stale_served.clone()),
+            Box::new(m.l2_trust.clone()),
             Box::new(m.dependency_up.clone()),
             Box::new(m.circuit_state.clone()),
             Box::new(m.circuit_transitions.clone()),

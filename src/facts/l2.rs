@@ -7,9 +7,11 @@
 //!   the key version and epoch its fill started under;
 //! - `v:<kind>:<id>` — the key's version, bumped (with the entry deleted, in one
 //!   script) by every invalidation;
-//! - `epoch` — bumped after any moment in which this sidecar may have missed an
-//!   invalidation (a LISTEN gap, an invalidation that did not reach Redis, a
-//!   flush).
+//! - `epoch` — a random token, replaced (never incremented: a Redis that lost
+//!   its data must never see an old epoch again) whenever entries may have
+//!   missed an invalidation;
+//! - `cover` — the change-feed position (a WAL LSN) through which every
+//!   invalidation is known to have reached Redis under the current epoch.
 //!
 //! Why no stale entry survives:
 //! - A fill reads the version and epoch *before* it queries Postgres and writes
@@ -18,12 +20,21 @@
 //!   is refused; one that lands after the write deletes it.
 //! - A read trusts an entry only if its version and epoch equal the current
 //!   ones, so a bumped epoch voids every entry at once, for every sidecar.
-//! - While this sidecar may have missed an invalidation (it is "dirty"), it
-//!   neither reads nor writes L2 until it has bumped the epoch; a bump that
-//!   started before the latest dirtying event does not count. Dirtying events:
-//!   start-up, a LISTEN gap, a flush, an invalidation that did not reach Redis,
-//!   and every Redis (re)connection (the server may have restarted from an old
-//!   snapshot or failed over to a replica that missed writes).
+//! - While this sidecar cannot vouch for L2 (it is "dirty"), it neither reads
+//!   nor writes it until it has rejoined or bumped the epoch; a rejoin or bump
+//!   that started before the latest dirtying event does not count.
+//!
+//! Restarts keep Redis warm. Every listening sidecar that hears its own
+//! heartbeat back (after applying every invalidation queued before it) extends
+//! `cover` to the heartbeat's position, provided its own LISTEN session began
+//! at or before `cover`: coverage stays one unbroken stretch of the change
+//! feed. A sidecar that starts, or whose LISTEN had a gap, or whose Redis
+//! connection was re-established, *rejoins* once `cover` reaches a position at
+//! which it was itself listening: then nothing committed before that position
+//! was missed by everyone, and it covers what follows. Only if `cover` does not
+//! get there within `freshness.max_silence_ms` (nobody else was listening, or
+//! Redis lost its data) is the epoch bumped. An invalidation that did not reach
+//! Redis, an admin flush and a TRUNCATE always bump.
 //!
 //! Redis trouble never reaches the proxy: every call goes through [`Redis`]'s
 //! timeout and circuit breaker, and an open circuit means L1 + Postgres.
@@ -58,6 +69,39 @@ if v == ARGV[1] and e == ARGV[2] then
   return 1
 end
 return 0
+"#;
+
+/// Rejoin. KEYS: epoch, cover. ARGV: position. The epoch token when `cover`
+/// has reached the position, else false.
+const JOIN: &str = r#"
+local e = redis.call('GET', KEYS[1])
+local w = redis.call('GET', KEYS[2])
+if e and w and tonumber(w) >= tonumber(ARGV[1]) then
+  return e
+end
+return false
+"#;
+
+/// Extend coverage. KEYS: cover. ARGV: the session's start, the position heard
+/// through. Only an unbroken stretch may extend it.
+const ADVANCE: &str = r#"
+local w = redis.call('GET', KEYS[1])
+if w and tonumber(ARGV[1]) <= tonumber(w) and tonumber(ARGV[2]) > tonumber(w) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Bump. KEYS: epoch, cover. ARGV: a fresh random token, the position from
+/// which this sidecar covers ('0': not listening, coverage left as it is —
+/// an unbroken stretch stays one, whatever the epoch).
+const BUMP: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
 "#;
 
 /// Invalidation. KEYS: entry1, version1, entry2, version2, ... ARGV: version TTL
@@ -107,39 +151,86 @@ pub struct L2 {
     ttl: Duration,
     /// TTL of a negative fact.
     negative_ttl: Duration,
-    /// Bumped by every event after which L2 may hold what we failed to void.
+    /// Bumped by every event after which this sidecar cannot vouch for L2.
     dirty: AtomicU64,
-    /// The `dirty` value that the last successful epoch bump covered.
+    /// The `dirty` value that the last successful rejoin or bump covered.
     clean: AtomicU64,
+    /// The latest `dirty` value whose event requires an epoch bump (an
+    /// invalidation that did not reach Redis, a flush).
+    bump_needed: AtomicU64,
+    /// Invalidations whose Redis side is in flight: L2 is not used meanwhile.
+    pending: AtomicU64,
+    /// Where this sidecar's current LISTEN session began (0: not listening yet).
+    session_start: AtomicU64,
+    /// The latest feed position this sidecar has heard (and applied) through.
+    position: AtomicU64,
+    /// The position `cover` must reach for a rejoin (0: not known yet).
+    join_target: AtomicU64,
+    /// When the current dirty spell began, for the rejoin's patience.
+    dirty_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// How long to wait for `cover` before bumping instead.
+    join_patience: Duration,
     /// Wakes the maintenance task.
     wake: Notify,
     /// The compare-and-set fill script.
     fill: Script,
     /// The delete-and-bump invalidation script.
     invalidate: Script,
-    /// Fill results.
+    /// The rejoin check.
+    join: Script,
+    /// The coverage extension.
+    advance: Script,
+    /// The epoch replacement.
+    bump: Script,
+    /// Fill results, trust transitions.
     metrics: Metrics,
 }
 
+/// While alive, this sidecar does not use L2 (an invalidation's Redis side is
+/// in flight).
+pub struct Pending<'a>(&'a AtomicU64);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl L2 {
-    /// The tier over `redis`; it distrusts Redis until its first epoch bump.
-    pub fn new(redis: Arc<Redis>, settings: L2Settings, metrics: Metrics) -> Arc<L2> {
+    /// The tier over `redis`; it distrusts Redis until it has rejoined the
+    /// fleet's coverage (or bumped the epoch) after its LISTEN starts.
+    /// `join_patience` is how long a rejoin may wait for coverage.
+    pub fn new(
+        redis: Arc<Redis>,
+        settings: L2Settings,
+        join_patience: Duration,
+        metrics: Metrics,
+    ) -> Arc<L2> {
         Arc::new(L2 {
             redis,
             ttl: settings.ttl,
             negative_ttl: settings.negative_ttl,
-            // Dirty until the first epoch bump: entries written while no
-            // sidecar was listening may be stale.
+            // Dirty until the first rejoin: this sidecar vouches for nothing yet.
             dirty: AtomicU64::new(1),
             clean: AtomicU64::new(0),
+            bump_needed: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            session_start: AtomicU64::new(0),
+            position: AtomicU64::new(0),
+            join_target: AtomicU64::new(0),
+            dirty_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+            join_patience,
             wake: Notify::new(),
             fill: Script::from_lua(FILL),
             invalidate: Script::from_lua(INVALIDATE),
+            join: Script::from_lua(JOIN),
+            advance: Script::from_lua(ADVANCE),
+            bump: Script::from_lua(BUMP),
             metrics,
         })
     }
 
-    /// Keeps L2 honest: bumps the epoch whenever this sidecar is dirty. Runs
+    /// Keeps L2 honest: rejoins or bumps whenever this sidecar is dirty. Runs
     /// until `stop`.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
@@ -159,8 +250,8 @@ impl L2 {
                     _ = this.wake.notified() => {}
                     r = reconnects.recv(), if events_open => match r {
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            tracing::info!("redis connected; distrusting L2 until the epoch is bumped");
-                            this.mark_dirty();
+                            tracing::info!("redis connected; distrusting L2 until rejoined");
+                            this.redis_connected();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => events_open = false,
                     },
@@ -172,25 +263,138 @@ impl L2 {
     }
 
     async fn maintain(&self) {
-        let dirty = self.dirty.load(Ordering::Acquire);
-        if self.clean.load(Ordering::Acquire) == dirty || !self.redis.up() {
+        let dirty = self.dirty.load(Ordering::SeqCst);
+        if self.clean.load(Ordering::SeqCst) == dirty || !self.redis.up() {
             // Nothing to do, or Redis is away: the client's probe closes the
-            // circuit, and the bump follows.
+            // circuit, and the rejoin follows.
             return;
         }
-        let bump = self.redis.client().incr::<i64, _>(self.redis.key("epoch"));
-        match self.redis.call(bump).await {
+        let target = self.join_target.load(Ordering::SeqCst);
+        let must_bump = self.bump_needed.load(Ordering::SeqCst) > self.clean.load(Ordering::SeqCst);
+        if target == 0 && !must_bump {
+            // Not listening yet: no position to rejoin at.
+            return;
+        }
+        if !must_bump {
+            let joined = self
+                .redis
+                .eval::<Option<String>>(
+                    &self.join,
+                    vec![self.redis.key("epoch"), self.redis.key("cover")],
+                    vec![target.to_string().into()],
+                )
+                .await;
+            match joined {
+                Ok(Some(_)) => {
+                    self.now_clean(dirty, "joined");
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis rejoin check failed");
+                    return;
+                }
+            }
+            let waited = self
+                .dirty_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed();
+            if waited < self.join_patience {
+                return;
+            }
+        }
+        let token = format!("{:032x}", rand::random::<u128>());
+        let from = self.position.load(Ordering::SeqCst).max(target);
+        let bumped = self
+            .redis
+            .eval::<i64>(
+                &self.bump,
+                vec![self.redis.key("epoch"), self.redis.key("cover")],
+                vec![token.into(), from.to_string().into()],
+            )
+            .await;
+        match bumped {
             Ok(_) => {
-                self.clean.fetch_max(dirty, Ordering::AcqRel);
+                self.now_clean(dirty, "bumped");
                 tracing::info!("redis epoch bumped: entries from before are void");
             }
             Err(e) => tracing::debug!(error = %e, "redis epoch bump failed"),
         }
     }
 
+    fn now_clean(&self, dirty: u64, how: &'static str) {
+        self.clean.fetch_max(dirty, Ordering::SeqCst);
+        if self.clean.load(Ordering::SeqCst) == self.dirty.load(Ordering::SeqCst) {
+            *self.dirty_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.metrics.l2_trust.with_label_values(&[how]).inc();
+    }
+
+    /// Redis (re)connected: it may have lost writes (a restart from an old
+    /// snapshot, a failover to a lagging replica). Trust it again only once
+    /// covered through where this sidecar is now; with no position to rejoin
+    /// at (not listening), only after a bump. Before the first rejoin there is
+    /// nothing to add: that rejoin already needs coverage from after it.
+    fn redis_connected(&self) {
+        let here = self
+            .position
+            .load(Ordering::SeqCst)
+            .max(self.session_start.load(Ordering::SeqCst));
+        if here == 0 {
+            if self.clean.load(Ordering::SeqCst) == self.dirty.load(Ordering::SeqCst) {
+                self.mark_dirty();
+            }
+            return;
+        }
+        self.join_target.fetch_max(here, Ordering::SeqCst);
+        self.dirtied();
+    }
+
+    /// A LISTEN session began at feed position `start`: everything committed
+    /// after it will be heard. What came before may have been missed by this
+    /// sidecar, so it rejoins (or bumps) before it trusts L2 again.
+    pub fn session_started(&self, start: u64) {
+        self.session_start.store(start, Ordering::SeqCst);
+        self.position.fetch_max(start, Ordering::SeqCst);
+        self.join_target.fetch_max(start, Ordering::SeqCst);
+        self.dirtied();
+    }
+
+    /// This sidecar has heard, and applied, every change through `through`
+    /// (its own heartbeat came back): extend the fleet's coverage.
+    pub async fn heard_through(&self, through: u64) {
+        self.position.fetch_max(through, Ordering::SeqCst);
+        let start = self.session_start.load(Ordering::SeqCst);
+        if start == 0 || !self.usable() {
+            return;
+        }
+        let advanced = self
+            .redis
+            .eval::<i64>(
+                &self.advance,
+                vec![self.redis.key("cover")],
+                vec![start.to_string().into(), through.to_string().into()],
+            )
+            .await;
+        if let Err(e) = advanced {
+            tracing::debug!(error = %e, "redis coverage extension failed");
+        }
+    }
+
+    /// L2 is not used until the returned guard drops (an invalidation's
+    /// Redis side is in flight).
+    pub fn begin_invalidation(&self) -> Pending<'_> {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        Pending(&self.pending)
+    }
+
     /// True while reads and fills may use Redis.
     pub fn usable(&self) -> bool {
-        self.clean.load(Ordering::Acquire) == self.dirty.load(Ordering::Acquire) && self.redis.up()
+        self.pending.load(Ordering::SeqCst) == 0
+            && self.clean.load(Ordering::SeqCst) == self.dirty.load(Ordering::SeqCst)
+            && self.redis.up()
     }
 
     /// The Redis breaker's state.
@@ -203,9 +407,23 @@ impl L2 {
         self.redis.up()
     }
 
-    /// Stop trusting L2 until the epoch has been bumped after this call.
+    /// Stop trusting L2 until the epoch has been bumped after this call (an
+    /// invalidation did not reach Redis; a flush).
     pub fn mark_dirty(&self) {
-        self.dirty.fetch_add(1, Ordering::AcqRel);
+        // Before the dirtying itself: a maintain() that already sees the new
+        // `dirty` must also see that it calls for a bump.
+        let next = self.dirty.load(Ordering::SeqCst) + 1;
+        self.bump_needed.fetch_max(next, Ordering::SeqCst);
+        self.dirtied();
+    }
+
+    /// Stop trusting L2 until a rejoin or bump after this call.
+    fn dirtied(&self) {
+        self.dirty_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        self.dirty.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -237,7 +455,15 @@ impl L2 {
         if values.len() != 3 {
             return L2Get::Unavailable;
         }
-        let epoch = text(values.pop().flatten());
+        // No epoch: Redis lost its data since the last rejoin or bump. Nothing
+        // is trusted or written until one of them sets a fresh token.
+        let Some(epoch) = values
+            .pop()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+        else {
+            return L2Get::Unavailable;
+        };
         let version = text(values.pop().flatten());
         if let Some(Some(bytes)) = values.pop()
             && let Some(fact) = decode(&bytes, key, &version, &epoch)

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use velro_authz::authn::apikey;
 use velro_authz::store::Store;
 
-use super::support::{Harness, demo::*, start};
+use super::support::{Harness, config, demo::*, http_get, start, start_with};
 
 /// Notification delay budget in tests (SPEC target p99 < 50 ms; CI machines are busy).
 const WITHIN: Duration = Duration::from_secs(1);
@@ -288,4 +288,264 @@ async fn freshness_listener_terminated_reconnects_flushes_and_stays_correct(pool
         status_of(&h, BOB, "GET", &path).await.0 == 200
     })
     .await;
+}
+
+/// The silence bound these tests run with: short, so a test takes seconds.
+const MAX_SILENCE: Duration = Duration::from_millis(400);
+
+fn bounded() -> velro_authz::config::Config {
+    config(&format!(
+        "freshness:\n  max_silence_ms: {}\n",
+        MAX_SILENCE.as_millis()
+    ))
+}
+
+/// The pid of this database's LISTEN backend.
+async fn listener_pid(pool: &PgPool) -> i32 {
+    let pids: Vec<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pg_stat_activity");
+    assert_eq!(pids.len(), 1, "one listener backend: {pids:?}");
+    pids[0].0
+}
+
+/// Sends a signal to a Postgres backend (the tests run as root, or as the
+/// server's own user).
+fn signal(pid: i32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Resumes a stopped backend however the test ends.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// Asks until `deadline` after `committed`, timing each request from its
+/// start: an allow that *started* more than `MAX_SILENCE` after the revoking
+/// commit rests on a fact older than the bound, and fails the test. Returns
+/// the allows seen within the bound (the feed's delay, not a failure).
+async fn no_allow_past_the_bound(
+    h: &Harness,
+    path: &str,
+    committed: std::time::Instant,
+    deadline: Duration,
+) -> usize {
+    let mut early_allows = 0;
+    let mut stale = Vec::new();
+    while committed.elapsed() < deadline {
+        let asked = committed.elapsed();
+        let (status, reason) = status_of(h, BOB, "GET", path).await;
+        match status {
+            200 if asked > MAX_SILENCE => stale.push(asked),
+            200 => early_allows += 1,
+            404 => assert_eq!(reason, "not_found"),
+            other => panic!("unexpected answer {other} {reason}"),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale allows asked more than max_silence ({MAX_SILENCE:?}) after the revocation, \
+         the first {:?} after it",
+        stale.len(),
+        stale.first()
+    );
+    early_allows
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn freshness_silent_feed_is_untrusted_after_max_silence(pool: PgPool) {
+    let h = start_with(pool.clone(), bounded()).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    for _ in 0..2 {
+        assert_eq!(status_of(&h, BOB, "GET", &path).await.0, 200);
+    }
+
+    // The LISTEN backend hangs: no reset, no error, no notification; the
+    // connection looks alive. Then the permission is revoked.
+    let pid = listener_pid(&pool).await;
+    signal(pid, "-STOP");
+    let resume = Resume(pid);
+    exec(
+        &pool,
+        &format!("DELETE FROM team_members WHERE user_id = '{BOB}'"),
+    )
+    .await;
+    let committed = std::time::Instant::now();
+    let early = no_allow_past_the_bound(&h, &path, committed, MAX_SILENCE * 3).await;
+    eprintln!("allows within the bound while the feed was silent: {early}");
+    assert_eq!(
+        h.running.metrics.feed_trusted.get(),
+        0,
+        "the feed is untrusted"
+    );
+    let (status, body) = http_get(h.running.http_addr, "/readyz").await;
+    assert_eq!(status, 200, "still deciding: {body}");
+    assert!(body.contains("\"feed\":\"silent\""), "{body}");
+    assert!(body.contains("\"status\":\"degraded\""), "{body}");
+
+    // The backend resumes: the queued notification and heartbeats arrive,
+    // the feed is proven again, and the answer stays right.
+    drop(resume);
+    h.eventually(Duration::from_secs(5), || async {
+        h.running.metrics.feed_trusted.get() == 1
+    })
+    .await;
+    assert_eq!(
+        status_of(&h, BOB, "GET", &path).await,
+        (404, "not_found".to_owned())
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn freshness_listener_killed_while_revoking_never_allows_past_max_silence(pool: PgPool) {
+    // Reconnecting takes longer than the bound, so cached facts must stop
+    // answering because the feed is lost, not because it came back.
+    let mut slow = bounded();
+    slow.listener.reconnect_min = Duration::from_secs(2);
+    slow.listener.reconnect_max = Duration::from_secs(4);
+    let h = start_with(pool.clone(), slow).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    for _ in 0..2 {
+        assert_eq!(status_of(&h, BOB, "GET", &path).await.0, 200);
+    }
+
+    // Only the LISTEN connection dies (Postgres stays up); the permission is
+    // revoked while the sidecar is deaf, so its notification is lost.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .execute(&pool)
+    .await
+    .expect("terminate the listener");
+    exec(
+        &pool,
+        &format!("DELETE FROM team_members WHERE user_id = '{BOB}'"),
+    )
+    .await;
+    let committed = std::time::Instant::now();
+    let early = no_allow_past_the_bound(&h, &path, committed, MAX_SILENCE * 3).await;
+    eprintln!("allows within the bound around the listener kill: {early}");
+    h.eventually(Duration::from_secs(5), || async {
+        h.running.metrics.listener_reconnects.get() >= 1 && *h.running.listener.borrow()
+    })
+    .await;
+    assert_eq!(
+        status_of(&h, BOB, "GET", &path).await,
+        (404, "not_found".to_owned())
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn freshness_postgres_unreachable_fails_closed_unless_stale_serving_is_chosen(pool: PgPool) {
+    // The feed goes silent and Postgres stops answering this sidecar (its
+    // backends hang and the database takes no new connections: to the
+    // sidecar, a partition). By default cached facts stop answering once the
+    // bound has passed: "cannot decide", never a possibly stale answer. With
+    // `serve_stale_on_outage_ms` the cached allow goes on, counted.
+    let mut admin = pool.acquire().await.expect("admin connection");
+    let (db,): (String,) = sqlx::query_as("SELECT current_database()")
+        .fetch_one(&mut *admin)
+        .await
+        .expect("database name");
+    // A database cannot refuse connections from inside itself.
+    let mut outside = <sqlx::PgConnection as sqlx::Connection>::connect(
+        &std::env::var("DATABASE_URL").expect("DATABASE_URL"),
+    )
+    .await
+    .expect("connect to the server's maintenance database");
+    for (stale_ms, expect_cached) in [(0u64, false), (60_000, true)] {
+        let h = start_with(
+            pool.clone(),
+            config(&format!(
+                "freshness:\n  max_silence_ms: {}\n  serve_stale_on_outage_ms: {stale_ms}\n\
+                 breaker:\n  failures: 2\n  open_ms: 60000\n",
+                MAX_SILENCE.as_millis()
+            )),
+        )
+        .await;
+        let path = format!("/api/v1/generations/{GEN_CHILD}");
+        for _ in 0..2 {
+            assert_eq!(status_of(&h, BOB, "GET", &path).await.0, 200);
+        }
+        let allow = |on: bool| {
+            sqlx::AssertSqlSafe(format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {on}"))
+        };
+        sqlx::query(allow(false))
+            .execute(&mut outside)
+            .await
+            .expect("refuse new connections");
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut *admin)
+        .await
+        .expect("pg_stat_activity");
+        let resumes: Vec<Resume> = pids
+            .iter()
+            .map(|(pid,)| {
+                signal(*pid, "-STOP");
+                Resume(*pid)
+            })
+            .collect();
+        tokio::time::sleep(MAX_SILENCE * 2).await;
+        let bearer = format!("Bearer {}", h.token(BOB));
+        let mut served = false;
+        for _ in 0..10 {
+            let answer = h
+                .raw_check("GET", &path, &[("authorization", &bearer)])
+                .await;
+            match answer {
+                Ok(response) => {
+                    assert!(
+                        expect_cached,
+                        "an answer with the feed silent and Postgres away: {response:?}"
+                    );
+                    assert_eq!(response.status.map(|s| s.code), Some(0), "the cached allow");
+                    served = true;
+                    break;
+                }
+                Err(status) => assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ),
+                    "{status:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            served, expect_cached,
+            "serve_stale_on_outage_ms = {stale_ms}"
+        );
+        assert_eq!(
+            h.running
+                .metrics
+                .stale_served
+                .with_label_values(&["generation"])
+                .get()
+                > 0,
+            expect_cached
+        );
+        drop(resumes);
+        sqlx::query(allow(true))
+            .execute(&mut outside)
+            .await
+            .expect("accept connections again");
+        let Harness { running, .. } = h;
+        running.shutdown().await;
+    }
 }

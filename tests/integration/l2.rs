@@ -144,7 +144,12 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     // own, so only Redis's version check stands between its old row and Redis.
     let metrics = Metrics::new();
     let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
-    let l2 = L2::new(client.clone(), cfg.l2, metrics.clone());
+    let l2 = L2::new(
+        client.clone(),
+        cfg.l2,
+        cfg.freshness.max_silence,
+        metrics.clone(),
+    );
     let (stop_tx, stop) = watch::channel(false);
     let maintenance = l2.spawn_maintenance(stop.clone());
     let connection = client.spawn_connection(stop);
@@ -314,4 +319,89 @@ async fn l2_unreachable_redis_costs_nothing_but_speed(pool: PgPool) {
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["redis"], false);
     assert_eq!(body["postgres"], true);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_rolling_restart_keeps_entries_and_a_real_gap_voids_them(pool: PgPool) {
+    let prefix = unique_prefix("rolling");
+    let cfg = config(&redis_yaml(&prefix));
+    let mut fleet = vec![start_with(pool.clone(), cfg.clone()).await];
+    for _ in 0..2 {
+        fleet.push(attach(pool.clone(), cfg.clone()).await);
+    }
+    until_usable(&fleet.iter().collect::<Vec<_>>()).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    assert_eq!(fleet[0].check_as(BOB, "GET", &path).await.status, 200);
+    let key = FactKey::Memberships(BOB.parse().expect("uuid"));
+    assert!(matches!(l2_of(&fleet[1]).get(&key).await, L2Get::Hit(_)));
+
+    // Restart each sidecar in turn: the others listen the whole time, so each
+    // newcomer rejoins their coverage and the entries stay trusted.
+    for i in 0..fleet.len() {
+        let Harness { running, .. } = fleet.remove(i);
+        running.shutdown().await;
+        let newcomer = attach(pool.clone(), cfg.clone()).await;
+        until_usable(&[&newcomer]).await;
+        let trust = |how| {
+            newcomer
+                .running
+                .metrics
+                .l2_trust
+                .with_label_values(&[how])
+                .get()
+        };
+        assert!(
+            trust("joined") >= 1 && trust("bumped") == 0,
+            "sidecar {i} rejoined without a bump: joined {}, bumped {}",
+            trust("joined"),
+            trust("bumped")
+        );
+        assert!(
+            matches!(l2_of(&newcomer).get(&key).await, L2Get::Hit(_)),
+            "entry written before the restart of sidecar {i} still trusted"
+        );
+        fleet.insert(i, newcomer);
+    }
+    let before = queries(&fleet[2]);
+    assert_eq!(fleet[2].check_as(BOB, "GET", &path).await.status, 200);
+    assert!(
+        fleet[2]
+            .running
+            .metrics
+            .cache_lookups
+            .with_label_values(&["l2", "memberships", "hit"])
+            .get()
+            >= 1,
+        "the restarted sidecar answered from Redis"
+    );
+    assert!(queries(&fleet[2]) >= before);
+
+    // A real gap: nobody listens while a change commits. The next sidecar
+    // cannot rejoin anyone's coverage, so it bumps the epoch and the old
+    // entries (here: bob's membership list, now wrong) are void.
+    for h in fleet.drain(..) {
+        h.running.shutdown().await;
+    }
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(BOB.parse::<Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("a change nobody hears");
+    let alone = attach(pool.clone(), cfg.clone()).await;
+    until_usable(&[&alone]).await;
+    assert!(
+        alone
+            .running
+            .metrics
+            .l2_trust
+            .with_label_values(&["bumped"])
+            .get()
+            >= 1,
+        "nobody's coverage to rejoin: the epoch is bumped"
+    );
+    assert!(
+        !matches!(l2_of(&alone).get(&key).await, L2Get::Hit(_)),
+        "entries from before the gap are void"
+    );
+    assert_eq!(alone.check_as(BOB, "GET", &path).await.status, 404);
 }
