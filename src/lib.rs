@@ -15,6 +15,7 @@ pub mod demo;
 pub mod facts;
 pub mod grpc;
 pub mod http;
+pub mod ids;
 pub mod invalidate;
 pub mod metrics;
 pub mod model;

@@ -16,6 +16,7 @@ use serde::de::IgnoredAny;
 use uuid::Uuid;
 
 use crate::answer::DenyReason;
+use crate::ids::parse_canonical_uuid;
 use crate::model::Action;
 
 #[cfg(test)]
@@ -733,30 +734,4 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// A UUID in canonical hyphenated 8-4-4-4-12 form, hex digits of either case;
-/// every other spelling `Uuid::parse_str` accepts (braced, `urn:uuid:`, simple)
-/// is refused.
-fn parse_canonical_uuid(text: &[u8]) -> Option<Uuid> {
-    if text.len() != 36 {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    let mut out = 0;
-    let mut i = 0;
-    while i < 36 {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if text[i] != b'-' {
-                return None;
-            }
-            i += 1;
-            continue;
-        }
-        // Groups have even lengths, so a pair never straddles a hyphen.
-        bytes[out] = hex(text[i])? << 4 | hex(text[i + 1])?;
-        out += 1;
-        i += 2;
-    }
-    Some(Uuid::from_bytes(bytes))
 }

@@ -27,7 +27,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::authn::{AuthnError, parse_canonical_uuid};
+use crate::authn::AuthnError;
+use crate::ids::parse_canonical_uuid;
 use crate::model::Scopes;
 
 /// Tokens longer than this are refused before any parsing: no legitimate
@@ -544,14 +545,14 @@ impl JwtVerifier {
         }
 
         let subject = match &claims.sub {
-            Claim::Present(Value::String(sub)) => parse_canonical_uuid(sub),
+            Claim::Present(Value::String(sub)) => parse_canonical_uuid(sub.as_bytes()),
             _ => None,
         }
         .ok_or(AuthnError::UnknownUser)?;
         let session_id = match &claims.sid {
             Claim::Absent => None,
             Claim::Present(Value::String(sid)) => {
-                Some(parse_canonical_uuid(sid).ok_or(AuthnError::SessionRevoked)?)
+                Some(parse_canonical_uuid(sid.as_bytes()).ok_or(AuthnError::SessionRevoked)?)
             }
             Claim::Present(_) => return Err(AuthnError::SessionRevoked),
         };

@@ -726,30 +726,6 @@ fn resolve_literal_route_beside_id_route_wins_for_its_literal() {
     );
 }
 
-#[test]
-fn parse_canonical_uuid_agrees_with_uuid_crate_on_hyphenated_strings() {
-    for uuid in [id(), Uuid::nil(), Uuid::max(), Uuid::new_v4()] {
-        let text = uuid.hyphenated().to_string();
-        assert_eq!(parse_canonical_uuid(text.as_bytes()), Some(uuid));
-        assert_eq!(
-            parse_canonical_uuid(text.to_uppercase().as_bytes()),
-            Some(uuid)
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.braced().to_string().as_bytes()),
-            None
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.urn().to_string().as_bytes()),
-            None
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.simple().to_string().as_bytes()),
-            None
-        );
-    }
-}
-
 // ---- errors ---------------------------------------------------------------------
 
 #[test]
