@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::table::VELRO_DEFAULT_YAML;
 use super::*;
 
 const ID: &str = "3f2c1a9e-7b4d-4e8f-9a0b-1c2d3e4f5a6b";
