@@ -10,6 +10,7 @@ pub mod app;
 pub mod authn;
 pub mod authz;
 pub mod breaker;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod facts;
