@@ -307,23 +307,5 @@ pub fn check_session(
     }
 }
 
-/// Parses a UUID only in the canonical hyphenated 8-4-4-4-12 form, either
-/// letter case (SPEC §9). `Uuid::parse_str` alone would also take the braced,
-/// `urn:uuid:` and unhyphenated forms, which the spec says are not UUIDs.
-pub(crate) fn parse_canonical_uuid(text: &str) -> Option<Uuid> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 36 {
-        return None;
-    }
-    let shape_ok = bytes.iter().enumerate().all(|(i, &b)| match i {
-        8 | 13 | 18 | 23 => b == b'-',
-        _ => b.is_ascii_hexdigit(),
-    });
-    if !shape_ok {
-        return None;
-    }
-    Uuid::parse_str(text).ok()
-}
-
 #[cfg(test)]
 mod tests;

@@ -6,20 +6,23 @@
 //! percent-encoding, control or non-ASCII bytes, a raw `\`, over [`MAX_PATH_BYTES`]) is
 //! [`RouteError::BadPath`]. Then the table is consulted: routes are indexed by
 //! method and segment count and compared segment by segment, without allocating.
+//!
+//! Building a table (the YAML format, its checks, the shipped default) is
+//! `routes/table.rs`; this file is only the per-request matching.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use uuid::Uuid;
 
 use crate::answer::DenyReason;
+use crate::ids::parse_canonical_uuid;
 use crate::model::Action;
 
+mod table;
 #[cfg(test)]
 mod tests;
+
+pub use table::{RouteConfigError, RouteProblem};
 
 /// Longest path (the request target without its `?query`/`#fragment`) that is
 /// matched at all; anything longer is [`RouteError::BadPath`].
@@ -87,28 +90,6 @@ pub enum RouteError {
     TooLarge,
 }
 
-/// Why a route table could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteConfigError {
-    /// The text is not YAML, or not of the table's shape (a value of the wrong
-    /// type, a missing or unknown top-level key).
-    #[error("route table: {0}")]
-    Syntax(#[source] Box<serde_saphyr::Error>),
-    /// The YAML has the right shape but entries are invalid: every problem
-    /// found, in file order.
-    #[error("route table: {}", ProblemList(.0))]
-    Invalid(Vec<RouteProblem>),
-}
-
-/// One invalid field of a route table, e.g. `routes[3].action: unknown action "reed"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteProblem {
-    /// Where: `routes[i]` (zero-based) or `routes[i].field`.
-    pub field: String,
-    /// What is wrong there.
-    pub message: String,
-}
-
 /// A loaded route table: immutable, cheap to share, answers [`RouteTable::resolve`].
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -149,45 +130,9 @@ enum Method {
     Trace,
 }
 
-/// A route table entry as written, every field optional so that all missing and
-/// unknown fields are reported together rather than one serde error at a time.
-#[derive(Deserialize)]
-struct RawRoute {
-    methods: Option<Vec<String>>,
-    path: Option<String>,
-    access: Option<String>,
-    scope: Option<String>,
-    resource: Option<String>,
-    action: Option<String>,
-    #[serde(flatten)]
-    unknown: BTreeMap<String, IgnoredAny>,
-}
-
-/// The document as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTable {
-    routes: Vec<RawRoute>,
-}
-
-/// Displays problems joined by `; `.
-struct ProblemList<'a>(&'a [RouteProblem]);
-
-/// The shipped default table (SPEC §4), also installed as a file operators can copy.
-const VELRO_DEFAULT_YAML: &str = include_str!("../routes/velro-default.yaml");
-
 /// Most segments a route may have; request paths with more never match, and
 /// this bounds the segment boundaries [`RouteTable::resolve`] keeps on the stack.
 const MAX_SEGMENTS: usize = 32;
-
-/// The placeholder segment.
-const ID_SEGMENT: &str = "{id}";
-
-/// Field names of an entry, for the unknown-field message.
-const FIELDS: &str = "methods, path, access, scope, resource, action";
-
-/// Scopes a route may require: the five actions and `ops` (SPEC §9).
-const SCOPES: [&str; 6] = ["read", "write", "delete", "share", "manage", "ops"];
 
 /// Byte classes, for the one-pass path check and for table literals.
 /// Allowed raw in a request path: printable ASCII (and space) except `\`, `%` and `/`.
@@ -255,24 +200,6 @@ impl From<RouteError> for DenyReason {
     }
 }
 
-impl fmt::Display for RouteProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl fmt::Display for ProblemList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
 impl Method {
     /// Number of variants, the size of the per-method index.
     const COUNT: usize = 8;
@@ -302,67 +229,6 @@ impl Method {
 }
 
 impl RouteTable {
-    /// SPEC's default Velro table, from the embedded `routes/velro-default.yaml`.
-    pub fn velro_default() -> RouteTable {
-        // A unit test proves the embedded file loads; were it ever broken, an
-        // empty table denies every request (fail closed) instead of panicking.
-        RouteTable::from_yaml(VELRO_DEFAULT_YAML).unwrap_or_else(|_| RouteTable::empty())
-    }
-
-    /// Loads a table from YAML (format: the comment at the top of
-    /// `routes/velro-default.yaml`), reporting every invalid entry at once.
-    pub fn from_yaml(text: &str) -> Result<RouteTable, RouteConfigError> {
-        let raw: RawTable =
-            serde_saphyr::from_str(text).map_err(|e| RouteConfigError::Syntax(Box::new(e)))?;
-        let mut problems = Vec::new();
-        if raw.routes.is_empty() {
-            problems.push(problem(
-                "routes".to_owned(),
-                "the table has no routes, so every request would be denied",
-            ));
-        }
-
-        let mut buckets: [Vec<Vec<Route>>; Method::COUNT] = Default::default();
-        let mut seen: HashMap<(Method, String), usize> = HashMap::new();
-        for (index, entry) in raw.routes.into_iter().enumerate() {
-            let Some(checked) = check_entry(index, entry, &mut problems) else {
-                continue;
-            };
-            for (method, name) in checked.methods {
-                match seen.get(&(method, checked.path.clone())) {
-                    Some(first) => problems.push(problem(
-                        format!("routes[{index}]"),
-                        format!(
-                            "duplicate route \"{name} {}\" (first defined by routes[{first}])",
-                            checked.path
-                        ),
-                    )),
-                    None => {
-                        seen.insert((method, checked.path.clone()), index);
-                        let bucket = &mut buckets[method as usize];
-                        let count = checked.segments.len();
-                        if bucket.len() <= count {
-                            bucket.resize_with(count + 1, Vec::new);
-                        }
-                        bucket[count].push(Route {
-                            pattern: Arc::from(format!("{name} {}", checked.path)),
-                            need: checked.need.clone(),
-                            segments: checked.segments.clone(),
-                        });
-                    }
-                }
-            }
-        }
-
-        if !problems.is_empty() {
-            return Err(RouteConfigError::Invalid(problems));
-        }
-        Ok(RouteTable {
-            by_method: buckets
-                .map(|bucket| bucket.into_iter().map(Vec::into_boxed_slice).collect()),
-        })
-    }
-
     /// Matches a request. `path` is the raw request target as the proxy sent it;
     /// a `?query` or `#fragment` is ignored. Checks in SPEC §9 order: the path's
     /// form ([`RouteError::BadPath`]), then the method and literal segments
@@ -414,244 +280,6 @@ impl RouteTable {
             RouteError::NoRoute
         })
     }
-
-    /// A table with no routes: denies everything.
-    fn empty() -> RouteTable {
-        RouteTable {
-            by_method: Default::default(),
-        }
-    }
-}
-
-/// An entry that passed every check, ready to index.
-struct CheckedEntry {
-    /// Each listed method with its spelling, for the pattern.
-    methods: Vec<(Method, String)>,
-    /// The path as written.
-    path: String,
-    /// Its segments.
-    segments: Box<[Segment]>,
-    /// What it needs.
-    need: Need,
-}
-
-/// A problem at `field`.
-fn problem(field: String, message: impl Into<String>) -> RouteProblem {
-    RouteProblem {
-        field,
-        message: message.into(),
-    }
-}
-
-/// Checks one entry, pushing every problem found; `Some` only if there were none.
-fn check_entry(
-    index: usize,
-    raw: RawRoute,
-    problems: &mut Vec<RouteProblem>,
-) -> Option<CheckedEntry> {
-    let before = problems.len();
-    let at = |field: &str| format!("routes[{index}].{field}");
-
-    for name in raw.unknown.keys() {
-        problems.push(problem(
-            at(name),
-            format!("unknown field (expected one of {FIELDS})"),
-        ));
-    }
-
-    let mut methods = Vec::new();
-    match raw.methods {
-        None => problems.push(problem(at("methods"), "missing (e.g. [GET])")),
-        Some(list) if list.is_empty() => problems.push(problem(at("methods"), "empty list")),
-        Some(list) => {
-            for name in list {
-                match Method::of_table(&name) {
-                    _ if name == "HEAD" => problems.push(problem(
-                        at("methods"),
-                        "HEAD is authorized as GET; list GET instead",
-                    )),
-                    None => problems.push(problem(
-                        at("methods"),
-                        format!(
-                            "unknown method {name:?} (case-sensitive: GET, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE)"
-                        ),
-                    )),
-                    Some(method) if methods.iter().any(|(m, _)| *m == method) => {
-                        problems.push(problem(at("methods"), format!("method {name:?} listed twice")));
-                    }
-                    Some(method) => methods.push((method, name)),
-                }
-            }
-        }
-    }
-
-    let segments = match &raw.path {
-        None => {
-            problems.push(problem(at("path"), "missing"));
-            None
-        }
-        Some(path) => check_route_path(path)
-            .map_err(|m| problems.push(problem(at("path"), m)))
-            .ok(),
-    };
-    let ids = segments
-        .as_deref()
-        .map(|s| s.iter().filter(|s| **s == Segment::Id).count());
-
-    if matches!(raw.access.as_deref(), Some("public" | "authenticated"))
-        && ids.is_some_and(|n| n > 0)
-    {
-        problems.push(problem(
-            at("path"),
-            "{id} is only allowed with access: resource",
-        ));
-    }
-    let mut forbid = |field: &str, value: &Option<String>, access: &str| {
-        if value.is_some() {
-            problems.push(problem(
-                at(field),
-                format!("not allowed with access: {access}"),
-            ));
-        }
-    };
-    let need = match raw.access.as_deref() {
-        None => {
-            problems.push(problem(
-                at("access"),
-                "missing (public, authenticated or resource)",
-            ));
-            None
-        }
-        Some("public") => {
-            forbid("scope", &raw.scope, "public");
-            forbid("resource", &raw.resource, "public");
-            forbid("action", &raw.action, "public");
-            Some(Need::Public)
-        }
-        Some("authenticated") => {
-            forbid("resource", &raw.resource, "authenticated");
-            forbid("action", &raw.action, "authenticated");
-            match raw.scope {
-                Some(scope) if !SCOPES.contains(&scope.as_str()) => {
-                    problems.push(problem(
-                        at("scope"),
-                        format!(
-                            "unknown scope {scope:?} (expected one of {})",
-                            SCOPES.join(", ")
-                        ),
-                    ));
-                    None
-                }
-                scope => Some(Need::Authenticated { scope }),
-            }
-        }
-        Some("resource") => {
-            forbid("scope", &raw.scope, "resource");
-            if ids.is_some_and(|n| n != 1) {
-                problems.push(problem(
-                    at("path"),
-                    "a resource route needs exactly one {id} segment",
-                ));
-            }
-            let kind = match raw.resource.as_deref() {
-                None => {
-                    problems.push(problem(
-                        at("resource"),
-                        "missing (generation, project or team)",
-                    ));
-                    None
-                }
-                Some("generation") => Some(TargetKind::Generation),
-                Some("project") => Some(TargetKind::Project),
-                Some("team") => Some(TargetKind::Team),
-                Some(other) => {
-                    problems.push(problem(
-                        at("resource"),
-                        format!(
-                            "unknown resource {other:?} (expected generation, project or team)"
-                        ),
-                    ));
-                    None
-                }
-            };
-            let action = match raw.action.as_deref() {
-                None => {
-                    problems.push(problem(
-                        at("action"),
-                        "missing (read, write, delete, share or manage)",
-                    ));
-                    None
-                }
-                Some(text) => text
-                    .parse::<Action>()
-                    .map_err(|e| problems.push(problem(at("action"), e.to_string())))
-                    .ok(),
-            };
-            kind.zip(action)
-                .map(|(kind, action)| Need::Resource { kind, action })
-        }
-        Some(other) => {
-            problems.push(problem(
-                at("access"),
-                format!("unknown access {other:?} (expected public, authenticated or resource)"),
-            ));
-            None
-        }
-    };
-
-    if problems.len() > before {
-        return None;
-    }
-    Some(CheckedEntry {
-        methods,
-        path: raw.path?,
-        segments: segments?,
-        need: need?,
-    })
-}
-
-/// Splits a table path into segments, refusing any that no normal request path
-/// could ever equal.
-fn check_route_path(path: &str) -> Result<Box<[Segment]>, String> {
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err(format!("{path:?} does not start with '/'"));
-    };
-    if path.len() > MAX_PATH_BYTES {
-        return Err(format!("longer than {MAX_PATH_BYTES} bytes"));
-    }
-    let parts: Vec<&str> = rest.split('/').collect();
-    if parts.len() > MAX_SEGMENTS {
-        return Err(format!("more than {MAX_SEGMENTS} segments"));
-    }
-    let last = parts.len() - 1;
-    let mut segments = Vec::with_capacity(parts.len());
-    for (i, part) in parts.into_iter().enumerate() {
-        if part == ID_SEGMENT {
-            segments.push(Segment::Id);
-            continue;
-        }
-        if part.is_empty() && i != last {
-            return Err(format!("{path:?} has an empty segment ('//')"));
-        }
-        if part == "." || part == ".." {
-            return Err(format!(
-                "{path:?} has a {part:?} segment, which never matches"
-            ));
-        }
-        if part.contains(['{', '}']) {
-            return Err(format!(
-                "segment {part:?}: the only placeholder is a whole segment {ID_SEGMENT}"
-            ));
-        }
-        if let Some(bad) = part.bytes().find(|&b| CLASS[usize::from(b)] & PCHAR == 0) {
-            return Err(format!(
-                "segment {part:?}: byte {:?} is not allowed (literal segments use letters, digits and -._~!$&'()*+,;=:@, no percent-encoding)",
-                char::from(bad)
-            ));
-        }
-        segments.push(Segment::Literal(part.into()));
-    }
-    Ok(segments.into_boxed_slice())
 }
 
 /// The path part of a request target: everything before the first `?` or `#`.
@@ -733,30 +361,4 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-/// A UUID in canonical hyphenated 8-4-4-4-12 form, hex digits of either case;
-/// every other spelling `Uuid::parse_str` accepts (braced, `urn:uuid:`, simple)
-/// is refused.
-fn parse_canonical_uuid(text: &[u8]) -> Option<Uuid> {
-    if text.len() != 36 {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    let mut out = 0;
-    let mut i = 0;
-    while i < 36 {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if text[i] != b'-' {
-                return None;
-            }
-            i += 1;
-            continue;
-        }
-        // Groups have even lengths, so a pair never straddles a hyphen.
-        bytes[out] = hex(text[i])? << 4 | hex(text[i + 1])?;
-        out += 1;
-        i += 2;
-    }
-    Some(Uuid::from_bytes(bytes))
 }

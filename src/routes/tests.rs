@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::table::VELRO_DEFAULT_YAML;
 use super::*;
 
 const ID: &str = "3f2c1a9e-7b4d-4e8f-9a0b-1c2d3e4f5a6b";
@@ -724,30 +725,6 @@ fn resolve_literal_route_beside_id_route_wins_for_its_literal() {
         table.resolve("GET", "/g/newest"),
         Err(RouteError::InvalidId)
     );
-}
-
-#[test]
-fn parse_canonical_uuid_agrees_with_uuid_crate_on_hyphenated_strings() {
-    for uuid in [id(), Uuid::nil(), Uuid::max(), Uuid::new_v4()] {
-        let text = uuid.hyphenated().to_string();
-        assert_eq!(parse_canonical_uuid(text.as_bytes()), Some(uuid));
-        assert_eq!(
-            parse_canonical_uuid(text.to_uppercase().as_bytes()),
-            Some(uuid)
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.braced().to_string().as_bytes()),
-            None
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.urn().to_string().as_bytes()),
-            None
-        );
-        assert_eq!(
-            parse_canonical_uuid(uuid.simple().to_string().as_bytes()),
-            None
-        );
-    }
 }
 
 // ---- errors ---------------------------------------------------------------------

@@ -1,0 +1,219 @@
+//! The JWKS file through `JwtVerifier`: keys of every algorithm, a kid the set
+//! lacks rereading the file (at most once per interval), forced reloads, and
+//! which entries are refused or skipped.
+
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+use crate::authn::AuthnError;
+use crate::authn::jwt::tests::{
+    NOW, SECRET, TempFile, b64, claims, config, fixture, hs_key, read_fixture, sign, user, verifier,
+};
+use crate::authn::jwt::{JwtConfig, JwtVerifier};
+
+fn jwks_config(path: PathBuf, reload_secs: u64) -> JwtConfig {
+    JwtConfig {
+        jwks_file: Some(path),
+        jwks_reload_min_interval_secs: reload_secs,
+        ..config(Vec::new())
+    }
+}
+
+/// The fixture JWKS restricted to the given kids.
+fn jwks_with(kids: &[&str]) -> Vec<u8> {
+    let all: Value = serde_json::from_slice(&read_fixture("jwks.json")).expect("jwks json");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string().into_bytes()
+}
+
+// ---- valid tokens ----
+
+#[test]
+fn verify_jwks_file_tokens_of_every_algorithm_are_accepted() {
+    let v = JwtVerifier::new(&jwks_config(fixture("jwks.json"), 10)).expect("valid");
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa-2025"),
+        (Algorithm::ES256, "ec-2025"),
+        (Algorithm::EdDSA, "ed-2025"),
+    ] {
+        let token = sign(alg, Some(kid), &claims());
+        assert_eq!(
+            v.verify_at(&token, NOW).map(|t| t.subject),
+            Ok(user()),
+            "{kid}"
+        );
+    }
+}
+
+#[test]
+fn verify_static_and_jwks_keys_together_are_both_used() {
+    let mut cfg = jwks_config(fixture("jwks.json"), 10);
+    cfg.keys = vec![hs_key(Some("hs"))];
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    assert!(
+        v.verify_at(&sign(Algorithm::HS256, Some("hs"), &claims()), NOW)
+            .is_ok()
+    );
+    assert!(
+        v.verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+// ---- kid selection and reload ----
+
+#[test]
+fn verify_no_kid_with_one_jwks_key_is_accepted() {
+    let file = TempFile::new("one.json", &jwks_with(&["ec-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect("valid");
+    assert!(
+        v.verify_at(&sign(Algorithm::ES256, None, &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn verify_no_kid_with_several_jwks_keys_is_invalid_token() {
+    let v = JwtVerifier::new(&jwks_config(fixture("jwks.json"), 10)).expect("valid");
+    let token = sign(Algorithm::ES256, None, &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_unknown_kid_rereads_jwks_file_and_finds_new_key() {
+    let file = TempFile::new("rotate.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
+    let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
+}
+
+#[test]
+fn verify_unknown_kid_within_reload_interval_does_not_reread() {
+    let file = TempFile::new("ratelimit.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+    // An explicit reload ignores the rate limit.
+    assert_eq!(v.reload_jwks(), Ok(2));
+    assert!(v.verify_at(&token, NOW).is_ok());
+}
+
+#[test]
+fn reload_jwks_broken_file_keeps_previous_keys() {
+    let file = TempFile::new("broken.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
+    file.write(b"{ \"keys\": [ truncated");
+    let problems = v.reload_jwks().expect_err("broken file");
+    assert!(problems[0].contains("not a JWKS document"), "{problems:?}");
+    // The unknown kid triggers a reread, which fails too; old keys still work.
+    assert_eq!(
+        v.verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW),
+        Err(AuthnError::InvalidToken)
+    );
+    assert!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn reload_jwks_without_jwks_file_is_error() {
+    let v = verifier(vec![hs_key(None)]);
+    assert!(v.reload_jwks().is_err());
+}
+
+// ---- config ----
+
+#[test]
+fn new_jwks_file_problems_are_reported() {
+    let missing = JwtVerifier::new(&jwks_config(fixture("nope.json"), 10)).expect_err("missing");
+    assert!(
+        missing[0].starts_with("auth.jwt.jwks_file: cannot read"),
+        "{missing:?}"
+    );
+
+    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let mut no_kid = rsa.clone();
+    no_kid.as_object_mut().expect("object").remove("kid");
+    let mut short_n = rsa.clone();
+    short_n["n"] = json!(b64(&[0xff; 128]));
+    let mut wrong_kty = rsa.clone();
+    wrong_kty["alg"] = json!("ES256");
+    wrong_kty["kid"] = json!("wrong-kty");
+    let bad = json!({ "keys": [
+        no_kid,
+        { "kty": "oct", "kid": "sym", "k": b64(SECRET.as_bytes()) },
+        short_n,
+        wrong_kty,
+        rsa.clone(),
+        { "kty": "EC", "kid": "ec-bad", "alg": "ES256", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[2; 32]) },
+        { "kty": "OKP", "kid": "ed-short", "crv": "Ed25519", "x": b64(&[1; 16]) },
+    ]});
+    let file = TempFile::new("bad.json", bad.to_string().as_bytes());
+    let mut cfg = jwks_config(file.0.clone(), 10);
+    cfg.keys = vec![hs_key(Some("rsa-2025"))];
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    for needle in [
+        "keys[0]: a kid is required",
+        "keys[1]: symmetric (oct) keys",
+        "keys[2]: RSA modulus must be 2048 to 4096 bits (got 1024)",
+        "keys[3]: alg ES256 needs kty \"EC\"",
+        "keys[4]: kid \"rsa-2025\" is also a key in auth.jwt.keys",
+        "keys[5]: not a valid P-256 public key",
+        "keys[6]: not an Ed25519 public key",
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("auth.jwt.jwks_file: ") && p.contains(needle)),
+            "{needle} missing from {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 7, "{problems:#?}");
+}
+
+#[test]
+fn new_jwks_entries_not_for_signing_are_skipped() {
+    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let mut enc = rsa.clone();
+    enc["use"] = json!("enc");
+    enc["kid"] = json!("enc-key");
+    let mut ps256 = rsa.clone();
+    ps256["alg"] = json!("PS256");
+    ps256["kid"] = json!("pss-key");
+    let mut no_alg = rsa.clone();
+    no_alg.as_object_mut().expect("object").remove("alg");
+    let doc = json!({ "keys": [enc, ps256, { "kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA" }, no_alg] });
+    let file = TempFile::new("skip.json", doc.to_string().as_bytes());
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect("valid");
+    // The RSA key without `alg` is taken as RS256; the others are ignored.
+    assert!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
+            .is_ok()
+    );
+    assert_eq!(
+        v.verify_at(&sign(Algorithm::RS256, Some("pss-key"), &claims()), NOW),
+        Err(AuthnError::InvalidToken)
+    );
+
+    let only_enc =
+        json!({ "keys": [{ "kty": "RSA", "use": "enc", "kid": "e", "n": "AQAB", "e": "AQAB" }] });
+    let file = TempFile::new("enc.json", only_enc.to_string().as_bytes());
+    let problems = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect_err("no usable key");
+    assert!(
+        problems[0].contains("no usable signing key"),
+        "{problems:?}"
+    );
+}
