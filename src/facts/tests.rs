@@ -5,6 +5,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::model::UserStatus;
+use crate::store::StoreError;
 
 /// An in-memory source whose reads can be held between "row read" and "fill
 /// returns", to force the fill/invalidation interleaving.

@@ -1,0 +1,235 @@
+//! The fact vocabulary: what a fact is ([`FactKey`], [`Fact`]), where it
+//! comes from ([`FactSource`], [`Source`]), and how a decision's use of facts
+//! is recorded for `--explain` ([`Trace`]).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::model::{
+    ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
+};
+use crate::store::{Store, StoreError};
+
+/// Number of invalidation buckets; a collision only costs a spurious refill.
+pub(super) const BUCKETS: usize = 1 << 16;
+
+/// The identity of one fact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FactKey {
+    User(Uuid),
+    Team(Uuid),
+    Memberships(Uuid),
+    Project(Uuid),
+    Generation(Uuid),
+    Shares(ResourceKind, Uuid),
+    /// By the hex SHA-256 of the key.
+    ApiKey(Arc<str>),
+    Session(Uuid),
+}
+
+/// A fact's value; `None` / empty is a negative entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Fact {
+    User(Option<User>),
+    Team(Option<Team>),
+    Memberships(Arc<[Membership]>),
+    Project(Option<Project>),
+    Generation(Option<Generation>),
+    Shares(Arc<[Share]>),
+    ApiKey(Option<ApiKey>),
+    Session(Option<Session>),
+}
+
+/// Where a fact came from, for `--explain` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// In-process cache hit.
+    L1,
+    /// Shared Redis tier hit (this request filled L1 from it).
+    L2,
+    /// This request ran the query.
+    Postgres,
+    /// Another request's in-flight fill answered this one.
+    Coalesced,
+    /// The feed was untrusted and Postgres could not answer: a cached fact
+    /// served within `freshness.serve_stale_on_outage_ms`.
+    Stale,
+}
+
+impl Source {
+    /// Label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::L1 => "l1",
+            Source::L2 => "l2",
+            Source::Postgres => "postgres",
+            Source::Coalesced => "coalesced",
+            Source::Stale => "stale",
+        }
+    }
+}
+
+/// Failure to obtain a fact: always "cannot decide", never a deny.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fact {kind} unavailable: {message}")]
+pub struct FactError {
+    /// Fact kind label.
+    pub kind: &'static str,
+    /// Cause, for logs only (never sent to clients).
+    pub message: String,
+}
+
+/// One fact used by a decision, recorded for `--explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FactUse {
+    /// Fact kind label.
+    pub kind: &'static str,
+    /// The key, rendered.
+    pub key: String,
+    /// Where it came from.
+    pub source: Source,
+    /// The value, rendered.
+    pub value: String,
+}
+
+/// Collects the facts a decision used, when explaining.
+#[derive(Debug, Default)]
+pub struct Trace {
+    uses: Option<Mutex<Vec<FactUse>>>,
+}
+
+impl Trace {
+    /// A trace that records.
+    pub fn recording() -> Trace {
+        Trace {
+            uses: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A trace that records nothing (the hot path).
+    pub fn off() -> Trace {
+        Trace { uses: None }
+    }
+
+    pub(super) fn record(&self, key: &FactKey, source: Source, fact: &Fact) {
+        if let Some(uses) = &self.uses {
+            let mut uses = uses.lock().unwrap_or_else(|p| p.into_inner());
+            uses.push(FactUse {
+                kind: key.kind(),
+                key: key.render(),
+                source,
+                value: format!("{fact:?}"),
+            });
+        }
+    }
+
+    /// The recorded uses.
+    pub fn into_uses(self) -> Vec<FactUse> {
+        self.uses
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_default()
+    }
+}
+
+/// Where facts come from on an L1 miss.
+pub trait FactSource: Send + Sync + 'static {
+    /// Loads one fact from the tier below.
+    fn load(
+        &self,
+        key: &FactKey,
+    ) -> impl std::future::Future<Output = Result<Fact, StoreError>> + Send;
+}
+
+impl FactSource for Store {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        Ok(match key {
+            FactKey::User(id) => Fact::User(self.user(*id).await?),
+            FactKey::Team(id) => Fact::Team(self.team(*id).await?),
+            FactKey::Memberships(id) => Fact::Memberships(self.memberships(*id).await?.into()),
+            FactKey::Project(id) => Fact::Project(self.project(*id).await?),
+            FactKey::Generation(id) => Fact::Generation(self.generation(*id).await?),
+            FactKey::Shares(kind, id) => Fact::Shares(self.shares(*kind, *id).await?.into()),
+            FactKey::ApiKey(hash) => Fact::ApiKey(self.api_key_by_hash(hash).await?),
+            FactKey::Session(id) => Fact::Session(self.session(*id).await?),
+        })
+    }
+}
+
+impl FactKey {
+    /// Metric label and explain kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FactKey::User(_) => "user",
+            FactKey::Team(_) => "team",
+            FactKey::Memberships(_) => "memberships",
+            FactKey::Project(_) => "project",
+            FactKey::Generation(_) => "generation",
+            FactKey::Shares(..) => "shares",
+            FactKey::ApiKey(_) => "api_key",
+            FactKey::Session(_) => "session",
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            FactKey::User(id)
+            | FactKey::Team(id)
+            | FactKey::Memberships(id)
+            | FactKey::Project(id)
+            | FactKey::Generation(id)
+            | FactKey::Session(id) => id.to_string(),
+            FactKey::Shares(kind, id) => format!("{kind}/{id}"),
+            // A prefix of the hash identifies the key to an operator without
+            // making the log a lookup table.
+            FactKey::ApiKey(hash) => format!("sha256:{}…", &hash[..hash.len().min(12)]),
+        }
+    }
+
+    /// The key's id part in Redis key names.
+    pub fn redis_id(&self) -> String {
+        match self {
+            FactKey::Shares(kind, id) => format!("{kind}:{id}"),
+            FactKey::ApiKey(hash) => hash.to_string(),
+            other => other.render(),
+        }
+    }
+
+    pub(super) fn bucket(&self) -> usize {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        (h.finish() as usize) & (BUCKETS - 1)
+    }
+}
+
+impl Fact {
+    /// Whether this is the variant `key` asks for.
+    pub fn matches(&self, key: &FactKey) -> bool {
+        matches!(
+            (key, self),
+            (FactKey::User(_), Fact::User(_))
+                | (FactKey::Team(_), Fact::Team(_))
+                | (FactKey::Memberships(_), Fact::Memberships(_))
+                | (FactKey::Project(_), Fact::Project(_))
+                | (FactKey::Generation(_), Fact::Generation(_))
+                | (FactKey::Shares(..), Fact::Shares(_))
+                | (FactKey::ApiKey(_), Fact::ApiKey(_))
+                | (FactKey::Session(_), Fact::Session(_))
+        )
+    }
+
+    /// A "row not found" entry (shorter TTL).
+    pub fn is_negative(&self) -> bool {
+        match self {
+            Fact::User(v) => v.is_none(),
+            Fact::Team(v) => v.is_none(),
+            Fact::Project(v) => v.is_none(),
+            Fact::Generation(v) => v.is_none(),
+            Fact::ApiKey(v) => v.is_none(),
+            Fact::Session(v) => v.is_none(),
+            Fact::Memberships(_) | Fact::Shares(_) => false,
+        }
+    }
+}
