@@ -71,15 +71,19 @@ end
 return 0
 "#;
 
-/// Rejoin. KEYS: epoch, cover. ARGV: position. The epoch token when `cover`
-/// has reached the position, else false.
+/// Rejoin. KEYS: epoch, cover. ARGV: position. 1 when `cover` has reached
+/// the position; -1 when there is no epoch at all (nothing to keep warm: bump
+/// at once); 0 otherwise.
 const JOIN: &str = r#"
 local e = redis.call('GET', KEYS[1])
 local w = redis.call('GET', KEYS[2])
-if e and w and tonumber(w) >= tonumber(ARGV[1]) then
-  return e
+if not e then
+  return -1
 end
-return false
+if w and tonumber(w) >= tonumber(ARGV[1]) then
+  return 1
+end
+return 0
 "#;
 
 /// Extend coverage. KEYS: cover. ARGV: the session's start, the position heard
@@ -278,31 +282,34 @@ impl L2 {
         if !must_bump {
             let joined = self
                 .redis
-                .eval::<Option<String>>(
+                .eval::<i64>(
                     &self.join,
                     vec![self.redis.key("epoch"), self.redis.key("cover")],
                     vec![target.to_string().into()],
                 )
                 .await;
             match joined {
-                Ok(Some(_)) => {
+                Ok(1) => {
                     self.now_clean(dirty, "joined");
                     return;
                 }
-                Ok(None) => {}
+                // No epoch: an empty (or wiped) Redis; nothing to wait for.
+                Ok(-1) => {}
+                Ok(_) => {
+                    let waited = self
+                        .dirty_since
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed();
+                    if waited < self.join_patience {
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "redis rejoin check failed");
                     return;
                 }
-            }
-            let waited = self
-                .dirty_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert_with(std::time::Instant::now)
-                .elapsed();
-            if waited < self.join_patience {
-                return;
             }
         }
         let token = format!("{:032x}", rand::random::<u128>());

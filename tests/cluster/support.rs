@@ -543,6 +543,8 @@ pub struct SidecarOptions {
     pub db_timeout_ms: u64,
     /// `breaker.failures` / `breaker.open_ms`.
     pub breaker: (u32, u64),
+    /// `freshness.serve_stale_on_outage_ms`; `None` = the default (never).
+    pub serve_stale_ms: Option<u64>,
 }
 
 impl SidecarOptions {
@@ -555,6 +557,7 @@ impl SidecarOptions {
             deadline_ms: 500,
             db_timeout_ms: 2_000,
             breaker: (5, 1_000),
+            serve_stale_ms: None,
         }
     }
 
@@ -580,6 +583,9 @@ impl SidecarOptions {
             "breaker:\n  failures: {}\n  open_ms: {}\n",
             self.breaker.0, self.breaker.1
         ));
+        if let Some(ms) = self.serve_stale_ms {
+            y.push_str(&format!("freshness:\n  serve_stale_on_outage_ms: {ms}\n"));
+        }
         y
     }
 }
