@@ -36,6 +36,9 @@ pub use fact::{Fact, FactError, FactKey, FactSource, FactUse, Source, Trace};
 use freshness::Freshness;
 use l2::{L2, L2Get};
 
+/// How long Postgres may take before a cached fact answers instead, when the
+/// feed is untrusted and the operator chose `serve_stale_on_outage`.
+const STALE_PROBE: Duration = Duration::from_millis(100);
 /// Fills retried when each one raced with an invalidation, before reading uncached.
 const MAX_FILL_ATTEMPTS: usize = 3;
 /// Team-tree walk bound; the database rejects cycles, this keeps us safe anyway.
@@ -308,22 +311,39 @@ impl<S: FactSource> Facts<S> {
     async fn read_through(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
         let kind = key.kind();
         self.lookup(kind, "untrusted");
-        match self.query(&key).await {
-            Ok(fact) => {
+        // With stale serving chosen and a cached fact at hand, Postgres gets a
+        // short chance only: a healthy one answers a fact in a millisecond,
+        // and a dead one must not eat the decision's deadline first.
+        let stale = if self.freshness.may_serve_stale() {
+            self.cache
+                .get(&key)
+                .await
+                .filter(|entry| self.trusted(&key, entry))
+        } else {
+            None
+        };
+        let fresh = match &stale {
+            Some(_) => tokio::time::timeout(STALE_PROBE, self.query(&key))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(FactError {
+                        kind,
+                        message: format!("no answer within {STALE_PROBE:?}"),
+                    })
+                }),
+            None => self.query(&key).await,
+        };
+        match (fresh, stale) {
+            (Ok(fact), _) => {
                 trace.record(&key, Source::Postgres, &fact);
                 Ok(fact)
             }
-            Err(e) => {
-                if self.freshness.may_serve_stale()
-                    && let Some(entry) = self.cache.get(&key).await
-                    && self.trusted(&key, &entry)
-                {
-                    self.metrics.stale_served.with_label_values(&[kind]).inc();
-                    trace.record(&key, Source::Stale, &entry.fact);
-                    return Ok(entry.fact.clone());
-                }
-                Err(e)
+            (Err(_), Some(entry)) => {
+                self.metrics.stale_served.with_label_values(&[kind]).inc();
+                trace.record(&key, Source::Stale, &entry.fact);
+                Ok(entry.fact.clone())
             }
+            (Err(e), None) => Err(e),
         }
     }
 
