@@ -240,32 +240,20 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
 #[sqlx::test(migrations = "./migrations")]
 async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
     let prefix = unique_prefix("gap");
-    let a = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
-    let b = attach(pool.clone(), config(&redis_yaml(&prefix))).await;
+    // Slow reconnects, so a change can commit while nobody listens.
+    let mut cfg = config(&redis_yaml(&prefix));
+    cfg.listener.reconnect_min = Duration::from_millis(1_500);
+    cfg.listener.reconnect_max = Duration::from_millis(3_000);
+    let a = start_with(pool.clone(), cfg.clone()).await;
+    let b = attach(pool.clone(), cfg).await;
     until_usable(&[&a, &b]).await;
     let path = format!("/api/v1/generations/{GEN_BOB}");
     assert_eq!(a.check_as(CAROL, "GET", &path).await.status, 200);
     let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
     assert!(matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)));
 
-    // A change nobody hears: triggers off for this session.
-    let mut conn = pool.acquire().await.expect("conn");
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .expect("replica role");
-    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
-        .bind(CAROL.parse::<Uuid>().expect("uuid"))
-        .execute(&mut *conn)
-        .await
-        .expect("silent delete");
-    drop(conn);
-    assert!(
-        matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)),
-        "no notification: Redis still holds the old list (the premise)"
-    );
-
-    // A's LISTEN connection drops; on reconnect A bumps the epoch.
+    // Every LISTEN connection drops; a change commits while nobody listens,
+    // so its notification reaches no one.
     let reconnects = a.running.metrics.listener_reconnects.get();
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -274,7 +262,24 @@ async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
     .execute(&pool)
     .await
     .expect("terminate listeners");
-    a.eventually(Duration::from_secs(5), || async {
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(CAROL.parse::<Uuid>().expect("uuid"))
+        .execute(&pool)
+        .await
+        .expect("a change in the gap");
+    let raw = redis().await;
+    let stored: Option<Vec<u8>> = raw
+        .get(format!("{prefix}f:memberships:{CAROL}"))
+        .await
+        .expect("GET");
+    assert!(
+        stored.is_some(),
+        "nobody listened: Redis still holds the old list (the premise)"
+    );
+    drop(raw);
+
+    // On reconnect, nobody's coverage spans the change: the epoch is bumped.
+    a.eventually(Duration::from_secs(10), || async {
         a.running.metrics.listener_reconnects.get() > reconnects && l2_of(&a).usable()
     })
     .await;
@@ -282,6 +287,7 @@ async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
         !matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)),
         "entries written before the gap are no longer trusted by anyone"
     );
+    assert_eq!(a.check_as(CAROL, "GET", &path).await.status, 404);
 }
 
 #[sqlx::test(migrations = "./migrations")]
