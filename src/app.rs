@@ -200,11 +200,18 @@ impl App {
             let mut listener = listener_rx.clone();
             let mut shutdown = shutdown_rx.clone();
             let started = started.clone();
+            let pool = self.store.pool().clone();
+            let (warm, within) = (
+                self.config.database.min_connections,
+                self.config.database.acquire_timeout,
+            );
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
                     r = listener.wait_for(|c| *c) => if r.is_err() { return },
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
+                // Ready only once the first Check would not have to connect.
+                store::warm(&pool, warm, within).await;
                 started.store(true, Ordering::Release);
                 for service in ["", AUTHORIZATION_SERVICE] {
                     reporter

@@ -167,6 +167,7 @@ struct FileForwardAuth {
 struct FileDatabase {
     url: Option<String>,
     max_connections: Option<u32>,
+    min_connections: Option<u32>,
     acquire_timeout_ms: Option<u64>,
     statement_timeout_ms: Option<u64>,
 }
@@ -516,9 +517,11 @@ fn database(
     if max_connections == 0 {
         errors.push("database.max_connections: must be at least 1".to_owned());
     }
+    let min_connections = file.min_connections.unwrap_or(4).min(max_connections);
     DatabaseSettings {
         url,
         max_connections,
+        min_connections,
         acquire_timeout: ms(file.acquire_timeout_ms, 2_000),
         statement_timeout: ms(file.statement_timeout_ms, 2_000),
     }

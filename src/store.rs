@@ -25,6 +25,9 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+    /// Connections opened before the sidecar reports ready and kept open, so
+    /// the first Checks never wait for a connection to be made.
+    pub min_connections: u32,
     /// How long a query waits for a pooled connection.
     pub acquire_timeout: Duration,
     /// Per-statement timeout (`statement_timeout` on each connection).
@@ -36,6 +39,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &crate::secret::redact_url(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .finish()
@@ -86,9 +90,40 @@ pub fn connect(config: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .options([("statement_timeout", timeout_ms.as_str())]);
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .connect_lazy_with(options))
+}
+
+/// Opens `n` pooled connections at once (they stay idle in the pool): done
+/// before readiness, so the first Checks after start find them open. Gives
+/// up after `within` (a pool shared with others may have no room).
+pub async fn warm(pool: &PgPool, n: u32, within: Duration) {
+    let started = std::time::Instant::now();
+    let mut acquires = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let pool = pool.clone();
+        // Each holds its connection until all are open, so they are n
+        // different connections, opened concurrently.
+        acquires.spawn(async move { pool.acquire().await });
+    }
+    let mut opened = Vec::with_capacity(n as usize);
+    let _ = tokio::time::timeout(within, async {
+        while let Some(r) = acquires.join_next().await {
+            opened.push(r);
+        }
+    })
+    .await;
+    acquires.abort_all();
+    let ok = opened.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    drop(opened);
+    tracing::info!(
+        connections = ok,
+        wanted = n,
+        took_ms = started.elapsed().as_millis() as u64,
+        "database pool warmed"
+    );
 }
 
 fn parse<T: FromStr>(text: &str) -> Result<T, StoreError>

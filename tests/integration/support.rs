@@ -57,7 +57,11 @@ pub fn config(extra_yaml: &str) -> Config {
         ),
         ("VELRO_AUTHZ_JWT_SECRET", SECRET),
     ]);
-    Config::from_yaml(&yaml, |k| env.get(k).map(|v| v.to_string())).expect("test config")
+    let mut config =
+        Config::from_yaml(&yaml, |k| env.get(k).map(|v| v.to_string())).expect("test config");
+    // Several sidecars share one test database's small pool.
+    config.database.min_connections = 1;
+    config
 }
 
 /// `REDIS_URL`, which the tests that use Redis require: without it they fail
@@ -116,6 +120,13 @@ pub async fn attach(pool: PgPool, config: Config) -> Harness {
         .await
         .expect("listener connects within 10 s")
         .expect("listener channel");
+    // Ready: the pool is warm too.
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while http_get(running.http_addr, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    ready.await.expect("ready within 10 s");
     let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
         .await
         .expect("grpc connect");
