@@ -25,3 +25,5 @@ pub mod routes;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
