@@ -32,7 +32,7 @@ use crate::config::{Config, ENV_DATABASE_URL, ENV_JWT_SECRET};
 use crate::facts::l2::L2;
 use crate::facts::{Fact, FactKey, FactSource, Facts};
 use crate::metrics::Metrics;
-use crate::model::{User, UserStatus};
+use crate::model::{Generation, GenerationStatus, User, UserStatus};
 use crate::store::StoreError;
 
 mod envoy;
@@ -103,6 +103,20 @@ impl MemorySource {
     /// Sets the user row `id` with `status`.
     pub fn user(&self, id: Uuid, status: UserStatus) -> &MemorySource {
         self.set(FactKey::User(id), Fact::User(Some(User { id, status })))
+    }
+
+    /// Sets a completed generation `id` of `owner`, in no project, no parent.
+    pub fn generation(&self, id: Uuid, owner: Uuid) -> &MemorySource {
+        self.set(
+            FactKey::Generation(id),
+            Fact::Generation(Some(Generation {
+                id,
+                user_id: owner,
+                project_id: None,
+                parent_id: None,
+                status: GenerationStatus::Completed,
+            })),
+        )
     }
 
     /// How many loads reached this source.

@@ -9,7 +9,7 @@ use chrono::Utc;
 use super::*;
 use crate::authn::apikey;
 use crate::facts::{Fact, FactKey};
-use crate::model::{ApiKey, Generation, GenerationStatus, Grantee, ResourceKind, Session, Share};
+use crate::model::{ApiKey, Grantee, ResourceKind, Session, Share};
 use crate::testkit::{AuthorizerBuilder, Check, Held, MemorySource, SECRET, Token, config};
 
 /// The people and the one generation of these tests, as facts in memory.
@@ -42,16 +42,7 @@ fn world() -> World {
         .user(viewer, UserStatus::Active)
         .user(stranger, UserStatus::Active)
         .user(suspended, UserStatus::Suspended)
-        .set(
-            FactKey::Generation(generation),
-            Fact::Generation(Some(Generation {
-                id: generation,
-                user_id: owner,
-                project_id: None,
-                parent_id: None,
-                status: GenerationStatus::Completed,
-            })),
-        )
+        .generation(generation, owner)
         .set(
             FactKey::Shares(ResourceKind::Generation, generation),
             Fact::Shares(Arc::from([Share {

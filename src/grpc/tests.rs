@@ -7,24 +7,16 @@ use uuid::Uuid;
 
 use super::*;
 use crate::answer::{AUTH, ROLE, USER_ID};
-use crate::facts::{Fact, FactKey};
-use crate::model::{Generation, GenerationStatus, UserStatus};
+use crate::model::UserStatus;
 use crate::testkit::{Answer, AuthorizerBuilder, Check, Held, MemorySource, Token, config};
 
 /// An active user owning one generation.
 fn world() -> (MemorySource, Uuid, Uuid) {
     let source = MemorySource::new();
     let (owner, generation) = (Uuid::new_v4(), Uuid::new_v4());
-    source.user(owner, UserStatus::Active).set(
-        FactKey::Generation(generation),
-        Fact::Generation(Some(Generation {
-            id: generation,
-            user_id: owner,
-            project_id: None,
-            parent_id: None,
-            status: GenerationStatus::Completed,
-        })),
-    );
+    source
+        .user(owner, UserStatus::Active)
+        .generation(generation, owner);
     (source, owner, generation)
 }
 
@@ -68,10 +60,10 @@ async fn check_allow_sets_identity_headers_and_removes_spoofed_velro_names() {
                 .expect("answer"),
         );
         assert_eq!((a.status, a.code), (200, rpc_code::OK));
-        assert_eq!(a.headers.get(USER_ID), Some(&owner.to_string()));
-        assert_eq!(a.headers.get(AUTH).map(String::as_str), Some("jwt"));
-        assert_eq!(a.headers.get(ROLE).map(String::as_str), Some("owner"));
-        assert_eq!(a.headers.get(DECISION_ID), Some(&a.metadata_decision_id));
+        assert_eq!(a.header(USER_ID), Some(owner.to_string().as_str()));
+        assert_eq!(a.header(AUTH), Some("jwt"));
+        assert_eq!(a.header(ROLE), Some("owner"));
+        assert_eq!(a.header(DECISION_ID), Some(a.metadata_decision_id.as_str()));
         assert_eq!(a.metadata_decision_id.len(), 32);
         assert_eq!(a.header_actions.len(), a.headers.len());
         assert!(
@@ -88,10 +80,7 @@ async fn check_allow_sets_identity_headers_and_removes_spoofed_velro_names() {
             a.response_headers.get(DECISION_ID),
             Some(&a.metadata_decision_id)
         );
-        assert_eq!(
-            a.metadata.get("route").map(String::as_str),
-            Some("GET /api/v1/generations/{id}")
-        );
+        assert_eq!(a.metadata("route"), Some("GET /api/v1/generations/{id}"));
     }
 }
 
@@ -115,19 +104,10 @@ async fn check_deny_carries_status_body_challenge_and_decision_id() {
             "request_id": a.metadata_decision_id,
         })
     );
-    assert_eq!(
-        a.headers.get("www-authenticate").map(String::as_str),
-        Some("Bearer realm=\"velro\"")
-    );
-    assert_eq!(
-        a.headers.get("content-type").map(String::as_str),
-        Some("application/json")
-    );
-    assert_eq!(a.headers.get(DECISION_ID), Some(&a.metadata_decision_id));
-    assert_eq!(
-        a.metadata.get("reason").map(String::as_str),
-        Some("missing_credentials")
-    );
+    assert_eq!(a.header("www-authenticate"), Some("Bearer realm=\"velro\""));
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(a.header(DECISION_ID), Some(a.metadata_decision_id.as_str()));
+    assert_eq!(a.metadata("reason"), Some("missing_credentials"));
     assert!(a.headers_to_remove.is_empty());
 
     // Not a 401: no challenge.
@@ -163,10 +143,7 @@ async fn check_in_dry_run_allows_and_names_the_waved_deny_in_metadata() {
     assert_eq!(a.status, 200);
     assert!(!a.headers.contains_key(USER_ID), "no identity granted");
     assert_eq!(a.headers_to_remove, ["x-velro-user-id"]);
-    assert_eq!(
-        a.metadata.get("dry_run_deny").map(String::as_str),
-        Some("missing_credentials")
-    );
+    assert_eq!(a.metadata("dry_run_deny"), Some("missing_credentials"));
 }
 
 #[tokio::test]

@@ -239,6 +239,16 @@ impl Answer {
         self.status == 200
     }
 
+    /// The value of header `name` (upstream on allow, client on deny).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// The string field `name` of the dynamic metadata.
+    pub fn metadata(&self, name: &str) -> Option<&str> {
+        self.metadata.get(name).map(String::as_str)
+    }
+
     /// What two answers are compared on.
     pub fn verdict(&self) -> Verdict {
         Verdict {
