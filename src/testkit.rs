@@ -129,6 +129,7 @@ impl MemorySource {
         self.0.down.store(down, Ordering::SeqCst);
     }
 
+    /// The map; a test that panicked while holding it leaves it usable.
     fn facts(&self) -> MutexGuard<'_, HashMap<FactKey, Fact>> {
         self.0.facts.lock().unwrap_or_else(|p| p.into_inner())
     }

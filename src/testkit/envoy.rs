@@ -259,6 +259,7 @@ impl Answer {
     }
 }
 
+/// (name, value) of each header option.
 fn pairs(options: &[HeaderValueOption]) -> impl Iterator<Item = (String, String)> + '_ {
     options
         .iter()

@@ -194,6 +194,7 @@ impl Sidecar {
         unreachable!("three attempts either return or panic")
     }
 
+    /// Until `/readyz` is 200 with LISTEN connected, or why not.
     async fn wait_ready(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
@@ -258,6 +259,8 @@ impl Drop for Sidecar {
     }
 }
 
+/// An ext_authz client that connects on first use (the sidecar may not be
+/// listening yet), without Nagle's delay.
 fn lazy_client(addr: SocketAddr) -> AuthorizationClient<Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -318,6 +321,7 @@ impl Scrape {
     }
 }
 
+/// `k="v",...` of a sample, with `\\`, `\"` and `\n` unescaped.
 fn parse_labels(text: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut chars = text.chars().peekable();
