@@ -13,35 +13,18 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use sqlx::{Connection, PgConnection};
 use velro_authz::answer::Outcome;
 use velro_authz::app::App;
-use velro_authz::authn::jwt::MintClaims;
 use velro_authz::authz::AuthzRequest;
-use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
+use velro_authz::testkit::procs::percentiles;
+use velro_authz::testkit::{Check, Token, config};
 
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const BOB: &str = "10000000-0000-4000-8000-000000000002";
 /// Generation 07: two parent hops, a team project, shares: the deepest demo decision.
 const PATH: &str = "/api/v1/generations/40000000-0000-4000-8000-000000000007";
-
-fn percentiles(mut samples: Vec<Duration>) -> String {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    format!(
-        "n={:>6}  p50={:>9.1?}  p90={:>9.1?}  p99={:>9.1?}  p99.9={:>9.1?}  max={:>9.1?}",
-        samples.len(),
-        at(0.50),
-        at(0.90),
-        at(0.99),
-        at(0.999),
-        samples[samples.len() - 1]
-    )
-}
 
 fn p50(samples: &[Duration]) -> Duration {
     let mut s = samples.to_vec();
@@ -79,28 +62,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-    let mut yaml =
-        "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndecision:\n  allow_log_sample: 0\n"
-            .to_owned();
+    let mut yaml = "decision:\n  allow_log_sample: 0\n".to_owned();
     if let Some(url) = &redis {
         yaml.push_str(&format!(
             "redis:\n  url: {url}\n  key_prefix: \"bench:{}:\"\n",
             std::process::id()
         ));
     }
-    let yaml = yaml.as_str();
-    let config = Config::from_yaml(yaml, |k| match k {
-        "DATABASE_URL" => Some(url.to_owned()),
-        "VELRO_AUTHZ_JWT_SECRET" => Some(SECRET.to_owned()),
-        _ => None,
-    })?;
-    let jwt = config.jwt.clone();
-    let token = jwt.mint(&MintClaims {
-        subject: BOB.into(),
-        ttl: Duration::from_secs(3600),
-        ..Default::default()
-    })?;
-    let authorization = format!("Bearer {token}");
+    let mut config = config(&yaml);
+    config.database.url = url.to_owned();
+    let authorization = Token::new(BOB)
+        .ttl(Duration::from_secs(3600))
+        .bearer(&config.jwt);
     let app = App::build(config, Metrics::new())?;
     velro_authz::store::MIGRATOR.run(app.store.pool()).await?;
     velro_authz::demo::seed(app.store.pool()).await?;
@@ -137,7 +110,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         authorizer.check(&req, None).await?;
         hot.push(t.elapsed());
     }
-    println!("in-process, L1 hot:          {}", percentiles(hot.clone()));
+    println!("in-process, L1 hot:          {}", percentiles(&hot));
 
     // 2. Baseline: L1 flushed before every decision, so every fact comes from Postgres.
     let mut cold = Vec::with_capacity(2_000);
@@ -147,7 +120,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         authorizer.check(&req, None).await?;
         cold.push(t.elapsed());
     }
-    println!("in-process, L1 flushed (PG): {}", percentiles(cold.clone()));
+    println!("in-process, L1 flushed (PG): {}", percentiles(&cold));
     println!(
         "hot path p50 is {:.0}x faster than the Postgres path p50\n",
         p50(&cold).as_secs_f64() / p50(&hot).as_secs_f64()
@@ -167,10 +140,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
             authorizer.check(&req, None).await?;
             warm.push(t.elapsed());
         }
-        println!(
-            "in-process, L1 flushed (Redis): {}",
-            percentiles(warm.clone())
-        );
+        println!("in-process, L1 flushed (Redis): {}", percentiles(&warm));
         println!(
             "Redis path p50 is {:.1}x faster than the Postgres path p50\n",
             p50(&cold).as_secs_f64() / p50(&warm).as_secs_f64()
@@ -179,20 +149,9 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Over the gRPC socket: C concurrent clients on their own HTTP/2 connections.
     let endpoint = format!("http://{}", running.grpc_addr);
-    let check = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: PATH.into(),
-                    headers: [("authorization".to_owned(), authorization.clone())].into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
+    let check = Check::new("GET", PATH)
+        .header("authorization", &authorization)
+        .request();
     for clients in [1usize, 16, 64] {
         let duration = Duration::from_secs(5);
         let mut tasks = Vec::new();
@@ -219,7 +178,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
             "gRPC, {clients:>2} clients, {:?}: {:>8.0} checks/s  {}",
             duration,
             all.len() as f64 / duration.as_secs_f64(),
-            percentiles(all)
+            percentiles(&all)
         );
     }
     let queries = running.metrics.store_queries_total();

@@ -21,13 +21,12 @@
 
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "../tests/cluster/support.rs"]
-mod support;
+use velro_authz::testkit::procs::{RedisPrefix, TestDb, percentiles};
+use velro_authz::testkit::sidecar::{Sidecar, SidecarOptions, jwt, migrate};
+use velro_authz::testkit::{Check, Token, Verdict, verdict};
 
-use support::{
-    Answer, Call, RedisPrefix, Sidecar, SidecarOptions, TestDb, check, jwt, migrate, summary, token,
-};
+/// The sidecar binary measured.
+const BIN: &str = env!("CARGO_BIN_EXE_velro-authz");
 
 /// One kind of revocation: the SQL that takes access away and gives it back,
 /// and the Check that shows which.
@@ -35,7 +34,7 @@ struct Kind {
     name: &'static str,
     revoke: String,
     grant: String,
-    call: Call,
+    call: Check,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = std::env::var("REDIS_URL").ok();
     let db = TestDb::from_env("freshness").await;
     let url = db.url.clone();
-    tokio::task::spawn_blocking(move || migrate(&url)).await?;
+    tokio::task::spawn_blocking(move || migrate(BIN, &url)).await?;
     let pool = db.pool().await;
 
     let id = |n: u32| format!("{:08x}-0000-4000-8000-00000000f00d", n);
@@ -85,12 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let jwt = jwt();
     let get = |user: &str, generation: &str| {
-        let user = user.parse().expect("uuid");
-        Call::bearer(
-            "GET",
-            &format!("/api/v1/generations/{generation}"),
-            &token(&jwt, user, None, None),
-        )
+        Check::new("GET", &format!("/api/v1/generations/{generation}"))
+            .bearer(&Token::new(user).ttl(Duration::from_secs(3600)).mint(&jwt))
     };
     let kinds = [
         Kind {
@@ -127,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| RedisPrefix::new(r, "velro-authz-freshness"));
     let mut sidecars = Vec::new();
     for n in 1..=3 {
-        let mut options = SidecarOptions::new(&format!("sidecar-{n}"), &db.url);
+        let mut options = SidecarOptions::new(BIN, &format!("sidecar-{n}"), &db.url);
         if let (Some(r), Some(p)) = (&redis, &prefix) {
             options = options.redis(r, &p.prefix);
         }
@@ -136,8 +131,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let l2 = redis.is_some();
 
     // Warm: every sidecar allows every pair (and has cached what it used).
-    let allow = Answer::allow(Some("viewer"));
-    let member_allow = Answer::allow(Some("member"));
+    let allow = Verdict::allow(Some("viewer"));
+    let member_allow = Verdict::allow(Some("member"));
     for s in &sidecars {
         for k in &kinds {
             let want = if k.name == "membership deleted" {
@@ -174,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::spawn(async move {
                     let mut errors = 0u64;
                     loop {
-                        match check(&client, &call, Duration::from_secs(2)).await {
+                        match verdict(&client, &call, Duration::from_secs(2)).await {
                             Ok(a) if a.status == 404 => return Ok((committed.elapsed(), errors)),
                             Ok(_) => {}
                             Err(_) => errors += 1,
@@ -259,12 +254,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut all = Vec::new();
     for (s, samples) in sidecars.iter().zip(&per_sidecar) {
-        println!("{:<24} {}", s.name, summary(samples));
+        println!("{:<24} {}", s.name, percentiles(samples));
         all.extend_from_slice(samples);
     }
-    println!("{:<24} {}\n", "all sidecars", summary(&all));
+    println!("{:<24} {}\n", "all sidecars", percentiles(&all));
     for (k, samples) in kinds.iter().zip(&per_kind) {
-        println!("{:<24} {}", k.name, summary(samples));
+        println!("{:<24} {}", k.name, percentiles(samples));
     }
     println!("\nRPC errors while polling: {poll_errors}");
     Ok(())

@@ -13,9 +13,9 @@ use tonic_health::ServingStatus;
 use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::{Config, ConfigError};
-use crate::facts::Facts;
 use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
+use crate::facts::{FactSource, Facts};
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
@@ -112,20 +112,7 @@ impl App {
             )
             .with_freshness(freshness),
         );
-        let mut authorizer = Authorizer::new(
-            config.routes.clone(),
-            Authenticator::new(config.jwt.clone(), config.max_credentials),
-            facts,
-            config.decision,
-            metrics.clone(),
-        );
-        if let Some(limit) = config.rate_limit {
-            authorizer = authorizer.with_rate_limiter(RateLimiter::new(
-                limit,
-                redis.clone(),
-                metrics.clone(),
-            ));
-        }
+        let authorizer = authorizer(&config, facts, redis.clone(), &metrics);
         Ok(App {
             authorizer: Arc::new(authorizer),
             store,
@@ -282,6 +269,30 @@ impl App {
             shutdown: shutdown_tx,
             tasks,
         })
+    }
+}
+
+/// The decision steps as `config` sets them, over `facts`; the rate limiter
+/// (when configured) shares limits through `redis` when given. One function for
+/// the sidecar and for tests, so a test's authorizer is wired like the real one.
+pub fn authorizer<S: FactSource>(
+    config: &Config,
+    facts: Arc<Facts<S>>,
+    redis: Option<Arc<Redis>>,
+    metrics: &Metrics,
+) -> Authorizer<S> {
+    let authorizer = Authorizer::new(
+        config.routes.clone(),
+        Authenticator::new(config.jwt.clone(), config.max_credentials),
+        facts,
+        config.decision,
+        metrics.clone(),
+    );
+    match config.rate_limit {
+        Some(limit) => {
+            authorizer.with_rate_limiter(RateLimiter::new(limit, redis, metrics.clone()))
+        }
+        None => authorizer,
     }
 }
 

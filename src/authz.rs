@@ -422,3 +422,6 @@ fn deny(reason: impl Into<DenyReason>) -> Outcome {
 fn new_decision_id() -> String {
     Uuid::new_v4().simple().to_string()
 }
+
+#[cfg(test)]
+mod tests;

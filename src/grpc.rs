@@ -205,23 +205,4 @@ pub fn grpc_timeout(value: Option<&str>) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_parses_units_and_rejects_garbage() {
-        assert_eq!(grpc_timeout(Some("100m")), Some(Duration::from_millis(100)));
-        assert_eq!(grpc_timeout(Some("2S")), Some(Duration::from_secs(2)));
-        assert_eq!(grpc_timeout(Some("5u")), Some(Duration::from_micros(5)));
-        for bad in ["", "m", "10x", "-1m", "123456789m", "1.5S"] {
-            assert_eq!(grpc_timeout(Some(bad)), None, "{bad}");
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn grpc_timeout_never_panics(s in ".*") {
-            let _ = grpc_timeout(Some(&s));
-        }
-    }
-}
+mod tests;

@@ -27,3 +27,5 @@ pub mod routes;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

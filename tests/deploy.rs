@@ -672,7 +672,6 @@ fn validation_requirements_are_exact_pins() {
 // ---- end to end: a real Envoy with envoy/envoy.yaml in front of the sidecar ----
 
 mod envoy_e2e {
-    use std::collections::HashMap;
     use std::net::SocketAddr;
     use std::process::{Child, Stdio};
     use std::sync::Arc;
@@ -682,14 +681,12 @@ mod envoy_e2e {
     use sqlx::PgPool;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use velro_authz::app::App;
-    use velro_authz::authn::jwt::MintClaims;
-    use velro_authz::config::Config;
-    use velro_authz::metrics::Metrics;
+    use velro_authz::testkit::http::send_as_given;
+    use velro_authz::testkit::procs::free_port;
+    use velro_authz::testkit::{Token, config, serve};
 
     use super::{Command, root};
 
-    const SECRET: &str = "deploy-e2e-secret-0123456789abcdef0123456789";
     const ALICE: &str = "10000000-0000-4000-8000-000000000001";
     const NOTEBOOK: &str = "30000000-0000-4000-8000-000000000001";
 
@@ -701,14 +698,6 @@ mod envoy_e2e {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
-    }
-
-    /// A free loopback port (bound then released; Envoy binds it right after).
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
     }
 
     /// A stand-in app: answers 200 with the request line and headers it saw
@@ -761,31 +750,15 @@ mod envoy_e2e {
 
     /// One HTTP/1.1 request through Envoy, the target sent exactly as given.
     async fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut conn = TcpStream::connect(("127.0.0.1", port))
+        let mut lines = vec![("host", "app"), ("connection", "close")];
+        lines.extend_from_slice(headers);
+        let reply = send_as_given(([127, 0, 0, 1], port).into(), method, target, &lines, &[])
             .await
-            .expect("connect to envoy");
-        let mut req = format!("{method} {target} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        conn.write_all(req.as_bytes()).await.expect("send");
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw))
-            .await
-            .expect("envoy answers within 10 s")
-            .expect("read");
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+            .unwrap_or_else(|e| panic!("{method} {target} through envoy: {e}"));
         Reply {
-            status,
-            headers: head.to_ascii_lowercase(),
-            body: body.to_owned(),
+            status: reply.status,
+            headers: reply.head.to_ascii_lowercase(),
+            body: reply.text(),
         }
     }
 
@@ -863,29 +836,9 @@ mod envoy_e2e {
         velro_authz::demo::seed(&pool)
             .await
             .expect("seed demo data");
-        let env: HashMap<&str, &str> = HashMap::from([
-            (
-                "DATABASE_URL",
-                "postgres://unused-the-test-pool-is-given@localhost/x",
-            ),
-            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
-        ]);
-        let config = Config::from_yaml(
-            "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlog_format: text\n",
-            |k| env.get(k).map(|v| v.to_string()),
-        )
-        .expect("config");
+        let config = config("");
         let jwt = config.jwt.clone();
-        let running = App::with_pool(config, pool, Metrics::new())
-            .expect("app")
-            .spawn(None)
-            .await
-            .expect("spawn sidecar");
-        let mut up = running.listener.clone();
-        tokio::time::timeout(Duration::from_secs(10), up.wait_for(|u| *u))
-            .await
-            .expect("LISTEN connects within 10 s")
-            .expect("listener channel");
+        let running = serve(pool, config).await;
 
         let (app, app_hits) = fake_app().await;
         let (listen, admin) = (free_port(), free_port());
@@ -937,14 +890,7 @@ mod envoy_e2e {
             denied.body
         );
 
-        let token = jwt
-            .mint(&MintClaims {
-                subject: ALICE.to_owned(),
-                ttl: Duration::from_secs(600),
-                ..Default::default()
-            })
-            .expect("mint");
-        let bearer = format!("Bearer {token}");
+        let bearer = Token::new(ALICE).bearer(&jwt);
         let allowed = get(
             listen,
             &project,

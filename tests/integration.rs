@@ -9,8 +9,6 @@
 mod integration {
     pub mod support;
 
-    pub mod http_client;
-
     mod credentials;
     mod forward;
     mod freshness;

@@ -1,36 +1,9 @@
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-
-use tokio::sync::Notify;
-
 use super::*;
 use crate::model::UserStatus;
-use crate::store::StoreError;
+use crate::testkit::{Held, Hold, MemorySource};
 
-/// An in-memory source whose reads can be held between "row read" and "fill
-/// returns", to force the fill/invalidation interleaving.
-#[derive(Default)]
-struct HeldSource {
-    rows: Mutex<HashMap<Uuid, UserStatus>>,
-    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
-    loads: AtomicUsize,
-}
-
-impl FactSource for Arc<HeldSource> {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        let FactKey::User(id) = key else {
-            unreachable!("test uses users only")
-        };
-        let row = self.rows.lock().expect("lock").get(id).copied();
-        let hold = self.hold.lock().expect("lock").take();
-        if let Some((read, release)) = hold {
-            read.notify_one();
-            release.notified().await;
-        }
-        Ok(Fact::User(row.map(|status| User { id: *id, status })))
-    }
-}
+/// The cache under test: over facts in memory, any read of which can be held.
+type TestFacts = Facts<Held<MemorySource>>;
 
 fn cache_config() -> CacheSettings {
     CacheSettings {
@@ -40,25 +13,24 @@ fn cache_config() -> CacheSettings {
     }
 }
 
-fn facts(source: Arc<HeldSource>) -> Arc<Facts<Arc<HeldSource>>> {
+fn facts(source: &Held<MemorySource>) -> Arc<TestFacts> {
     let config = cache_config();
-    Arc::new(Facts::new(source, &config, Metrics::new()))
+    Arc::new(Facts::new(source.clone(), &config, Metrics::new()))
 }
 
-/// A source holding one user row, armed to hold the next read, plus the cache
-/// over it and the two signals: `read` (row read, fill held) and `release`.
-fn armed(status: UserStatus) -> (Arc<HeldSource>, Uuid, Arc<Notify>, Arc<Notify>) {
-    let source = Arc::new(HeldSource::default());
+/// A source holding one user row, armed to hold the next read once it has
+/// the row (`reached`: row read, fill held; then `release`).
+fn armed(status: UserStatus) -> (Held<MemorySource>, Uuid, Hold) {
+    let source = Held::new(MemorySource::new());
     let id = Uuid::new_v4();
-    source.rows.lock().expect("lock").insert(id, status);
-    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.hold.lock().expect("lock") = Some((read.clone(), release.clone()));
-    (source, id, read, release)
+    source.inner().user(id, status);
+    let hold = source.hold_next("user");
+    (source, id, hold)
 }
 
 /// Starts a fill of user `id` in the background.
 fn spawn_fill(
-    facts: &Arc<Facts<Arc<HeldSource>>>,
+    facts: &Arc<TestFacts>,
     id: Uuid,
 ) -> tokio::task::JoinHandle<Result<Option<User>, FactError>> {
     let facts = facts.clone();
@@ -67,21 +39,17 @@ fn spawn_fill(
 
 #[tokio::test]
 async fn fill_that_raced_with_invalidation_is_never_served() {
-    let (source, id, read, release) = armed(UserStatus::Active);
-    let facts = facts(source.clone());
+    let (source, id, hold) = armed(UserStatus::Active);
+    let facts = facts(&source);
 
     // 1. A fill reads the old row (active) and is held before it lands.
     let filler = spawn_fill(&facts, id);
-    read.notified().await;
+    hold.reached().await;
     // 2. The change commits and its invalidation is applied.
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Suspended);
+    source.inner().user(id, UserStatus::Suspended);
     facts.invalidate(&FactKey::User(id)).await;
     // 3. The fill lands.
-    release.notify_one();
+    hold.release();
     let _ = filler.await.expect("join");
 
     // Every read after the invalidation sees the new row.
@@ -97,14 +65,14 @@ async fn fill_that_raced_with_invalidation_is_never_served() {
 
 #[tokio::test]
 async fn flush_voids_fill_in_flight() {
-    let (source, id, read, release) = armed(UserStatus::Active);
-    let facts = facts(source.clone());
+    let (source, id, hold) = armed(UserStatus::Active);
+    let facts = facts(&source);
 
     let filler = spawn_fill(&facts, id);
-    read.notified().await;
-    source.rows.lock().expect("lock").remove(&id);
+    hold.reached().await;
+    source.inner().remove(&FactKey::User(id));
     facts.flush();
-    release.notify_one();
+    hold.release();
     let _ = filler.await.expect("join");
 
     assert_eq!(facts.user(id, &Trace::off()).await.expect("fact"), None);
@@ -112,51 +80,43 @@ async fn flush_voids_fill_in_flight() {
 
 #[tokio::test]
 async fn cached_fact_is_served_without_a_second_load() {
-    let source = Arc::new(HeldSource::default());
+    let source = Held::new(MemorySource::new());
     let id = Uuid::new_v4();
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Active);
-    let facts = facts(source.clone());
+    source.inner().user(id, UserStatus::Active);
+    let facts = facts(&source);
     let trace = Trace::recording();
     facts.user(id, &trace).await.expect("fact");
     facts.user(id, &trace).await.expect("fact");
-    assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(source.inner().loads(), 1);
     let sources: Vec<_> = trace.into_uses().iter().map(|u| u.source).collect();
     assert_eq!(sources, vec![Source::Postgres, Source::L1]);
 }
 
 #[tokio::test]
 async fn concurrent_misses_on_one_key_run_one_load() {
-    let (source, id, read, release) = armed(UserStatus::Active);
-    let facts = facts(source.clone());
+    let (source, id, hold) = armed(UserStatus::Active);
+    let facts = facts(&source);
 
     let tasks: Vec<_> = (0..32).map(|_| spawn_fill(&facts, id)).collect();
-    read.notified().await;
+    hold.reached().await;
     // Let the other 31 callers reach the in-flight fill before it completes.
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    release.notify_one();
+    hold.release();
     for t in tasks {
         assert!(t.await.expect("join").expect("fact").is_some());
     }
-    assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+    assert_eq!(source.inner().loads(), 1);
 }
 
 #[tokio::test]
 async fn negative_entry_is_cached_until_invalidated() {
-    let source = Arc::new(HeldSource::default());
+    let source = Held::new(MemorySource::new());
     let id = Uuid::new_v4();
-    let facts = facts(source.clone());
+    let facts = facts(&source);
     assert_eq!(facts.user(id, &Trace::off()).await.expect("fact"), None);
-    source
-        .rows
-        .lock()
-        .expect("lock")
-        .insert(id, UserStatus::Active);
+    source.inner().user(id, UserStatus::Active);
     assert_eq!(
         facts.user(id, &Trace::off()).await.expect("fact"),
         None,
@@ -164,43 +124,23 @@ async fn negative_entry_is_cached_until_invalidated() {
     );
     facts.invalidate(&FactKey::User(id)).await;
     assert!(facts.user(id, &Trace::off()).await.expect("fact").is_some());
-    assert_eq!(source.loads.load(Ordering::SeqCst), 2);
-}
-
-/// A source that is down: every read fails like a refused connection.
-#[derive(Default)]
-struct DownSource {
-    up: std::sync::atomic::AtomicBool,
-    loads: AtomicUsize,
-}
-
-impl FactSource for Arc<DownSource> {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        if !self.up.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
-        }
-        let FactKey::User(id) = key else {
-            unreachable!("test uses users only")
-        };
-        Ok(Fact::User(Some(User {
-            id: *id,
-            status: UserStatus::Active,
-        })))
-    }
+    assert_eq!(source.inner().loads(), 2);
 }
 
 #[tokio::test]
 async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
-    let source = Arc::new(DownSource::default());
-    source.up.store(true, Ordering::SeqCst);
+    // Every user a read below asks for exists and is active.
+    let source = MemorySource::new();
+    let (cached, probe, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for id in [cached, probe, after] {
+        source.user(id, UserStatus::Active);
+    }
     let config = cache_config();
     let breaker = BreakerConfig {
         failures: 3,
         open_for: Duration::from_millis(50),
     };
     let facts = Facts::with_tiers(source.clone(), &config, None, breaker, Metrics::new());
-    let cached = Uuid::new_v4();
     assert!(
         facts
             .user(cached, &Trace::off())
@@ -209,9 +149,9 @@ async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
             .is_some()
     );
 
-    source.up.store(false, Ordering::SeqCst);
+    source.set_down(true);
     // Cached: still answered, without touching the source.
-    let loads = source.loads.load(Ordering::SeqCst);
+    let loads = source.loads();
     for _ in 0..10 {
         assert!(
             facts
@@ -221,21 +161,21 @@ async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
                 .is_some()
         );
     }
-    assert_eq!(source.loads.load(Ordering::SeqCst), loads);
+    assert_eq!(source.loads(), loads);
     // Uncached: errors ("cannot decide"), and after 3 the circuit opens and
     // the source is no longer called at all.
     for _ in 0..10 {
         assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_err());
     }
-    assert_eq!(source.loads.load(Ordering::SeqCst), loads + 3);
+    assert_eq!(source.loads(), loads + 3);
     assert_eq!(facts.breaker().state(), crate::breaker::CircuitState::Open);
 
     // Back up: after open_for one probe closes the circuit again.
-    source.up.store(true, Ordering::SeqCst);
+    source.set_down(false);
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert!(
         facts
-            .user(Uuid::new_v4(), &Trace::off())
+            .user(probe, &Trace::off())
             .await
             .expect("probe")
             .is_some()
@@ -244,14 +184,13 @@ async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
         facts.breaker().state(),
         crate::breaker::CircuitState::Closed
     );
-    assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_ok());
+    assert!(facts.user(after, &Trace::off()).await.is_ok());
 }
 
 #[tokio::test]
 async fn abandoned_query_counts_as_a_breaker_failure() {
-    let source = Arc::new(HeldSource::default());
-    let (read, _release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.hold.lock().expect("lock") = Some((read.clone(), _release.clone()));
+    let source = Held::new(MemorySource::new());
+    let _hold = source.hold_next("user");
     let config = cache_config();
     let breaker = BreakerConfig {
         failures: 1,

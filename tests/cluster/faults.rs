@@ -16,14 +16,15 @@ use rand::rngs::StdRng;
 use rand::{SeedableRng, seq::IndexedRandom};
 use sqlx::PgPool;
 use uuid::Uuid;
+use velro_authz::testkit::procs::{TestDb, unique};
+use velro_authz::testkit::sidecar::{Sidecar, SidecarOptions};
+use velro_authz::testkit::{Check, Verdict};
 
 use super::fleet::{
     Fleet, Traffic, ask, assert_no_problems, converge, describe, expect_all, report,
 };
 use super::oracle::Snapshot;
-use super::support::{
-    Answer, Call, PgCluster, RedisServer, Sidecar, SidecarOptions, TestDb, is_cannot_decide, unique,
-};
+use super::support::{BIN, PgCluster, RedisServer, is_cannot_decide};
 use super::world::{Kind, Need, Principal, Route, resource_routes, write_storm};
 
 const SEED: u64 = 0xfa17_2026;
@@ -43,15 +44,17 @@ async fn own_servers(tag: &str) -> (PgCluster, RedisServer, TestDb) {
 fn sidecars(tag: &str, n: usize, db: &TestDb, redis: &RedisServer) -> Vec<SidecarOptions> {
     let prefix = format!("{}:", unique(&format!("velro-authz-{tag}")));
     (1..=n)
-        .map(|k| SidecarOptions::new(&format!("{tag}-{k}"), &db.url).redis(&redis.url(), &prefix))
+        .map(|k| {
+            SidecarOptions::new(BIN, &format!("{tag}-{k}"), &db.url).redis(&redis.url(), &prefix)
+        })
         .collect()
 }
 
 /// Polls one Check until it answers `want`; the time it took, or the last answer.
 async fn until_answer(
     sidecar: &Sidecar,
-    call: &Call,
-    want: &Answer,
+    call: &Check,
+    want: &Verdict,
     within: Duration,
 ) -> Result<Duration, String> {
     let started = Instant::now();
@@ -83,7 +86,7 @@ async fn revoke_session(pool: &PgPool, sid: Uuid) {
 }
 
 /// The first allowed pair presented with a session, and that session.
-fn session_pair(pairs: &[(Principal, Route)], expected: &[Answer]) -> (usize, Uuid) {
+fn session_pair(pairs: &[(Principal, Route)], expected: &[Verdict]) -> (usize, Uuid) {
     pairs
         .iter()
         .zip(expected)
@@ -99,10 +102,10 @@ fn session_pair(pairs: &[(Principal, Route)], expected: &[Answer]) -> (usize, Uu
 /// stay what the snapshot says while `sid` is revoked mid-test.
 fn without_session(
     pairs: &[(Principal, Route)],
-    calls: &[Call],
-    expected: &[Answer],
+    calls: &[Check],
+    expected: &[Verdict],
     sid: Uuid,
-) -> (Vec<Call>, Vec<Answer>) {
+) -> (Vec<Check>, Vec<Verdict>) {
     pairs
         .iter()
         .zip(calls.iter().zip(expected))
@@ -111,7 +114,11 @@ fn without_session(
         .unzip()
 }
 
-fn metric(scrape: &super::support::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+fn metric(
+    scrape: &velro_authz::testkit::sidecar::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape.sum(name, labels)
 }
 
@@ -225,7 +232,7 @@ async fn faults_redis_killed_and_restarted_answers_stay_right_and_dependency_rec
         if revoked_in.is_none() && killed.elapsed() > Duration::from_secs(1) {
             // A change while Redis is down is still seen everywhere, at once.
             revoke_session(&fleet.pool, sid).await;
-            let want = Answer::deny(401, "session_revoked");
+            let want = Verdict::deny(401, "session_revoked");
             let mut took = Vec::new();
             for s in &fleet.sidecars {
                 took.push(
@@ -268,7 +275,7 @@ async fn faults_redis_killed_and_restarted_answers_stay_right_and_dependency_rec
         let got = s.check(&calls[changed], Duration::from_secs(2)).await;
         assert_eq!(
             got.as_ref().ok(),
-            Some(&Answer::deny(401, "session_revoked")),
+            Some(&Verdict::deny(401, "session_revoked")),
             "{}: revoked session after the Redis restart: {got:?}",
             s.name
         );
@@ -370,7 +377,7 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
                 need: Need::Authenticated { ops: false },
                 id: None,
             },
-        ) == Answer::allow(None)
+        ) == Verdict::allow(None)
     };
     let warm_users: Vec<Uuid> = pairs
         .iter()
@@ -423,7 +430,7 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
         })
         .collect();
     let uncached_calls = fleet.calls(&uncached_pairs);
-    let uncached_expected: Vec<Answer> = uncached_pairs
+    let uncached_expected: Vec<Verdict> = uncached_pairs
         .iter()
         .map(|(p, r)| snapshot.expected(p, r))
         .collect();
@@ -483,7 +490,8 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
             let (client, call, name) = (s.client.clone(), call.clone(), s.name.clone());
             asks.push(tokio::spawn(async move {
                 let t = Instant::now();
-                let got = super::support::check(&client, &call, Duration::from_secs(5)).await;
+                let got =
+                    velro_authz::testkit::verdict(&client, &call, Duration::from_secs(5)).await;
                 (name, i, t.elapsed(), got)
             }));
         }
@@ -517,25 +525,17 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
     // What needs no fact is still answered.
     let unseen_path = format!("/api/v1/generations/{}", unseen[0]);
     for s in &fleet.sidecars {
-        let public = Call {
-            method: "GET".into(),
-            path: "/health/status".into(),
-            headers: vec![],
-        };
-        let anonymous = Call {
-            method: "GET".into(),
-            path: unseen_path.clone(),
-            headers: vec![],
-        };
+        let public = Check::new("GET", "/health/status");
+        let anonymous = Check::new("GET", &unseen_path);
         assert_eq!(
             s.check(&public, Duration::from_secs(2)).await.ok(),
-            Some(Answer::allow(None)),
+            Some(Verdict::allow(None)),
             "{}: public route with Postgres down",
             s.name
         );
         assert_eq!(
             s.check(&anonymous, Duration::from_secs(2)).await.ok(),
-            Some(Answer::deny(401, "missing_credentials")),
+            Some(Verdict::deny(401, "missing_credentials")),
             "{}: no credentials with Postgres down",
             s.name
         );
@@ -606,7 +606,7 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
             until_answer(
                 s,
                 &calls[changed],
-                &Answer::deny(401, "session_revoked"),
+                &Verdict::deny(401, "session_revoked"),
                 Duration::from_secs(2),
             )
             .await

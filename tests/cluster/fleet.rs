@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use velro_authz::authn::apikey;
+use velro_authz::testkit::procs::TestDb;
+use velro_authz::testkit::sidecar::{Sidecar, SidecarOptions, jwt, migrate};
+use velro_authz::testkit::{Check, Verdict};
 
 use super::oracle::Snapshot;
-use super::support::{Answer, Call, Sidecar, SidecarOptions, TestDb, jwt, migrate};
+use super::support::BIN;
 use super::world::{Principal, Route, Sizes, World, call, credential};
 
 /// A migrated, seeded database and the sidecars over it.
@@ -35,7 +38,7 @@ impl Fleet {
     /// sidecar per option set, all at once.
     pub async fn start(db: TestDb, seed: u64, options: Vec<SidecarOptions>) -> Fleet {
         let url = db.url.clone();
-        tokio::task::spawn_blocking(move || migrate(&url))
+        tokio::task::spawn_blocking(move || migrate(BIN, &url))
             .await
             .expect("migrate");
         let pool = db.pool().await;
@@ -65,14 +68,14 @@ impl Fleet {
     }
 
     /// `n` sampled pairs and the requests for them.
-    pub fn sample(&self, n: usize, seed: u64) -> (Vec<(Principal, Route)>, Arc<Vec<Call>>) {
+    pub fn sample(&self, n: usize, seed: u64) -> (Vec<(Principal, Route)>, Arc<Vec<Check>>) {
         let pairs = self.world.sample(&self.principals, n, seed);
         let calls = self.calls(&pairs);
         (pairs, calls)
     }
 
     /// The requests for `pairs` (principals of this world).
-    pub fn calls(&self, pairs: &[(Principal, Route)]) -> Arc<Vec<Call>> {
+    pub fn calls(&self, pairs: &[(Principal, Route)]) -> Arc<Vec<Check>> {
         Arc::new(
             pairs
                 .iter()
@@ -82,7 +85,7 @@ impl Fleet {
     }
 
     /// The oracle's answers for `pairs`, from a snapshot taken now.
-    pub async fn expected(&self, pairs: &[(Principal, Route)]) -> Vec<Answer> {
+    pub async fn expected(&self, pairs: &[(Principal, Route)]) -> Vec<Verdict> {
         let snapshot = Snapshot::load(&self.pool).await;
         pairs.iter().map(|(p, r)| snapshot.expected(p, r)).collect()
     }
@@ -114,17 +117,17 @@ pub struct Mismatch {
     /// When the Check was sent, after the comparison's reference instant.
     pub asked_at: Duration,
     /// What it answered (or the RPC error).
-    pub got: Result<Answer, String>,
+    pub got: Result<Verdict, String>,
 }
 
 /// One answer from [`ask`]: index, when it was sent (after `since`), result.
-pub type Asked = (usize, Duration, Result<Answer, tonic::Status>);
+pub type Asked = (usize, Duration, Result<Verdict, tonic::Status>);
 
 /// Asks `sidecar` every call in `indices`, `concurrency` at a time, noting
 /// when each was sent.
 pub async fn ask(
     sidecar: &Sidecar,
-    calls: &Arc<Vec<Call>>,
+    calls: &Arc<Vec<Check>>,
     indices: &[usize],
     concurrency: usize,
     since: Instant,
@@ -149,7 +152,8 @@ pub async fn ask(
                 for i in chunk {
                     let sent = since.elapsed();
                     let got =
-                        super::support::check(&client, &calls[i], Duration::from_secs(10)).await;
+                        velro_authz::testkit::verdict(&client, &calls[i], Duration::from_secs(10))
+                            .await;
                     out.push((i, sent, got));
                 }
                 out
@@ -167,8 +171,8 @@ pub async fn ask(
 /// the differences.
 async fn round(
     sidecars: &[Sidecar],
-    calls: &Arc<Vec<Call>>,
-    expected: &[Answer],
+    calls: &Arc<Vec<Check>>,
+    expected: &[Verdict],
     pending: &[Vec<usize>],
     since: Instant,
 ) -> Vec<Mismatch> {
@@ -241,8 +245,8 @@ impl std::fmt::Display for Convergence {
 /// report says whether they were late or never came right.
 pub async fn converge(
     sidecars: &[Sidecar],
-    calls: &Arc<Vec<Call>>,
-    expected: &[Answer],
+    calls: &Arc<Vec<Check>>,
+    expected: &[Verdict],
     since: Instant,
     within: Duration,
 ) -> Convergence {
@@ -317,10 +321,10 @@ pub async fn lag_report(sidecars: &[Sidecar]) -> String {
 pub async fn expect_all(
     what: &str,
     sidecars: &[Sidecar],
-    calls: &Arc<Vec<Call>>,
+    calls: &Arc<Vec<Check>>,
     indices: &[usize],
     pairs: &[(Principal, Route)],
-    expected: &[Answer],
+    expected: &[Verdict],
 ) {
     let pending = vec![indices.to_vec(); sidecars.len()];
     let mismatches = round(sidecars, calls, expected, &pending, Instant::now()).await;
@@ -336,7 +340,7 @@ pub fn report(
     mismatches: &[Mismatch],
     sidecars: &[Sidecar],
     pairs: &[(Principal, Route)],
-    expected: &[Answer],
+    expected: &[Verdict],
 ) -> String {
     let mut out = format!("{} mismatches", mismatches.len());
     for m in mismatches.iter().take(10) {
@@ -370,8 +374,8 @@ impl Traffic {
     /// well-formed allow or deny (200, 401, 403, 404). Any RPC error is a problem.
     pub fn start(
         sidecars: &[Sidecar],
-        calls: Arc<Vec<Call>>,
-        expected: Option<Arc<Vec<Answer>>>,
+        calls: Arc<Vec<Check>>,
+        expected: Option<Arc<Vec<Verdict>>>,
         per_sidecar: usize,
         timeout: Duration,
     ) -> Traffic {
@@ -390,7 +394,8 @@ impl Traffic {
                     while !stop.load(Ordering::Relaxed) {
                         let idx = i % calls.len();
                         i += 1;
-                        let got = super::support::check(&client, &calls[idx], timeout).await;
+                        let got =
+                            velro_authz::testkit::verdict(&client, &calls[idx], timeout).await;
                         sent.fetch_add(1, Ordering::Relaxed);
                         let problem = match (&got, &expected) {
                             (Err(e), _) => {

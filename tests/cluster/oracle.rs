@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 use velro_authz::authn::apikey;
+use velro_authz::testkit::Verdict;
 
-use super::support::Answer;
 use super::world::{Kind, Need, Principal, Route};
 
 const RANKS: [&str; 4] = ["viewer", "member", "admin", "owner"];
@@ -211,7 +211,7 @@ impl Snapshot {
     }
 
     /// The answer SPEC §4/§9 gives for `principal` on `route`.
-    pub fn expected(&self, principal: &Principal, route: &Route) -> Answer {
+    pub fn expected(&self, principal: &Principal, route: &Route) -> Verdict {
         // 2. Authenticate. Scopes: None = no narrowing (and no `ops`).
         let (user, scopes): (Uuid, Option<HashSet<String>>) = match principal {
             Principal::Jwt { user, sid, scope } => {
@@ -221,7 +221,7 @@ impl Snapshot {
                         .get(sid)
                         .is_some_and(|s| s.user == *user && !s.revoked && s.expires > self.now);
                     if !ok {
-                        return Answer::deny(401, "session_revoked");
+                        return Verdict::deny(401, "session_revoked");
                     }
                 }
                 let scopes = scope.as_ref().map(|s| {
@@ -234,13 +234,13 @@ impl Snapshot {
             }
             Principal::ApiKey { plain } => {
                 let Some(key) = self.keys.get(&apikey::hash(plain)) else {
-                    return Answer::deny(401, "invalid_api_key");
+                    return Verdict::deny(401, "invalid_api_key");
                 };
                 if key.revoked {
-                    return Answer::deny(401, "api_key_revoked");
+                    return Verdict::deny(401, "api_key_revoked");
                 }
                 if key.expires.is_some_and(|e| e <= self.now) {
-                    return Answer::deny(401, "api_key_expired");
+                    return Verdict::deny(401, "api_key_expired");
                 }
                 (
                     key.user,
@@ -250,17 +250,17 @@ impl Snapshot {
         };
         // 3. An existing, active user.
         let Some(status) = self.users.get(&user) else {
-            return Answer::deny(401, "unknown_user");
+            return Verdict::deny(401, "unknown_user");
         };
         if status != "active" {
-            return Answer::deny(403, "user_inactive");
+            return Verdict::deny(403, "user_inactive");
         }
         match route.need {
             Need::Authenticated { ops } => {
                 if ops && !scopes.as_ref().is_some_and(|s| s.contains("ops")) {
-                    return Answer::deny(403, "insufficient_scope");
+                    return Verdict::deny(403, "insufficient_scope");
                 }
-                Answer::allow(None)
+                Verdict::allow(None)
             }
             Need::Resource { kind, action } => {
                 let id = route.id.expect("resource route has an id");
@@ -271,7 +271,7 @@ impl Snapshot {
                     Kind::Generation => self.generation_rank(user, id),
                 };
                 if rank == 0 {
-                    return Answer::deny(404, "not_found");
+                    return Verdict::deny(404, "not_found");
                 }
                 // 5. Action allowed by role, then by scopes.
                 let allowed = match role_name(rank) {
@@ -280,12 +280,12 @@ impl Snapshot {
                     _ => true,
                 };
                 if !allowed {
-                    return Answer::deny(403, "insufficient_role");
+                    return Verdict::deny(403, "insufficient_role");
                 }
                 if scopes.as_ref().is_some_and(|s| !s.contains(action)) {
-                    return Answer::deny(403, "insufficient_scope");
+                    return Verdict::deny(403, "insufficient_scope");
                 }
-                Answer::allow(Some(role_name(rank)))
+                Verdict::allow(Some(role_name(rank)))
             }
         }
     }

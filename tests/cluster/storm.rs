@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use velro_authz::answer::Outcome;
 use velro_authz::app::App;
-use velro_authz::authz::AuthzRequest;
 use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
+use velro_authz::testkit::procs::{RedisPrefix, TestDb};
+use velro_authz::testkit::sidecar::{AUTH_YAML, SidecarOptions};
+use velro_authz::testkit::{Check, Verdict};
 
 use super::fleet::{Fleet, Traffic, assert_no_problems, converge, describe, lag_report, report};
-use super::support::{AUTH_YAML, Answer, Call, RedisPrefix, SidecarOptions, TestDb};
+use super::support::BIN;
 use super::world::write_storm;
 
 const SEED: u64 = 0x5707_2026;
@@ -39,7 +40,7 @@ async fn storm_three_sidecars_agree_with_postgres_within_1s_after_2400_random_ch
     // keeps a busy 2-core machine from turning slowness into RPC errors.
     let options = (1..=3)
         .map(|n| {
-            let mut o = SidecarOptions::new(&format!("storm-{n}"), &db.url)
+            let mut o = SidecarOptions::new(BIN, &format!("storm-{n}"), &db.url)
                 .redis(&redis_url, &prefix.prefix);
             o.deadline_ms = 5_000;
             o
@@ -142,7 +143,7 @@ async fn storm_three_sidecars_agree_with_postgres_within_1s_after_2400_random_ch
 }
 
 /// Decides every call in-process with the library, every cache flushed first.
-async fn library_oracle(database_url: &str, calls: &Arc<Vec<Call>>) -> Vec<Answer> {
+async fn library_oracle(database_url: &str, calls: &Arc<Vec<Check>>) -> Vec<Verdict> {
     let yaml = format!("{AUTH_YAML}decision:\n  deadline_ms: 10000\n");
     let config = Config::from_yaml(&yaml, |k| {
         (k == "DATABASE_URL").then(|| database_url.to_owned())
@@ -152,28 +153,13 @@ async fn library_oracle(database_url: &str, calls: &Arc<Vec<Call>>) -> Vec<Answe
     let authorizer = app.authorizer.clone();
     let mut out = Vec::with_capacity(calls.len());
     for call in calls.iter() {
-        let header = |name: &str| {
-            call.headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let req = AuthzRequest {
-            method: &call.method,
-            path: &call.path,
-            authorization: header("authorization"),
-            api_key: header("x-api-key"),
-            largest_header: call.headers.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
-        };
         authorizer.facts().flush();
         authorizer.flush_credentials();
-        let decision = authorizer.check(&req, None).await.expect("library decides");
-        out.push(match decision.outcome {
-            Outcome::Allow(identity) => {
-                Answer::allow(identity.and_then(|i| i.role).map(|r| r.as_str()))
-            }
-            Outcome::Deny(d) => Answer::deny(d.http_status(), d.code()),
-        });
+        let decision = call
+            .decide(&authorizer, None)
+            .await
+            .expect("library decides");
+        out.push(Verdict::of(&decision.outcome));
     }
     out
 }

@@ -12,8 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 use velro_authz::authn::apikey;
 use velro_authz::authn::jwt::JwtVerifier;
-
-use super::support::{Call, token};
+use velro_authz::testkit::{Check, Token};
 
 /// Sizes of a world.
 #[derive(Debug, Clone, Copy)]
@@ -543,19 +542,19 @@ pub fn credential(jwt: &JwtVerifier, principal: &Principal) -> (String, String) 
     match principal {
         Principal::Jwt { user, sid, scope } => (
             "authorization".to_owned(),
-            format!("Bearer {}", token(jwt, *user, *sid, scope.as_deref())),
+            Token::new(user)
+                .ttl(Duration::from_secs(3600))
+                .sid(*sid)
+                .scope(scope.as_deref())
+                .bearer(jwt),
         ),
         Principal::ApiKey { plain } => ("x-api-key".to_owned(), plain.clone()),
     }
 }
 
 /// The request for `route` with a credential header.
-pub fn call(credential: &(String, String), route: &Route) -> Call {
-    Call {
-        method: route.method.to_owned(),
-        path: route.path.clone(),
-        headers: vec![credential.clone()],
-    }
+pub fn call(credential: &(String, String), route: &Route) -> Check {
+    Check::new(route.method, &route.path).header(&credential.0, &credential.1)
 }
 
 /// What the writer did.

@@ -10,8 +10,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use velro_authz::authn::apikey;
 use velro_authz::store::Store;
+use velro_authz::testkit::SECRET;
 
-use super::support::{SECRET, config, demo::*, start, start_with};
+use super::support::{config, demo::*, start, start_with};
 
 const RSA_PRIVATE: &str = "tests/fixtures/keys/rsa_private.pem";
 const RSA_PUBLIC: &str = "tests/fixtures/keys/rsa_public.pem";

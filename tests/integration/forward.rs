@@ -14,7 +14,9 @@ use velro_authz::authn::apikey;
 use velro_authz::metrics::Metrics;
 use velro_authz::store::Store;
 
-use super::http_client::{Reply, send};
+use velro_authz::testkit::Token;
+use velro_authz::testkit::http::{Reply, send};
+
 use super::support::{Harness, config, demo::*, start, start_with};
 
 /// How the proxy asks.
@@ -616,8 +618,7 @@ async fn dead_store_sidecar(extra_yaml: &str) -> Running {
 async fn forward_cannot_decide_is_503_for_every_shape_never_an_allow() {
     let running = dead_store_sidecar("database:\n  acquire_timeout_ms: 200\n").await;
     let addr = running.http_addr;
-    let jwt = config("").jwt.clone();
-    let auth = format!("Bearer {}", super::support::mint(&jwt, ALICE));
+    let auth = Token::new(ALICE).bearer(&config("").jwt);
     let path = generation(GEN_BOB);
     let headers = [("authorization", auth.as_str())];
 
@@ -694,8 +695,7 @@ async fn forward_deadline_exceeded_is_503_with_its_reason() {
         "database:\n  acquire_timeout_ms: 5000\ndecision:\n  deadline_ms: 100\n",
     )
     .await;
-    let jwt = config("").jwt.clone();
-    let auth = format!("Bearer {}", super::support::mint(&jwt, ALICE));
+    let auth = Token::new(ALICE).bearer(&config("").jwt);
     let started = std::time::Instant::now();
     let reply = send(
         running.http_addr,

@@ -11,8 +11,9 @@ use tonic_health::pb::health_client::HealthClient;
 use velro_authz::app::App;
 use velro_authz::grpc::admin_pb::{self, admin_client::AdminClient};
 use velro_authz::metrics::Metrics;
+use velro_authz::testkit::{Check, Token};
 
-use super::support::{config, demo::*, http_get, start, start_with};
+use super::support::{Harness, config, demo::*, http_get, start, start_with};
 
 async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -250,14 +251,14 @@ async fn check_without_reachable_postgres_is_unavailable_never_a_deny() {
     assert_eq!(status, ServingStatus::NotServing as i32);
     assert_eq!(http_get(running.http_addr, "/readyz").await.0, 503);
 
-    let h = super::support::Harness {
-        client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
-            .await
-            .expect("connect"),
-        jwt: config("").jwt.clone(),
-        pool: sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://x@127.0.0.1:1/x").expect("lazy"),
+    let h = Harness::over(
         running,
-    };
+        config("").jwt.clone(),
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://x@127.0.0.1:1/x")
+            .expect("lazy"),
+    )
+    .await;
     // Public routes need no facts: still answered.
     assert_eq!(h.check("GET", "/health/status", &[]).await.status, 200);
     // Anything that needs a fact: UNAVAILABLE, so Envoy's failure mode applies.
@@ -283,27 +284,13 @@ async fn check_past_deadline_is_deadline_exceeded() {
     let mut cfg = config("database:\n  acquire_timeout_ms: 5000\ndecision:\n  deadline_ms: 100\n");
     cfg.database.url = "postgres://postgres@127.0.0.1:1/unreachable".to_owned();
     let app = App::build(cfg, Metrics::new()).expect("app");
-    let jwt = config("").jwt.clone();
-    let token = jwt
-        .mint(&velro_authz::authn::jwt::MintClaims {
-            subject: ALICE.into(),
-            ttl: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .expect("mint");
-    let auth = format!("Bearer {token}");
-    let path = format!("/api/v1/generations/{GEN_BOB}");
-    let req = velro_authz::authz::AuthzRequest {
-        method: "GET",
-        path: &path,
-        authorization: Some(&auth),
-        api_key: None,
-        largest_header: 0,
-    };
+    let token = Token::new(ALICE)
+        .ttl(Duration::from_secs(60))
+        .mint(&config("").jwt);
+    let check = Check::new("GET", &format!("/api/v1/generations/{GEN_BOB}")).bearer(&token);
     let started = std::time::Instant::now();
-    let err = app
-        .authorizer
-        .check(&req, None)
+    let err = check
+        .decide(&app.authorizer, None)
         .await
         .expect_err("cannot decide");
     assert!(

@@ -10,20 +10,18 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 use velro_authz::answer::Outcome;
-use velro_authz::authn::Authenticator;
-use velro_authz::authz::Authorizer;
 use velro_authz::facts::l2::{L2, L2Get};
-use velro_authz::facts::{Fact, FactKey, Facts};
+use velro_authz::facts::{Fact, FactKey};
 use velro_authz::metrics::Metrics;
 use velro_authz::redis::Redis;
 use velro_authz::store::Store;
+use velro_authz::testkit::{AuthorizerBuilder, Held, Token};
 
 use super::support::{
-    Harness, HeldStore, attach, config, decide_get, demo::*, redis_url, redis_yaml, start_with,
-    unique_prefix,
+    Harness, attach, config, decide_get, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
 };
 
 async fn redis() -> Client {
@@ -153,14 +151,12 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     let (stop_tx, stop) = watch::channel(false);
     let maintenance = l2.spawn_maintenance(stop.clone());
     let connection = client.spawn_connection(stop);
-    let source = HeldStore::new(Store::new(pool.clone()));
-    let facts = Arc::new(Facts::with_tiers(
-        source.clone(),
-        &cfg.cache,
-        Some(l2.clone()),
-        cfg.breaker,
-        metrics.clone(),
-    ));
+    let source = Held::new(Store::new(pool.clone()));
+    let authorizer = AuthorizerBuilder::new(cfg.clone())
+        .metrics(&metrics)
+        .l2(l2.clone())
+        .build(source.clone());
+    let facts = authorizer.facts();
     // A starts dirty (it may have missed changes); one flush makes it bump.
     facts.flush();
     until_usable(&[&b]).await;
@@ -169,23 +165,14 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
         async move { l2.usable() }
     })
     .await;
-    let jwt = cfg.jwt.clone();
-    let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
-    let authorizer = Arc::new(Authorizer::new(
-        cfg.routes.clone(),
-        Authenticator::new(jwt, cfg.max_credentials),
-        facts.clone(),
-        cfg.decision,
-        metrics.clone(),
-    ));
+    let token = Token::new(BOB).bearer(&cfg.jwt);
     let path = format!("/api/v1/generations/{GEN_CHILD}");
 
     // 1. A's fill misses Redis (taking the version), reads bob's membership
     //    from Postgres, and is held there.
-    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.0.hold.lock().await = Some((read.clone(), release.clone()));
+    let hold = source.hold_next("memberships");
     let first = tokio::spawn(decide_get(authorizer.clone(), token, path.clone()));
-    tokio::time::timeout(Duration::from_secs(10), read.notified())
+    tokio::time::timeout(Duration::from_secs(10), hold.reached())
         .await
         .expect("fill reached Postgres");
 
@@ -212,7 +199,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     .await;
 
     // 3. A's fill resumes with the old row and tries to write it to Redis.
-    release.notify_one();
+    hold.release();
     let outcome = first.await.expect("join");
     assert!(
         matches!(outcome, Outcome::Allow(_)),

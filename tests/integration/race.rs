@@ -2,37 +2,29 @@
 //! a fill reads the old row, the change commits and its notification is
 //! applied, then the fill lands. The next decision must use the new row.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use velro_authz::answer::Outcome;
-use velro_authz::authn::Authenticator;
-use velro_authz::authz::Authorizer;
-use velro_authz::facts::Facts;
 use velro_authz::invalidate;
 use velro_authz::metrics::Metrics;
 use velro_authz::store::Store;
+use velro_authz::testkit::{AuthorizerBuilder, Held, Token};
 
-use super::support::{HeldStore, config, decide_get, demo::*};
+use super::support::{config, decide_get, demo::*};
 
 #[sqlx::test(migrations = "./migrations")]
 async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool: PgPool) {
     velro_authz::demo::seed(&pool).await.expect("seed");
     let cfg = config("");
     let metrics = Metrics::new();
-    let source = HeldStore::new(Store::new(pool.clone()));
-    let facts = Arc::new(Facts::new(source.clone(), &cfg.cache, metrics.clone()));
-    let jwt = cfg.jwt.clone();
-    let token = format!("Bearer {}", super::support::mint(&jwt, BOB));
-    let authorizer = Arc::new(Authorizer::new(
-        cfg.routes.clone(),
-        Authenticator::new(jwt, cfg.max_credentials),
-        facts.clone(),
-        cfg.decision,
-        metrics.clone(),
-    ));
+    let source = Held::new(Store::new(pool.clone()));
+    let token = Token::new(BOB).bearer(&cfg.jwt);
+    let authorizer = AuthorizerBuilder::new(cfg.clone())
+        .metrics(&metrics)
+        .build(source.clone());
+    let facts = authorizer.facts().clone();
 
     let (connected_tx, mut connected) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
@@ -53,10 +45,9 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
     let check = || decide_get(authorizer.clone(), token.clone(), path.clone());
 
     // 1. A decision starts; its memberships fill reads bob's membership and is held.
-    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    *source.0.hold.lock().await = Some((read.clone(), release.clone()));
+    let hold = source.hold_next("memberships");
     let first = tokio::spawn(check());
-    read.notified().await;
+    hold.reached().await;
 
     // 2. The membership is removed in Postgres and the invalidation is applied.
     let applied = metrics
@@ -90,7 +81,7 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
 
     // 3. The held fill lands (with the old row). The decision in flight may use it:
     //    it started before the change was heard.
-    release.notify_one();
+    hold.release();
     let _ = first.await.expect("join");
 
     // Every decision after the invalidation sees the new truth.

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use velro_authz::testkit::Answer;
 
-use super::support::{Answer, attach, config, demo::*, redis_yaml, start_with, unique_prefix};
+use super::support::{attach, config, demo::*, redis_yaml, start_with, unique_prefix};
 
 const LIMIT: &str = "rate_limit:\n  per_second: 0.5\n  burst: 3\n";
 

@@ -614,7 +614,7 @@ async fn check_random_requests_always_answer_and_never_allow_anonymously(pool: P
             ));
         }
         let response = h.raw_check(method, &path, &headers).await;
-        let a = super::support::answer(
+        let a = velro_authz::testkit::Answer::read(
             response.unwrap_or_else(|e| panic!("{method} {path:?}: RPC error {e}")),
         );
         if a.status == 200 {

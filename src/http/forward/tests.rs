@@ -1,91 +1,39 @@
-use std::collections::HashMap as Map;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use axum::body::Body;
 use proptest::prelude::*;
 
 use super::*;
-use crate::authn::jwt::MintClaims;
-use crate::config::Config;
-use crate::facts::{Fact, FactKey, Facts};
-use crate::metrics::Metrics;
-use crate::model::{User, UserStatus};
-use crate::store::StoreError;
+use crate::model::UserStatus;
+use crate::testkit::{AuthorizerBuilder, MemorySource, Token, config};
 
 const USER: &str = "10000000-0000-4000-8000-000000000001";
 const GEN: &str = "40000000-0000-4000-8000-000000000001";
 
 /// A world with one active user and nothing else.
-struct World;
-
-impl FactSource for World {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        Ok(match key {
-            FactKey::User(id) if id.to_string() == USER => Fact::User(Some(User {
-                id: *id,
-                status: UserStatus::Active,
-            })),
-            FactKey::User(_) => Fact::User(None),
-            FactKey::Team(_) => Fact::Team(None),
-            FactKey::Memberships(_) => Fact::Memberships(Arc::from([])),
-            FactKey::Project(_) => Fact::Project(None),
-            FactKey::Generation(_) => Fact::Generation(None),
-            FactKey::Shares(..) => Fact::Shares(Arc::from([])),
-            FactKey::ApiKey(_) => Fact::ApiKey(None),
-            FactKey::Session(_) => Fact::Session(None),
-        })
-    }
+fn world() -> MemorySource {
+    let source = MemorySource::new();
+    source.user(USER.parse().expect("uuid"), UserStatus::Active);
+    source
 }
 
 /// A store that is down.
-struct Dead;
-
-impl FactSource for Dead {
-    async fn load(&self, _key: &FactKey) -> Result<Fact, StoreError> {
-        Err(StoreError::Unavailable(sqlx::Error::PoolClosed))
-    }
+fn dead() -> MemorySource {
+    let source = MemorySource::new();
+    source.set_down(true);
+    source
 }
 
-fn config(yaml: &str) -> Config {
-    let env: Map<&str, &str> = Map::from([
-        ("DATABASE_URL", "postgres://unused@localhost/x"),
-        (
-            "VELRO_AUTHZ_JWT_SECRET",
-            "forward-unit-test-secret-0123456789abcdef",
-        ),
-    ]);
-    Config::from_yaml(yaml, |k| env.get(k).map(|v| v.to_string())).expect("config")
-}
-
-fn forward<S: FactSource>(source: S, yaml: &str) -> Forward<S> {
+fn forward(source: MemorySource, yaml: &str) -> Forward<MemorySource> {
     let config = config(yaml);
-    let metrics = Metrics::new();
-    let facts = Arc::new(Facts::new(source, &config.cache, metrics.clone()));
-    let authn = crate::authn::Authenticator::new(config.jwt.clone(), config.max_credentials);
-    let authorizer = Authorizer::new(
-        config.routes.clone(),
-        authn,
-        facts,
-        config.decision,
-        metrics,
-    );
     Forward {
-        authorizer: Arc::new(authorizer),
-        config: Arc::new(config.forward_auth),
+        config: Arc::new(config.forward_auth.clone()),
+        authorizer: AuthorizerBuilder::new(config).build(source),
     }
 }
 
 fn bearer() -> String {
-    let jwt = config("").jwt.clone();
-    let token = jwt
-        .mint(&MintClaims {
-            subject: USER.to_owned(),
-            ttl: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .expect("mint");
-    format!("Bearer {token}")
+    Token::new(USER).bearer(&config("").jwt)
 }
 
 fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -447,7 +395,7 @@ fn opa_result_deny_carries_status_headers_and_our_body_as_message() {
 
 #[tokio::test]
 async fn envoy_allow_lists_spoofed_headers_to_remove() {
-    let fwd = forward(World, "");
+    let fwd = forward(world(), "");
     let auth = bearer();
     let map = header_map(&[
         ("authorization", &auth),
@@ -472,7 +420,7 @@ async fn envoy_allow_lists_spoofed_headers_to_remove() {
 
 #[tokio::test]
 async fn auth_nginx_shape_folds_statuses_into_401_or_403() {
-    let fwd = forward(World, "");
+    let fwd = forward(world(), "");
     let auth = bearer();
     let gen_path = format!("/api/v1/generations/{GEN}");
     for (extra, want_status, real, reason) in [
@@ -523,7 +471,7 @@ async fn auth_nginx_shape_folds_statuses_into_401_or_403() {
 
 #[tokio::test]
 async fn auth_true_shape_is_the_default_and_missing_original_is_400() {
-    let fwd = forward(World, "");
+    let fwd = forward(world(), "");
     let (status, headers, body) =
         parts(forward_auth(State(fwd.clone()), HeaderMap::new()).await).await;
     assert_eq!(status, 400);
@@ -551,7 +499,7 @@ async fn auth_true_shape_is_the_default_and_missing_original_is_400() {
 
 #[tokio::test]
 async fn cannot_decide_is_503_or_an_nginx_rendered_503_never_an_allow() {
-    let fwd = forward(Dead, "");
+    let fwd = forward(dead(), "");
     let auth = bearer();
     let path = format!("/api/v1/generations/{GEN}");
     let uri: Uri = format!("/v1/check{path}").parse().expect("uri");
@@ -586,7 +534,7 @@ async fn cannot_decide_is_503_or_an_nginx_rendered_503_never_an_allow() {
 
 #[tokio::test]
 async fn opa_body_limit_and_garbage_answer_413_and_400() {
-    let fwd = forward(World, "");
+    let fwd = forward(world(), "");
     let big = vec![b' '; OPA_MAX_BODY + 1];
     let request = Request::post("/v1/data/x")
         .body(Body::from(big.clone()))
@@ -636,7 +584,7 @@ static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("runtime")
 });
 
-static WORLD: LazyLock<Forward<World>> = LazyLock::new(|| forward(World, ""));
+static WORLD: LazyLock<Forward<MemorySource>> = LazyLock::new(|| forward(world(), ""));
 
 /// The routes that allow with no credentials (the shipped table).
 fn is_public(method: &str, target: &str) -> bool {
