@@ -16,6 +16,15 @@
 //! deny) and the client's scheduling on the same cores as the sidecars and
 //! Postgres, so it is an upper bound of the invalidation delay.
 //! Each run creates and drops its own database and Redis key prefix.
+//!
+//! `VELRO_FRESHNESS_DRILL` adds a fault while it measures:
+//! - `none` (default);
+//! - `listener-kill`: every 250 ms one sidecar's LISTEN connection is
+//!   terminated (`pg_terminate_backend`; Postgres stays up), round robin;
+//! - `redis-kill` (needs REDIS_URL): Redis alternately stops answering for
+//!   300 ms (`CLIENT PAUSE 300 ALL`) and drops every client connection
+//!   (`CLIENT KILL TYPE normal`), every 500 ms.
+//!
 //! Under `cargo test --all-targets` (no `--bench` argument) it only does a
 //! six-revocation smoke run.
 
@@ -54,6 +63,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("DATABASE_URL must be set (scripts/bench-freshness.sh sets it)".into());
     }
     let redis = std::env::var("REDIS_URL").ok();
+    let drill = std::env::var("VELRO_FRESHNESS_DRILL").unwrap_or_else(|_| "none".to_owned());
+    if !matches!(drill.as_str(), "none" | "listener-kill" | "redis-kill") {
+        return Err(format!(
+            "VELRO_FRESHNESS_DRILL: {drill:?} is not none, listener-kill or redis-kill"
+        )
+        .into());
+    }
+    if drill == "redis-kill" && redis.is_none() {
+        return Err("VELRO_FRESHNESS_DRILL=redis-kill needs REDIS_URL".into());
+    }
     let db = TestDb::from_env("freshness").await;
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || migrate(BIN, &url)).await?;
@@ -151,6 +170,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    let stop_drill = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drill_task = match drill.as_str() {
+        "listener-kill" => Some(tokio::spawn(listener_kills(
+            pool.clone(),
+            stop_drill.clone(),
+        ))),
+        "redis-kill" => Some(tokio::spawn(redis_faults(
+            redis.clone().unwrap_or_default(),
+            stop_drill.clone(),
+        ))),
+        _ => None,
+    };
+
     let mut per_sidecar: Vec<Vec<Duration>> = vec![Vec::new(); sidecars.len()];
     let mut per_kind: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     let mut poll_errors = 0u64;
@@ -215,6 +247,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let took = started.elapsed();
+    stop_drill.store(true, std::sync::atomic::Ordering::Relaxed);
+    let drill_events = match drill_task {
+        Some(t) => t.await??,
+        None => 0,
+    };
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -244,7 +281,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "velro-authz freshness: commit → denied, {iterations} revocations × 3 sidecar processes ({took:.1?})\n\
-         machine: {} cores ({cpu}), {mem}; tiers: L1 + Postgres{}\n",
+         machine: {} cores ({cpu}), {mem}; tiers: L1 + Postgres{}; drill: {drill} ({drill_events} faults)\n",
         std::thread::available_parallelism()?,
         if l2 {
             " + Redis L2"
@@ -263,4 +300,67 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nRPC errors while polling: {poll_errors}");
     Ok(())
+}
+
+/// Terminates one sidecar's LISTEN connection every 250 ms, round robin,
+/// until `stop`; returns how many it terminated.
+async fn listener_kills(
+    pool: sqlx::PgPool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<u64, String> {
+    let mut killed = 0u64;
+    let mut turn = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let pids: Vec<(i32,)> = sqlx::query_as(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%' ORDER BY pid",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| format!("listener-kill drill: {e}"))?;
+        if pids.is_empty() {
+            continue;
+        }
+        let (pid,) = pids[turn % pids.len()];
+        turn += 1;
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&pool)
+            .await
+            .map_err(|e| format!("listener-kill drill: {e}"))?;
+        killed += 1;
+    }
+    Ok(killed)
+}
+
+/// Makes Redis stop answering for 300 ms, then drops every client connection,
+/// alternating every 500 ms until `stop`; returns how many faults it caused.
+async fn redis_faults(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<u64, String> {
+    use fred::interfaces::ClientLike;
+    let config = fred::types::config::Config::from_url(&url).map_err(|e| e.to_string())?;
+    let client = fred::clients::Client::new(config, None, None, None);
+    client
+        .init()
+        .await
+        .map_err(|e| format!("redis-kill drill: {e}"))?;
+    let mut faults = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let args: Vec<&str> = if faults.is_multiple_of(2) {
+            vec!["PAUSE", "300", "ALL"]
+        } else {
+            vec!["KILL", "TYPE", "normal", "SKIPME", "yes"]
+        };
+        client
+            .custom::<fred::types::Value, _>(fred::cmd!("CLIENT"), args)
+            .await
+            .map_err(|e| format!("redis-kill drill: {e}"))?;
+        faults += 1;
+    }
+    let _ = client.quit().await;
+    Ok(faults)
 }
