@@ -559,10 +559,7 @@ fn dev_jwt_defaults() -> JwtConfig {
     JwtConfig {
         issuer: Some("velro".to_owned()),
         audience: Some("velro-api".to_owned()),
-        leeway_secs: 30,
-        keys: Vec::new(),
-        jwks_file: None,
-        jwks_reload_min_interval_secs: 10,
+        ..JwtConfig::default()
     }
 }
 
@@ -775,6 +772,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("forward_auth.original_uri_header"), "{text}");
+    }
+
+    #[test]
+    fn config_jwt_section_without_issuer_or_audience_names_both() {
+        let yaml =
+            format!("auth:\n  jwt:\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n");
+        let err = Config::from_yaml(&yaml, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect_err("issuer and audience are required");
+        let text = err.to_string();
+        assert!(text.contains("auth.jwt.issuer: required"), "{text}");
+        assert!(text.contains("auth.jwt.audience: required"), "{text}");
+        let any = format!(
+            "auth:\n  jwt:\n    issuer: any\n    audience: any\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n"
+        );
+        Config::from_yaml(&any, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect("`any` is an explicit choice");
     }
 
     #[test]

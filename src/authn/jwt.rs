@@ -41,14 +41,36 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The largest accepted `leeway_secs`: leeway covers clock skew, not policy.
 const MAX_LEEWAY_SECS: u64 = 300;
 
+/// The `issuer` / `audience` value that switches the check off, by name.
+pub const ANY: &str = "any";
+
+/// Default `max_lifetime_secs`: 24 h, the longest access-token lifetime the
+/// common issuers use by default (Auth0's; Okta, Google, Entra ID and Keycloak
+/// issue 1 h or less), so no stock issuer is refused while a token minted to
+/// live for months is.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
 /// JWT settings (`auth.jwt` in the config file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// Required `iss` value; `None` = `iss` not checked.
+    /// Required `iss` value. Must be set: a key shared by several issuers or
+    /// services would otherwise let their tokens in; `any` (by name) switches
+    /// the check off.
     pub issuer: Option<String>,
-    /// Required `aud` value (or member of an `aud` array); `None` = not checked.
+    /// Required `aud` value (or member of an `aud` array). Must be set, for
+    /// the same reason; `any` switches the check off.
     pub audience: Option<String>,
+    /// When set, the header `typ` must equal it, case-insensitively, with or
+    /// without an `application/` prefix (e.g. `JWT`, `at+jwt`), so an ID token
+    /// or another kind of JWT signed by the same key is not taken for an
+    /// access token. `None` = `typ` not checked.
+    pub typ: Option<String>,
+    /// Longest token lifetime accepted: `exp - iat`, and `exp - now` (beyond
+    /// the leeway), must not exceed it, so a token minted (or leaked) to live
+    /// for months is refused. 0 = no cap.
+    #[serde(default = "default_max_lifetime_secs")]
+    pub max_lifetime_secs: u64,
     /// Clock-skew allowance for `exp` and `nbf`, at most 300 s.
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
@@ -69,10 +91,16 @@ pub struct JwtVerifier {
     keys: Vec<VerifyKey>,
     /// Keys from `auth.jwt.jwks_file`, swapped whole on reload.
     jwks: Option<JwksSource>,
-    /// Required `iss`, if configured.
+    /// Required `iss`; `None` only when configured as `any`.
     issuer: Option<String>,
-    /// Required `aud` member, if configured.
+    /// Required `aud` member; `None` only when configured as `any`.
     audience: Option<String>,
+    /// Required header `typ`, normalized by [`normalize_typ`], if configured.
+    typ: Option<String>,
+    /// `typ` as configured, written into minted tokens.
+    typ_configured: Option<String>,
+    /// `max_lifetime_secs`; `None` = no cap.
+    max_lifetime: Option<i64>,
     /// `leeway_secs` as a signed number for timestamp arithmetic.
     leeway: i64,
     /// Keys able to sign, in config order, for [`JwtVerifier::mint`].
@@ -119,6 +147,10 @@ pub enum MintError {
     /// `now + ttl` does not fit a timestamp.
     #[error("the token lifetime is too large")]
     TtlOutOfRange,
+    /// The lifetime is above `auth.jwt.max_lifetime_secs`: the token would be
+    /// refused.
+    #[error("the token lifetime is above auth.jwt.max_lifetime_secs ({0} s)")]
+    TtlAboveMaxLifetime(i64),
     /// The signing library failed (its message names no key material).
     #[error("signing the token failed: {0}")]
     Signing(String),
@@ -143,6 +175,8 @@ struct RawClaims {
     #[serde(default)]
     nbf: Claim,
     #[serde(default)]
+    iat: Claim,
+    #[serde(default)]
     iss: Claim,
     #[serde(default)]
     aud: Claim,
@@ -155,11 +189,14 @@ struct RawClaims {
 }
 
 impl Default for JwtConfig {
-    /// No keys (so not valid as is), 30 s leeway, 10 s JWKS reload interval.
+    /// No keys, issuer or audience (so not valid as is), no `typ` check, 24 h
+    /// lifetime cap, 30 s leeway, 10 s JWKS reload interval.
     fn default() -> Self {
         JwtConfig {
             issuer: None,
             audience: None,
+            typ: None,
+            max_lifetime_secs: default_max_lifetime_secs(),
             leeway_secs: default_leeway_secs(),
             keys: Vec::new(),
             jwks_file: None,
@@ -183,6 +220,8 @@ impl fmt::Debug for JwtVerifier {
             .field("jwks", &jwks)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("typ", &self.typ)
+            .field("max_lifetime", &self.max_lifetime)
             .field("leeway", &self.leeway)
             .field("signers", &self.signers.len())
             .finish()
@@ -212,12 +251,27 @@ impl JwtVerifier {
                 config.leeway_secs
             ));
         }
-        for (name, value) in [("issuer", &config.issuer), ("audience", &config.audience)] {
-            if value.as_deref().is_some_and(str::is_empty) {
-                errors.push(format!(
-                    "auth.jwt.{name}: must not be empty (omit it to skip the check)"
-                ));
+        for (name, claim, value) in [
+            ("issuer", "iss", &config.issuer),
+            ("audience", "aud", &config.audience),
+        ] {
+            match value.as_deref() {
+                None => errors.push(format!(
+                    "auth.jwt.{name}: required: the `{claim}` your tokens carry \
+                     (or `{ANY}` to accept tokens for any {name})"
+                )),
+                Some("") => errors.push(format!(
+                    "auth.jwt.{name}: must not be empty (`{ANY}` switches the check off)"
+                )),
+                Some(_) => {}
             }
+        }
+        if config
+            .typ
+            .as_deref()
+            .is_some_and(|t| normalize_typ(t).is_empty())
+        {
+            errors.push("auth.jwt.typ: must not be empty (omit it to skip the check)".to_owned());
         }
 
         let kid_required = config.keys.len() > 1 || config.jwks_file.is_some();
@@ -237,8 +291,12 @@ impl JwtVerifier {
         Ok(JwtVerifier {
             keys: static_keys.verify,
             jwks,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
+            issuer: config.issuer.clone().filter(|i| i != ANY),
+            audience: config.audience.clone().filter(|a| a != ANY),
+            typ: config.typ.as_deref().map(normalize_typ),
+            typ_configured: config.typ.clone(),
+            max_lifetime: (config.max_lifetime_secs > 0)
+                .then(|| i64::try_from(config.max_lifetime_secs).unwrap_or(i64::MAX)),
             leeway: i64::try_from(config.leeway_secs).unwrap_or(i64::MAX),
             signers: static_keys.signers,
         })
@@ -251,17 +309,21 @@ impl JwtVerifier {
 
     /// Verifies a bearer token as of `now` (unix seconds), in this order:
     ///
-    /// 1. over 8 KiB, not three base64url segments, an unreadable header, or a
-    ///    `crit` header → `InvalidToken` (`alg: none` cannot even be parsed);
+    /// 1. over 8 KiB, not three base64url segments, an unreadable header, a
+    ///    `crit` header, or a `typ` other than the configured one (when one is)
+    ///    → `InvalidToken` (`alg: none` cannot even be parsed);
     /// 2. key: the one whose `kid` the header names — if none, the JWKS file is
     ///    reread (rate-limited) and looked up once more; no try-every-key
     ///    fallback. Without `kid` only when exactly one key is configured. Not
     ///    found → `InvalidToken`;
     /// 3. header `alg` must equal the key's algorithm, signature must verify →
     ///    else `InvalidToken`;
-    /// 4. `exp` present and numeric, `nbf` numeric if present, `iss` / `aud`
-    ///    present and matching when configured (`aud` may be an array holding
-    ///    ours), `scope` a string if present → else `InvalidToken`;
+    /// 4. `exp` present and numeric, `nbf` / `iat` numeric if present, `iss` /
+    ///    `aud` present and matching unless configured as `any` (`aud` may be
+    ///    an array holding ours), `scope` a string if present, and with a
+    ///    lifetime cap neither `exp - iat` above it nor `exp - now` above it
+    ///    plus the leeway (so a future `iat` does not stretch the cap) → else
+    ///    `InvalidToken`;
     /// 5. `nbf` later than `now + leeway` → `InvalidToken`; `now >= exp +
     ///    leeway` → `TokenExpired`;
     /// 6. `sub` a canonical UUID → else `UnknownUser`; `sid`, if present, a
@@ -276,6 +338,11 @@ impl JwtVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthnError::InvalidToken)?;
         if header.crit.is_some() {
             // RFC 7515 §4.1.11: extensions we do not understand must be refused.
+            return Err(AuthnError::InvalidToken);
+        }
+        if let Some(want) = &self.typ
+            && header.typ.as_deref().map(normalize_typ).as_ref() != Some(want)
+        {
             return Err(AuthnError::InvalidToken);
         }
         let claims = match header.kid.as_deref() {
@@ -296,8 +363,9 @@ impl JwtVerifier {
 
     /// Mints a token with the first key that can sign (an HS256 secret or a
     /// `private_key_file`), or the key of `claims.kid`: `sub`, `iat`, `exp`,
-    /// `iss` / `aud` from the config, and `sid` / `scope` when given. For the
-    /// `token` CLI and tests.
+    /// `iss` / `aud` / header `typ` from the config, and `sid` / `scope` when
+    /// given. A lifetime above the configured cap is refused (such a token
+    /// would not verify). For the `token` CLI and tests.
     pub fn mint(&self, claims: &MintClaims) -> Result<String, MintError> {
         let signer = match &claims.kid {
             Some(kid) => self
@@ -310,6 +378,11 @@ impl JwtVerifier {
         let now = Utc::now().timestamp();
         let ttl = i64::try_from(claims.ttl.as_secs()).map_err(|_| MintError::TtlOutOfRange)?;
         let exp = now.checked_add(ttl).ok_or(MintError::TtlOutOfRange)?;
+        if let Some(cap) = self.max_lifetime
+            && ttl > cap
+        {
+            return Err(MintError::TtlAboveMaxLifetime(cap));
+        }
 
         let mut body = serde_json::Map::new();
         body.insert("sub".to_owned(), Value::from(claims.subject.clone()));
@@ -329,6 +402,9 @@ impl JwtVerifier {
         }
         let mut header = Header::new(signer.alg);
         header.kid = signer.kid.clone();
+        if let Some(typ) = &self.typ_configured {
+            header.typ = Some(typ.clone());
+        }
         jsonwebtoken::encode(&header, &Value::Object(body), &signer.key)
             .map_err(|e| MintError::Signing(e.to_string()))
     }
@@ -373,6 +449,14 @@ impl JwtVerifier {
     fn check_claims(&self, claims: &RawClaims, now: i64) -> Result<VerifiedToken, AuthnError> {
         let exp = numeric_date(&claims.exp)?.ok_or(AuthnError::InvalidToken)?;
         let nbf = numeric_date(&claims.nbf)?;
+        let iat = numeric_date(&claims.iat)?;
+        if let Some(cap) = self.max_lifetime {
+            let stated = iat.map(|iat| exp.saturating_sub(iat));
+            let left = exp.saturating_sub(now);
+            if stated.is_some_and(|l| l > cap) || left > cap.saturating_add(self.leeway) {
+                return Err(AuthnError::InvalidToken);
+            }
+        }
         if let Some(issuer) = &self.issuer {
             match &claims.iss {
                 Claim::Present(Value::String(iss)) if iss == issuer => {}
@@ -426,6 +510,20 @@ impl<'de> Deserialize<'de> for Claim {
 
 fn default_leeway_secs() -> u64 {
     30
+}
+
+fn default_max_lifetime_secs() -> u64 {
+    DEFAULT_MAX_LIFETIME_SECS
+}
+
+/// A `typ` value as compared: lower case, without the `application/` prefix
+/// (RFC 7515 §4.1.9 lets a producer omit it), surrounding spaces ignored.
+fn normalize_typ(typ: &str) -> String {
+    let typ = typ.trim().to_ascii_lowercase();
+    match typ.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => typ,
+    }
 }
 
 fn default_jwks_reload_min_interval_secs() -> u64 {
