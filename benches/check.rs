@@ -24,7 +24,7 @@ use velro_authz::authz::AuthzRequest;
 use velro_authz::config::Config;
 use velro_authz::metrics::Metrics;
 
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const SECRET: &str = "bench-secret-IAeGhXMOcCSCmNh1ihMm2QSW6AK3utaT";
 const BOB: &str = "10000000-0000-4000-8000-000000000002";
 /// Generation 07: two parent hops, a team project, shares: the deepest demo decision.
 const PATH: &str = "/api/v1/generations/40000000-0000-4000-8000-000000000007";

@@ -324,18 +324,32 @@ impl Config {
         }
 
         let mut jwt = file.auth.jwt.unwrap_or_else(dev_jwt_defaults);
+        let mut env_secret_key = None;
         if let Some(secret) = env(ENV_JWT_SECRET) {
             // The env var supplies the secret of the HS256 key, so the file can be
             // committed without it; add such a key when the file names none.
-            match jwt.keys.iter_mut().find(|k| k.alg == "HS256") {
-                Some(key) => key.secret = Some(secret),
-                None => jwt.keys.push(hs256_key(secret)),
+            match jwt.keys.iter().position(|k| k.alg == "HS256") {
+                Some(i) => {
+                    jwt.keys[i].secret = Some(secret);
+                    env_secret_key = Some(i);
+                }
+                None => {
+                    jwt.keys.push(hs256_key(secret));
+                    env_secret_key = Some(jwt.keys.len() - 1);
+                }
             }
         }
         let jwt = match JwtVerifier::new(&jwt) {
             Ok(verifier) => Some(Arc::new(verifier)),
             Err(problems) => {
-                errors.extend(problems);
+                // A problem with the secret names where it came from.
+                let from_env = env_secret_key.map(|i| format!("auth.jwt.keys[{i}].secret"));
+                errors.extend(problems.into_iter().map(|p| match &from_env {
+                    Some(setting) if p.starts_with(&format!("{setting}:")) => {
+                        format!("{ENV_JWT_SECRET} ({setting}){}", &p[setting.len()..])
+                    }
+                    _ => p,
+                }));
                 None
             }
         };
@@ -599,7 +613,7 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+    const SECRET: &str = "config-unit-secret-AztFVDvplic45EOkALPPusMl3R2GoYgT";
 
     fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = map
@@ -788,6 +802,57 @@ mod tests {
         );
         Config::from_yaml(&any, env(&[("DATABASE_URL", "postgres://x@h/db")]))
             .expect("`any` is an explicit choice");
+    }
+
+    #[test]
+    fn config_placeholder_or_guessable_secret_is_refused_naming_its_setting() {
+        let base = [("DATABASE_URL", "postgres://x@h/db")];
+        for (secret, why) in [
+            ("CHANGE-ME-to-at-least-32-random-bytes", "placeholder"),
+            (crate::authn::jwt::DEMO_SECRET, "demo secret"),
+            ("0123456789abcdef0123456789abcdef", "too predictable"),
+            ("passwordpasswordpasswordpassword", "too predictable"),
+        ] {
+            let mut with = base.to_vec();
+            with.push(("VELRO_AUTHZ_JWT_SECRET", secret));
+            let text = Config::from_yaml("", env(&with))
+                .expect_err(secret)
+                .to_string();
+            assert!(
+                text.contains("VELRO_AUTHZ_JWT_SECRET (auth.jwt.keys[0].secret): "),
+                "{text}"
+            );
+            assert!(text.contains(why), "{why} missing from {text}");
+            assert!(!text.contains(secret), "the secret is printed: {text}");
+
+            let yaml = format!(
+                "auth:\n  jwt:\n    issuer: i\n    audience: a\n    keys:\n      - alg: HS256\n        secret: {secret}\n"
+            );
+            let text = Config::from_yaml(&yaml, env(&base))
+                .expect_err(secret)
+                .to_string();
+            assert!(text.contains("auth.jwt.keys[0].secret: "), "{text}");
+            assert!(!text.contains("VELRO_AUTHZ_JWT_SECRET"), "{text}");
+            assert!(!text.contains(secret), "the secret is printed: {text}");
+        }
+    }
+
+    #[test]
+    fn config_demo_secret_needs_allow_demo_secret_and_the_shipped_demo_config_sets_it() {
+        let demo =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/config.yaml"))
+                .expect("demo config");
+        assert!(demo.contains(crate::authn::jwt::DEMO_SECRET));
+        let env = env(&[("DATABASE_URL", "postgres://x@h/db")]);
+        Config::from_yaml(&demo, &env).expect("the demo config starts");
+        let without = demo.replace("allow_demo_secret: true", "allow_demo_secret: false");
+        let text = Config::from_yaml(&without, &env)
+            .expect_err("demo secret without the flag")
+            .to_string();
+        assert!(
+            text.contains("auth.jwt.keys[0].secret: is the demo secret"),
+            "{text}"
+        );
     }
 
     #[test]

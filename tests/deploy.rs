@@ -601,7 +601,7 @@ fn k8s_sidecar_config_loads_with_the_real_config_loader() {
         .env("DATABASE_URL", "postgres://velro_authz@127.0.0.1:1/velro")
         .env(
             "VELRO_AUTHZ_JWT_SECRET",
-            "deploy-test-secret-0123456789abcdef0123456789abcdef",
+            "deploy-test-secret-MFSd4cCj0NSiNTPcR1MrFGhVhq1bFnOM",
         )
         // The file names the in-pod path of the routes ConfigMap; here, its source.
         .env("VELRO_AUTHZ_ROUTES_FILE", "k8s/routes.yaml")
@@ -689,7 +689,7 @@ mod envoy_e2e {
 
     use super::{Command, root};
 
-    const SECRET: &str = "deploy-e2e-secret-0123456789abcdef0123456789";
+    const SECRET: &str = "deploy-e2e-secret-oAkQCII9zAqWjytOqwXw0hgs151iKwvb";
     const ALICE: &str = "10000000-0000-4000-8000-000000000001";
     const NOTEBOOK: &str = "30000000-0000-4000-8000-000000000001";
 

@@ -31,7 +31,7 @@ mod jwks;
 mod keys;
 
 use jwks::JwksSource;
-pub use keys::JwtKeyConfig;
+pub use keys::{DEMO_SECRET, JwtKeyConfig, estimated_entropy_bits};
 use keys::{SigningKey, StaticKeys, VerifyKey};
 
 /// Tokens longer than this are refused before any parsing: no legitimate
@@ -82,6 +82,11 @@ pub struct JwtConfig {
     /// An unknown `kid` rereads `jwks_file`, at most once per this many seconds.
     #[serde(default = "default_jwks_reload_min_interval_secs")]
     pub jwks_reload_min_interval_secs: u64,
+    /// Accept the demo's published HS256 secret ([`DEMO_SECRET`]).
+    /// Only the shipped demo config sets it; anywhere else that secret (or a
+    /// placeholder, or a guessable secret) fails start-up.
+    #[serde(default)]
+    pub allow_demo_secret: bool,
 }
 
 /// Verifies bearer tokens against the configured keys; built once from
@@ -201,6 +206,7 @@ impl Default for JwtConfig {
             keys: Vec::new(),
             jwks_file: None,
             jwks_reload_min_interval_secs: default_jwks_reload_min_interval_secs(),
+            allow_demo_secret: false,
         }
     }
 }
@@ -234,9 +240,10 @@ impl JwtVerifier {
     /// Returns every problem at once, each naming its setting, e.g.
     /// `auth.jwt.keys[1].alg: unsupported algorithm "HS512" ...`. At least one
     /// key or a `jwks_file` is required; HS256 secrets must be 32 bytes or
-    /// more; RSA keys 2048 to 4096 bits; a `private_key_file` must match its
-    /// public key; kids must be unique, and present when more than one key or a
-    /// JWKS file is configured.
+    /// more, no placeholder or (unless allowed) the demo's, and not guessable
+    /// ([`estimated_entropy_bits`]); RSA keys 2048 to 4096 bits; a
+    /// `private_key_file` must match its public key; kids must be unique, and
+    /// present when more than one key or a JWKS file is configured.
     pub fn new(config: &JwtConfig) -> Result<JwtVerifier, Vec<String>> {
         let mut errors = Vec::new();
         if config.keys.is_empty() && config.jwks_file.is_none() {
@@ -275,7 +282,12 @@ impl JwtVerifier {
         }
 
         let kid_required = config.keys.len() > 1 || config.jwks_file.is_some();
-        let static_keys = StaticKeys::build(&config.keys, kid_required, &mut errors);
+        let static_keys = StaticKeys::build(
+            &config.keys,
+            kid_required,
+            config.allow_demo_secret,
+            &mut errors,
+        );
         let jwks = match &config.jwks_file {
             None => None,
             Some(path) => {

@@ -30,8 +30,9 @@ use velro_authz::config::Config;
 pub const BIN: &str = env!("CARGO_BIN_EXE_velro-authz");
 
 /// The `auth:` section every sidecar gets; tokens are minted with the same
-/// keys. The HS256 secret is for these tests only, like demo/config.yaml's.
-pub const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-0123456789abcdef0123\n";
+/// keys. The HS256 secret is for these tests only (random, so the sidecar's
+/// guessable-secret check accepts it).
+pub const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-zBYDmLvHGPEVKXSxiR0IcykaQPDBLkIU\n";
 
 // ------------------------------------------------------------------ basics
 
