@@ -47,7 +47,8 @@ pub struct Authenticator {
     /// Verifies bearer tokens against the configured keys.
     jwt: Arc<JwtVerifier>,
     /// Verified tokens by SHA-256 of the token (never the token itself); an
-    /// entry never outlives `exp`.
+    /// entry never outlives `exp`, and is used only while the key that
+    /// verified it is still configured ([`JwtVerifier::still_trusted`]).
     tokens: Cache<[u8; 32], Arc<VerifiedToken>>,
 }
 
@@ -144,13 +145,15 @@ impl Authenticator {
     }
 
     /// Signature and claims checks are pure and costly; their result is cached
-    /// by a hash of the token until it expires.
+    /// by a hash of the token until it expires, or until its key leaves the
+    /// JWKS file: such an entry is verified again (and fails) on its next use.
     fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthnError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(v) = self.tokens.get(&key)
-            && v.expires_at > Utc::now().timestamp()
-        {
-            return Ok(v);
+        if let Some(v) = self.tokens.get(&key) {
+            if v.expires_at > Utc::now().timestamp() && self.jwt.still_trusted(&v) {
+                return Ok(v);
+            }
+            self.tokens.invalidate(&key);
         }
         let verified = Arc::new(self.jwt.verify(token)?);
         self.tokens.insert(key, verified.clone());

@@ -11,7 +11,10 @@
 //! configured and reads the system clock, which tests cannot move).
 //!
 //! This file verifies and mints; the configured keys are built in `jwt/keys.rs`
-//! and the JWKS file is read and reloaded in `jwt/jwks.rs`.
+//! and the JWKS file is read and reloaded in `jwt/jwks.rs`. A verification
+//! records which key made it ([`VerifiedToken::kid`] and, for a JWKS key, the
+//! key set's generation), so that a cached result can be dropped once its key
+//! leaves the JWKS file ([`JwtVerifier::still_trusted`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use crate::model::Scopes;
 mod jwks;
 mod keys;
 
+pub use jwks::JwksReload;
 use jwks::JwksSource;
 pub use keys::{DEMO_SECRET, JwtKeyConfig, estimated_entropy_bits};
 use keys::{SigningKey, StaticKeys, VerifyKey};
@@ -82,6 +86,11 @@ pub struct JwtConfig {
     /// An unknown `kid` rereads `jwks_file`, at most once per this many seconds.
     #[serde(default = "default_jwks_reload_min_interval_secs")]
     pub jwks_reload_min_interval_secs: u64,
+    /// `jwks_file` is reread every this many seconds (and on SIGHUP), so a
+    /// removed key stops working within one period; 0 = only on SIGHUP and
+    /// unknown kids.
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
     /// Accept the demo's published HS256 secret ([`DEMO_SECRET`]).
     /// Only the shipped demo config sets it; anywhere else that secret (or a
     /// placeholder, or a guessable secret) fails start-up.
@@ -110,6 +119,8 @@ pub struct JwtVerifier {
     leeway: i64,
     /// Keys able to sign, in config order, for [`JwtVerifier::mint`].
     signers: Vec<SigningKey>,
+    /// `jwks_refresh_secs`, when there is a JWKS file and it is not 0.
+    jwks_refresh: Option<Duration>,
 }
 
 /// What a valid token says.
@@ -123,6 +134,18 @@ pub struct VerifiedToken {
     pub scopes: Option<Scopes>,
     /// `exp` as unix seconds, e.g. to bound how long a result may be cached.
     pub expires_at: i64,
+    /// The `kid` of the key that verified the token (`None`: a lone key
+    /// without one).
+    pub kid: Option<String>,
+    /// For a key from the JWKS file: the generation of the key set it was
+    /// verified against; `None` for `auth.jwt.keys`, which never change.
+    pub jwks_generation: Option<u64>,
+}
+
+/// Which key verified a token (see [`VerifiedToken::kid`]).
+struct KeyUse {
+    kid: Option<String>,
+    jwks_generation: Option<u64>,
 }
 
 /// What to put in a minted token; `iss` and `aud` come from the config.
@@ -206,6 +229,7 @@ impl Default for JwtConfig {
             keys: Vec::new(),
             jwks_file: None,
             jwks_reload_min_interval_secs: default_jwks_reload_min_interval_secs(),
+            jwks_refresh_secs: default_jwks_refresh_secs(),
             allow_demo_secret: false,
         }
     }
@@ -215,10 +239,14 @@ impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys: Vec<String> = self.keys.iter().map(VerifyKey::describe).collect();
         let jwks = self.jwks.as_ref().map(|j| {
-            let set = j.keys.load();
+            let set = j.set.load();
             (
                 j.path.clone(),
-                set.iter().map(VerifyKey::describe).collect::<Vec<_>>(),
+                set.generation,
+                set.keys
+                    .iter()
+                    .map(|k| k.key.describe())
+                    .collect::<Vec<_>>(),
             )
         });
         f.debug_struct("JwtVerifier")
@@ -311,6 +339,8 @@ impl JwtVerifier {
                 .then(|| i64::try_from(config.max_lifetime_secs).unwrap_or(i64::MAX)),
             leeway: i64::try_from(config.leeway_secs).unwrap_or(i64::MAX),
             signers: static_keys.signers,
+            jwks_refresh: (config.jwks_file.is_some() && config.jwks_refresh_secs > 0)
+                .then(|| Duration::from_secs(config.jwks_refresh_secs)),
         })
     }
 
@@ -357,20 +387,50 @@ impl JwtVerifier {
         {
             return Err(AuthnError::InvalidToken);
         }
-        let claims = match header.kid.as_deref() {
+        let (claims, key) = match header.kid.as_deref() {
             Some(kid) => self.decode_with_kid(token, header.alg, kid)?,
             None => self.decode_without_kid(token, header.alg)?,
         };
-        self.check_claims(&claims, now)
+        self.check_claims(&claims, key, now)
     }
 
-    /// Rereads the JWKS file now (e.g. on SIGHUP), whatever the rate limit.
-    /// On error the previous key set stays in use. Returns the number of keys.
-    pub fn reload_jwks(&self) -> Result<usize, Vec<String>> {
+    /// Whether a verification made earlier may still be used: true unless it
+    /// was made with a JWKS key that has since left the file or been replaced.
+    /// Cheap (one atomic load when the key set has not changed), so the token
+    /// cache calls it on every hit.
+    pub fn still_trusted(&self, verified: &VerifiedToken) -> bool {
+        match (&self.jwks, verified.jwks_generation, &verified.kid) {
+            (Some(jwks), Some(generation), Some(kid)) => jwks.still_holds(kid, generation),
+            (_, None, _) => true,
+            _ => false,
+        }
+    }
+
+    /// Rereads the JWKS file now (timer, SIGHUP), whatever the rate limit.
+    /// On error the previous key set stays in use. Says which kids came,
+    /// went or changed; verifications made with a key that went or changed
+    /// stop being trusted at once ([`JwtVerifier::still_trusted`]).
+    pub fn reload_jwks(&self) -> Result<JwksReload, Vec<String>> {
         match &self.jwks {
-            Some(jwks) => jwks.reload(),
+            Some(jwks) => jwks.reload().map_err(|problems| {
+                problems
+                    .into_iter()
+                    .map(|p| format!("auth.jwt.jwks_file: {p}"))
+                    .collect()
+            }),
             None => Err(vec!["auth.jwt.jwks_file: not configured".to_owned()]),
         }
+    }
+
+    /// The JWKS file, when configured.
+    pub fn jwks_file(&self) -> Option<&std::path::Path> {
+        self.jwks.as_ref().map(|j| j.path.as_path())
+    }
+
+    /// How often the JWKS file is reread on a timer (`None`: no file, or
+    /// `jwks_refresh_secs: 0`).
+    pub fn jwks_refresh(&self) -> Option<Duration> {
+        self.jwks_refresh
     }
 
     /// Mints a token with the first key that can sign (an HS256 secret or a
@@ -428,37 +488,72 @@ impl JwtVerifier {
         token: &str,
         alg: Algorithm,
         kid: &str,
-    ) -> Result<RawClaims, AuthnError> {
+    ) -> Result<(RawClaims, KeyUse), AuthnError> {
         let attempt = |key: &VerifyKey| decode_with(key, token, alg);
+        let from_jwks = |(result, generation): (Result<RawClaims, AuthnError>, u64)| {
+            result.map(|claims| {
+                let key = KeyUse {
+                    kid: Some(kid.to_owned()),
+                    jwks_generation: Some(generation),
+                };
+                (claims, key)
+            })
+        };
         if let Some(key) = self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
-            return attempt(key);
+            let used = KeyUse {
+                kid: key.kid.clone(),
+                jwks_generation: None,
+            };
+            return attempt(key).map(|claims| (claims, used));
         }
         let Some(jwks) = &self.jwks else {
             return Err(AuthnError::InvalidToken);
         };
-        if let Some(result) = jwks.with_key(kid, attempt) {
-            return result;
+        if let Some(found) = jwks.with_key(kid, attempt) {
+            return from_jwks(found);
         }
         if jwks.reload_if_due()
-            && let Some(result) = jwks.with_key(kid, attempt)
+            && let Some(found) = jwks.with_key(kid, attempt)
         {
-            return result;
+            return from_jwks(found);
         }
         Err(AuthnError::InvalidToken)
     }
 
     /// Step 2 without a `kid`: only when exactly one key exists in all.
-    fn decode_without_kid(&self, token: &str, alg: Algorithm) -> Result<RawClaims, AuthnError> {
-        let jwks_keys = self.jwks.as_ref().map(|j| j.keys.load_full());
-        let jwks_keys: &[VerifyKey] = jwks_keys.as_deref().map_or(&[], Vec::as_slice);
+    fn decode_without_kid(
+        &self,
+        token: &str,
+        alg: Algorithm,
+    ) -> Result<(RawClaims, KeyUse), AuthnError> {
+        let set = self.jwks.as_ref().map(|j| j.set.load_full());
+        let jwks_keys = set.as_ref().map_or(&[][..], |s| s.keys.as_slice());
         match (self.keys.as_slice(), jwks_keys) {
-            ([only], []) | ([], [only]) => decode_with(only, token, alg),
+            ([only], []) => decode_with(only, token, alg).map(|claims| {
+                let used = KeyUse {
+                    kid: only.kid.clone(),
+                    jwks_generation: None,
+                };
+                (claims, used)
+            }),
+            ([], [only]) => decode_with(&only.key, token, alg).map(|claims| {
+                let used = KeyUse {
+                    kid: only.key.kid.clone(),
+                    jwks_generation: set.as_ref().map(|s| s.generation),
+                };
+                (claims, used)
+            }),
             _ => Err(AuthnError::InvalidToken),
         }
     }
 
     /// Steps 4 to 6.
-    fn check_claims(&self, claims: &RawClaims, now: i64) -> Result<VerifiedToken, AuthnError> {
+    fn check_claims(
+        &self,
+        claims: &RawClaims,
+        key: KeyUse,
+        now: i64,
+    ) -> Result<VerifiedToken, AuthnError> {
         let exp = numeric_date(&claims.exp)?.ok_or(AuthnError::InvalidToken)?;
         let nbf = numeric_date(&claims.nbf)?;
         let iat = numeric_date(&claims.iat)?;
@@ -510,6 +605,8 @@ impl JwtVerifier {
             session_id,
             scopes,
             expires_at: exp,
+            kid: key.kid,
+            jwks_generation: key.jwks_generation,
         })
     }
 }
@@ -540,6 +637,10 @@ fn normalize_typ(typ: &str) -> String {
 
 fn default_jwks_reload_min_interval_secs() -> u64 {
     10
+}
+
+fn default_jwks_refresh_secs() -> u64 {
+    60
 }
 
 /// Exactly three non-empty base64url segments (header, payload, signature).
@@ -608,4 +709,4 @@ fn audience_matches(claim: &Claim, ours: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

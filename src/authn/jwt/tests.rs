@@ -9,22 +9,22 @@ use serde_json::json;
 use super::*;
 
 pub(super) const SECRET: &str = "an-hs256-test-secret-of-more-than-32-bytes";
-const ISS: &str = "https://id.velro.test";
-const AUD: &str = "velro-api";
-const USER: &str = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
+pub(crate) const ISS: &str = "https://id.velro.test";
+pub(crate) const AUD: &str = "velro-api";
+pub(crate) const USER: &str = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
 const SID: &str = "11111111-2222-4333-8444-555555555555";
 /// The verification clock of most tests (2027-01-15).
 pub(super) const NOW: i64 = 1_800_000_000;
 
 // ---- helpers ----
 
-pub(super) fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/keys")
         .join(name)
 }
 
-pub(super) fn read_fixture(name: &str) -> Vec<u8> {
+pub(crate) fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("fixture readable")
 }
 
@@ -110,7 +110,7 @@ fn encoding_key(alg: Algorithm) -> EncodingKey {
 }
 
 /// Signs `claims` with the fixture key of `alg`.
-pub(super) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, &encoding_key(alg)).expect("sign")
@@ -137,10 +137,10 @@ fn hmac_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
 }
 
 /// A temporary file that is removed on drop.
-pub(super) struct TempFile(pub(super) PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl TempFile {
-    pub(super) fn new(name: &str, contents: &[u8]) -> TempFile {
+    pub(crate) fn new(name: &str, contents: &[u8]) -> TempFile {
         let path = std::env::temp_dir().join(format!(
             "velro-authz-{}-{}-{name}",
             std::process::id(),
@@ -150,7 +150,7 @@ impl TempFile {
         TempFile(path)
     }
 
-    pub(super) fn write(&self, contents: &[u8]) {
+    pub(crate) fn write(&self, contents: &[u8]) {
         std::fs::write(&self.0, contents).expect("rewrite temp file");
     }
 }
@@ -177,7 +177,9 @@ fn verify_hs256_valid_token_returns_its_claims() {
             subject: user(),
             session_id: None,
             scopes: None,
-            expires_at: NOW + 300
+            expires_at: NOW + 300,
+            kid: None,
+            jwks_generation: None,
         })
     );
 }
