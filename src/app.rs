@@ -21,7 +21,7 @@ use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR}
 use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::redis::Redis;
 use crate::store::{self, Store};
 
@@ -137,6 +137,12 @@ impl App {
                 metrics.clone(),
             ));
         }
+        if config.failed_auth_per_minute > 0 {
+            authorizer = authorizer.with_failed_auth_limiter(FailedAuthLimiter::new(
+                config.failed_auth_per_minute,
+                metrics.clone(),
+            ));
+        }
         Ok(App {
             authorizer: Arc::new(authorizer),
             store,
@@ -201,7 +207,9 @@ impl App {
                 }
             }));
         }
-        if self.authorizer.rate_limiter().is_some() {
+        if self.authorizer.rate_limiter().is_some()
+            || self.authorizer.failed_auth_limiter().is_some()
+        {
             let authorizer = self.authorizer.clone();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -211,6 +219,9 @@ impl App {
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     if let Some(limiter) = authorizer.rate_limiter() {
+                        limiter.forget_idle();
+                    }
+                    if let Some(limiter) = authorizer.failed_auth_limiter() {
                         limiter.forget_idle();
                     }
                 }

@@ -21,7 +21,7 @@ use crate::facts::freshness::FreshnessSettings;
 use crate::facts::l2::L2Settings;
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
-use crate::ratelimit::RateLimitConfig;
+use crate::ratelimit::{DEFAULT_FAILED_AUTH_PER_MINUTE, RateLimitConfig};
 use crate::redis::RedisSettings;
 use crate::routes::RouteTable;
 use crate::store::DatabaseSettings;
@@ -92,6 +92,9 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Per-principal rate limit; `None` = off.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Failed authentications allowed per client address and minute, checked
+    /// before any credential lookup; 0 = off.
+    pub failed_auth_per_minute: u32,
     /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
     pub forward_auth: ForwardAuthSettings,
 }
@@ -126,7 +129,8 @@ struct FileConfig {
     redis: FileRedis,
     #[serde(default)]
     breaker: FileBreaker,
-    rate_limit: Option<FileRateLimit>,
+    #[serde(default)]
+    rate_limit: FileRateLimit,
     #[serde(default)]
     forward_auth: FileForwardAuth,
 }
@@ -148,11 +152,12 @@ struct FileBreaker {
     open_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRateLimit {
-    per_second: f64,
+    per_second: Option<f64>,
     burst: Option<u32>,
+    failed_auth_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -462,14 +467,15 @@ impl Config {
             errors.push("redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned());
         }
 
-        let rate_limit = file.rate_limit.map(|r| {
+        let rate_limit = file.rate_limit.per_second.map(|per_second| {
             let config = RateLimitConfig {
-                per_second: r.per_second,
-                burst: r
+                per_second,
+                burst: file
+                    .rate_limit
                     .burst
-                    .unwrap_or_else(|| r.per_second.ceil().clamp(1.0, 1e6) as u32),
+                    .unwrap_or_else(|| per_second.ceil().clamp(1.0, 1e6) as u32),
             };
-            if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e6) {
+            if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e6) {
                 errors.push(
                     "rate_limit.per_second: must be a number above 0 and at most 1000000"
                         .to_owned(),
@@ -480,6 +486,13 @@ impl Config {
             }
             config
         });
+        if rate_limit.is_none() && file.rate_limit.burst.is_some() {
+            errors.push("rate_limit.burst: needs rate_limit.per_second".to_owned());
+        }
+        let failed_auth_per_minute = file
+            .rate_limit
+            .failed_auth_per_minute
+            .unwrap_or(DEFAULT_FAILED_AUTH_PER_MINUTE);
         let forward_auth = forward_auth(file.forward_auth, &mut errors);
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
@@ -503,6 +516,7 @@ impl Config {
             l2,
             breaker,
             rate_limit,
+            failed_auth_per_minute,
             forward_auth,
         })
     }
@@ -735,6 +749,27 @@ mod tests {
         ] {
             assert!(text.contains(setting), "{setting} missing from {text}");
         }
+    }
+
+    #[test]
+    fn config_failed_auth_limit_is_on_by_default_and_alone_enables_no_principal_limit() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        let default = Config::from_yaml("", env(&base)).expect("valid");
+        assert_eq!(default.failed_auth_per_minute, 600);
+        let off = Config::from_yaml("rate_limit:\n  failed_auth_per_minute: 0\n", env(&base))
+            .expect("valid");
+        assert_eq!(off.failed_auth_per_minute, 0);
+        assert!(off.rate_limit.is_none(), "per-principal limits stay off");
+        let err =
+            Config::from_yaml("rate_limit:\n  burst: 5\n", env(&base)).expect_err("burst alone");
+        assert!(
+            err.to_string()
+                .contains("rate_limit.burst: needs rate_limit.per_second"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! and headers come from [`crate::answer`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
@@ -64,7 +66,8 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
                 "CheckRequest has no attributes.request.http",
             ));
         };
-        let req = headers.request(&method, &path, &[]);
+        let mut req = headers.request(&method, &path, &[]);
+        req.client_addr = client_addr(request.get_ref());
         match self.authorizer.check(&req, deadline).await {
             Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
@@ -119,6 +122,18 @@ fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
         }
     }
     Some((http.method.clone(), http.path.clone(), headers))
+}
+
+/// The downstream client's address: `attributes.source.address`, which Envoy
+/// fills from the connection (or, with `use_remote_address` and trusted hops,
+/// from `x-forwarded-for` as it computed it) — never from a header the client
+/// controls. Not an IP (a pipe, an internal listener) → `None`.
+pub fn client_addr(req: &CheckRequest) -> Option<IpAddr> {
+    let address = req.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
+    match address.address.as_ref()? {
+        AddressKind::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
+    }
 }
 
 fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
@@ -216,6 +231,43 @@ mod tests {
         for bad in ["", "m", "10x", "-1m", "123456789m", "1.5S"] {
             assert_eq!(grpc_timeout(Some(bad)), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn client_addr_is_the_source_socket_address_only() {
+        use envoy_types::pb::envoy::config::core::v3::{Address, Pipe, SocketAddress};
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+        let with = |address: Option<AddressKind>| CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: Some(Address { address }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let socket = |ip: &str| {
+            Some(AddressKind::SocketAddress(SocketAddress {
+                address: ip.to_owned(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            client_addr(&with(socket("203.0.113.9"))),
+            Some("203.0.113.9".parse().expect("ip"))
+        );
+        assert_eq!(
+            client_addr(&with(socket("2001:db8::1"))),
+            Some("2001:db8::1".parse().expect("ip"))
+        );
+        assert_eq!(client_addr(&with(socket("not-an-ip"))), None);
+        let pipe = Some(AddressKind::Pipe(Pipe {
+            path: "/tmp/s".to_owned(),
+            ..Default::default()
+        }));
+        assert_eq!(client_addr(&with(pipe)), None);
+        assert_eq!(client_addr(&CheckRequest::default()), None);
     }
 
     proptest::proptest! {

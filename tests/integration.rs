@@ -11,6 +11,7 @@ mod integration {
 
     pub mod http_client;
 
+    mod amplification;
     mod credentials;
     mod forward;
     mod freshness;

@@ -138,8 +138,25 @@ fn extract_api_key_returns_key() {
 
 #[test]
 fn extract_malformed_api_key_is_invalid_api_key() {
-    let too_long = "k".repeat(MAX_API_KEY_LEN + 1);
-    for value in ["", "a b", "a,b", "key\n", "clé", too_long.as_str()] {
+    let too_long = "k".repeat(513);
+    let key = apikey::generate().plain;
+    let two = format!("{key},{key}");
+    let other_prefix = key.replacen("velro_", "vk_", 1);
+    let longer = format!("{key}A");
+    for value in [
+        "",
+        "a b",
+        "a,b",
+        "key\n",
+        "clé",
+        too_long.as_str(),
+        "vk_unknown",
+        "velro_",
+        two.as_str(),
+        other_prefix.as_str(),
+        &key[..key.len() - 1],
+        longer.as_str(),
+    ] {
         assert_eq!(
             extract_credential(None, Some(value)),
             Err(AuthnError::InvalidApiKey),

@@ -164,6 +164,7 @@ async fn library_oracle(database_url: &str, calls: &Arc<Vec<Call>>) -> Vec<Answe
             authorization: header("authorization"),
             api_key: header("x-api-key"),
             largest_header: call.headers.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
+            ..Default::default()
         };
         authorizer.facts().flush();
         authorizer.flush_credentials();

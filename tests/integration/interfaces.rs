@@ -299,6 +299,7 @@ async fn check_past_deadline_is_deadline_exceeded() {
         authorization: Some(&auth),
         api_key: None,
         largest_header: 0,
+        ..Default::default()
     };
     let started = std::time::Instant::now();
     let err = app

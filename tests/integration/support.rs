@@ -309,6 +309,7 @@ pub async fn decide_get<S: velro_authz::facts::FactSource>(
         authorization: Some(&token),
         api_key: None,
         largest_header: 0,
+        ..Default::default()
     };
     authorizer
         .check(&req, Some(Duration::from_secs(30)))
