@@ -88,6 +88,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         authorization: Some(&authorization),
         api_key: None,
         largest_header: authorization.len(),
+        ..Default::default()
     };
     let decision = authorizer.check(&req, None).await?;
     assert!(

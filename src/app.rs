@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::authn::Authenticator;
+use crate::authn::jwt::{JwksReload, JwtVerifier};
 use crate::authz::Authorizer;
 use crate::config::{Config, ConfigError};
 use crate::facts::freshness::Freshness;
@@ -20,7 +21,7 @@ use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR}
 use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::redis::Redis;
 use crate::store::{self, Store};
 
@@ -56,11 +57,21 @@ pub struct Running {
     pub metrics: Metrics,
     /// True while LISTEN is up.
     pub listener: watch::Receiver<bool>,
+    /// The JWT keys, for [`Running::reload`].
+    jwt: Arc<JwtVerifier>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
+    /// Rereads the JWKS file now, as SIGHUP does (`serve` calls this on the
+    /// signal), logging which kids came, went or changed. Tokens verified
+    /// with a key that went stop working at once, cached or not. Errors (no
+    /// JWKS file, an unreadable or broken file) keep the previous keys.
+    pub fn reload(&self) -> Result<JwksReload, Vec<String>> {
+        reload_jwks(&self.jwt, "signal")
+    }
+
     /// Stops serving and waits for the tasks to end.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
@@ -157,7 +168,29 @@ impl App {
         if let Some(redis) = &self.redis {
             tasks.push(redis.spawn_connection(shutdown_rx.clone()));
         }
-        if self.authorizer.rate_limiter().is_some() {
+        // The JWKS file on a timer, so a removed key stops working within one
+        // period even with no SIGHUP and no unknown kid to trigger a reread.
+        if let Some(period) = self.config.jwt.jwks_refresh() {
+            let jwt = self.config.jwt.clone();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    // A small local file, read off the async workers.
+                    let jwt = jwt.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload_jwks(&jwt, "timer")).await;
+                }
+            }));
+        }
+        if self.authorizer.rate_limiter().is_some()
+            || self.authorizer.failed_auth_limiter().is_some()
+        {
             let authorizer = self.authorizer.clone();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -167,6 +200,9 @@ impl App {
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     if let Some(limiter) = authorizer.rate_limiter() {
+                        limiter.forget_idle();
+                    }
+                    if let Some(limiter) = authorizer.failed_auth_limiter() {
                         limiter.forget_idle();
                     }
                 }
@@ -266,10 +302,45 @@ impl App {
             authorizer: self.authorizer,
             metrics: self.metrics,
             listener: listener_rx,
+            jwt: self.config.jwt.clone(),
             shutdown: shutdown_tx,
             tasks,
         })
     }
+}
+
+/// Rereads the JWKS file and logs the outcome: kids only, never key material.
+/// A timer reload that changed nothing logs at debug, so a quiet file stays
+/// quiet.
+fn reload_jwks(jwt: &JwtVerifier, trigger: &'static str) -> Result<JwksReload, Vec<String>> {
+    let Some(path) = jwt.jwks_file().map(|p| p.display().to_string()) else {
+        tracing::info!(
+            trigger,
+            "JWKS reload asked for, but no auth.jwt.jwks_file is configured"
+        );
+        return jwt.reload_jwks();
+    };
+    let result = jwt.reload_jwks();
+    match &result {
+        Ok(r) if r.changed() || trigger != "timer" => tracing::info!(
+            trigger,
+            %path,
+            keys = r.keys,
+            generation = r.generation,
+            added = ?r.added,
+            removed = ?r.removed,
+            replaced = ?r.replaced,
+            "JWKS reloaded"
+        ),
+        Ok(_) => tracing::debug!(trigger, %path, "JWKS reloaded, unchanged"),
+        Err(problems) => tracing::warn!(
+            trigger,
+            %path,
+            problems = ?problems,
+            "JWKS reload failed; keeping the previous key set"
+        ),
+    }
+    result
 }
 
 /// The decision steps as `config` sets them, over `facts`; the rate limiter
@@ -288,11 +359,19 @@ pub fn authorizer<S: FactSource>(
         config.decision,
         metrics.clone(),
     );
-    match config.rate_limit {
+    let authorizer = match config.rate_limit {
         Some(limit) => {
             authorizer.with_rate_limiter(RateLimiter::new(limit, redis, metrics.clone()))
         }
         None => authorizer,
+    };
+    if config.failed_auth_per_minute > 0 {
+        authorizer.with_failed_auth_limiter(FailedAuthLimiter::new(
+            config.failed_auth_per_minute,
+            metrics.clone(),
+        ))
+    } else {
+        authorizer
     }
 }
 

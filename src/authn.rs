@@ -47,9 +47,19 @@ pub struct Authenticator {
     /// Verifies bearer tokens against the configured keys.
     jwt: Arc<JwtVerifier>,
     /// Verified tokens by SHA-256 of the token (never the token itself); an
-    /// entry never outlives `exp`.
+    /// entry never outlives `exp`, and is used only while the key that
+    /// verified it is still configured ([`JwtVerifier::still_trusted`]).
     tokens: Cache<[u8; 32], Arc<VerifiedToken>>,
+    /// Hex SHA-256 of API keys that authenticated in the last few minutes. A
+    /// hint only, never a reason to allow: it lets their holders past the
+    /// failed-authentication limit of an address they share with an attacker
+    /// (see [`Authenticator::recognizes`]); authenticating still reads the
+    /// key's row.
+    known_keys: Cache<String, ()>,
 }
+
+/// How long an API key that authenticated stays [`Authenticator::recognizes`]d.
+const KNOWN_KEY_TTL: Duration = Duration::from_secs(300);
 
 /// Expires a verified token's cache entry at its `exp`, at most after 300 s.
 struct TokenExpiry;
@@ -73,12 +83,40 @@ impl Authenticator {
             .max_capacity(max_tokens)
             .expire_after(TokenExpiry)
             .build();
-        Authenticator { jwt, tokens }
+        let known_keys = Cache::builder()
+            .max_capacity(max_tokens)
+            .time_to_live(KNOWN_KEY_TTL)
+            .build();
+        Authenticator {
+            jwt,
+            tokens,
+            known_keys,
+        }
     }
 
     /// Drops verified tokens (admin flush, key rotation).
     pub fn flush(&self) {
         self.tokens.invalidate_all();
+        self.known_keys.invalidate_all();
+    }
+
+    /// Whether these credentials authenticated recently (a cached verified
+    /// token, or an API key that passed in the last minutes), so a client
+    /// address over its failed-authentication budget can still use them:
+    /// the limit is for guesses, not for the neighbours of a guesser behind
+    /// one NAT. Costs a SHA-256 of the credential; called only for an address
+    /// that is over its budget.
+    pub fn recognizes(&self, authorization: Option<&str>, api_key: Option<&str>) -> bool {
+        match extract_credential(authorization, api_key) {
+            Ok(Some(Credential::Bearer(token))) => {
+                let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                self.tokens.contains_key(&key)
+            }
+            Ok(Some(Credential::ApiKey(plain))) => {
+                self.known_keys.contains_key(&apikey::hash(plain))
+            }
+            _ => false,
+        }
     }
 
     /// Cached verified tokens.
@@ -130,6 +168,7 @@ impl Authenticator {
                 if let Err(e) = apikey::check_state(&key, Utc::now()) {
                     return Ok(Err(e));
                 }
+                self.known_keys.insert(hash, ());
                 Ok(Ok(Principal {
                     user_id: key.user_id,
                     auth: AuthKind::ApiKey,
@@ -144,13 +183,15 @@ impl Authenticator {
     }
 
     /// Signature and claims checks are pure and costly; their result is cached
-    /// by a hash of the token until it expires.
+    /// by a hash of the token until it expires, or until its key leaves the
+    /// JWKS file: such an entry is verified again (and fails) on its next use.
     fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthnError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(v) = self.tokens.get(&key)
-            && v.expires_at > Utc::now().timestamp()
-        {
-            return Ok(v);
+        if let Some(v) = self.tokens.get(&key) {
+            if v.expires_at > Utc::now().timestamp() && self.jwt.still_trusted(&v) {
+                return Ok(v);
+            }
+            self.tokens.invalidate(&key);
         }
         let verified = Arc::new(self.jwt.verify(token)?);
         self.tokens.insert(key, verified.clone());
@@ -205,14 +246,23 @@ pub enum AuthnError {
     ApiKeyExpired,
 }
 
-/// Longest `x-api-key` value worth looking up; real keys are 49 characters.
-const MAX_API_KEY_LEN: usize = 512;
-
 impl AuthnError {
     /// The stable machine code used in deny bodies, metric labels and logs.
     #[must_use]
     pub fn reason(self) -> &'static str {
         DenyReason::from(self).code()
+    }
+
+    /// Whether this failure spends the client address's budget of failed
+    /// authentications: every failure but the two honest clients meet in
+    /// normal life and that cost us nothing — no credential at all (a login
+    /// page), and a token past its `exp` (every token, once).
+    #[must_use]
+    pub fn spends_failure_budget(self) -> bool {
+        !matches!(
+            self,
+            AuthnError::MissingCredentials | AuthnError::TokenExpired
+        )
     }
 }
 
@@ -251,9 +301,9 @@ impl fmt::Debug for Credential<'_> {
 ///   (Envoy joins repeated headers with `,`), another scheme, or an empty token
 ///   → `InvalidToken`. Whitespace around the whole value is ignored, as HTTP
 ///   field values carry none;
-/// - `x-api-key`: empty, longer than any key, or with characters outside
-///   visible ASCII (or a `,`: two keys joined) → `InvalidApiKey`, without a
-///   lookup.
+/// - `x-api-key`: anything that cannot be a key we issued (prefix, length,
+///   alphabet: [`apikey::is_well_formed`]; two keys joined by `,` are not one)
+///   → `InvalidApiKey`, without a lookup.
 pub fn extract_credential<'a>(
     authorization: Option<&'a str>,
     api_key: Option<&'a str>,
@@ -263,10 +313,7 @@ pub fn extract_credential<'a>(
         (None, None) => Ok(None),
         (Some(value), None) => bearer_token(value).map(|t| Some(Credential::Bearer(t))),
         (None, Some(value)) => {
-            let well_formed = !value.is_empty()
-                && value.len() <= MAX_API_KEY_LEN
-                && value.bytes().all(|b| b.is_ascii_graphic() && b != b',');
-            if well_formed {
+            if apikey::is_well_formed(value) {
                 Ok(Some(Credential::ApiKey(value)))
             } else {
                 Err(AuthnError::InvalidApiKey)

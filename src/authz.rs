@@ -3,6 +3,7 @@
 //! and from it, and [`crate::answer`] holds what an answer is made of.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use crate::facts::{FactError, FactSource, Facts, Trace};
 use crate::metrics::Metrics;
 use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
-use crate::ratelimit::{LimitKey, RateLimiter};
+use crate::ratelimit::{FailedAuthLimiter, LimitKey, RateLimiter};
 use crate::routes::{Need, RouteError, RouteTable};
 
 mod explain;
@@ -50,6 +51,11 @@ pub struct AuthzRequest<'a> {
     pub api_key: Option<&'a str>,
     /// Length of the largest header value the client sent.
     pub largest_header: usize,
+    /// The client's address as the proxy saw it (Envoy's
+    /// `attributes.source`, the last `x-forwarded-for` hop a forward-auth
+    /// proxy appended); `None` when the door cannot know it, and then no
+    /// per-address limit applies.
+    pub client_addr: Option<IpAddr>,
 }
 
 /// The original request's headers as every adapter hands them over: lower-case
@@ -119,6 +125,7 @@ impl Headers {
             authorization: self.get("authorization"),
             api_key: self.get("x-api-key"),
             largest_header: self.largest(except),
+            client_addr: None,
         }
     }
 }
@@ -215,6 +222,8 @@ pub struct Authorizer<S> {
     settings: DecisionSettings,
     /// Step 2b, when configured.
     limiter: Option<RateLimiter>,
+    /// Step 2, when configured: failed authentications per client address.
+    failed_auth: Option<FailedAuthLimiter>,
     /// Decision counters and latency.
     metrics: Metrics,
 }
@@ -234,8 +243,20 @@ impl<S: FactSource> Authorizer<S> {
             facts,
             settings,
             limiter: None,
+            failed_auth: None,
             metrics,
         }
+    }
+
+    /// Limits failed authentications per client address.
+    pub fn with_failed_auth_limiter(mut self, limiter: FailedAuthLimiter) -> Self {
+        self.failed_auth = Some(limiter);
+        self
+    }
+
+    /// The failed-authentication limiter, when enabled.
+    pub fn failed_auth_limiter(&self) -> Option<&FailedAuthLimiter> {
+        self.failed_auth.as_ref()
     }
 
     /// Enables per-principal rate limiting.
@@ -339,14 +360,35 @@ impl<S: FactSource> Authorizer<S> {
         if route.need == Need::Public {
             return Ok(Outcome::Allow(None));
         }
-        // 2. Authenticate.
+        // 2. Authenticate. An address that has failed too often gets 429
+        // before its credential costs a lookup, unless that credential
+        // authenticated recently (a neighbour behind the same NAT).
+        let failed_auth = self
+            .failed_auth
+            .as_ref()
+            .filter(|_| limit)
+            .zip(req.client_addr);
+        if let Some((limiter, addr)) = failed_auth
+            && let Some(verdict) = limiter.blocked(addr)
+            && !self.authn.recognizes(req.authorization, req.api_key)
+        {
+            steps.rate_limit = Some(verdict);
+            return Ok(Outcome::Deny(DenyReason::RateLimited));
+        }
         let authenticated = self
             .authn
             .authenticate(req.authorization, req.api_key, &self.facts, trace)
             .await?;
         let principal = match authenticated {
             Ok(p) => p,
-            Err(e) => return Ok(deny(e)),
+            Err(e) => {
+                if let Some((limiter, addr)) = failed_auth
+                    && e.spends_failure_budget()
+                {
+                    limiter.record_failure(addr);
+                }
+                return Ok(deny(e));
+            }
         };
         steps.principal = Some(principal);
         // 2b. Rate limit, per principal, before any more facts are read.

@@ -32,7 +32,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Serve ext_authz (gRPC) and health/metrics (HTTP).
+    /// Serve ext_authz (gRPC) and health/metrics (HTTP). SIGINT/SIGTERM stop
+    /// it; SIGHUP rereads the JWKS file.
     Serve,
     /// Apply database migrations.
     Migrate,
@@ -193,6 +194,8 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .as_ref()
                     .map_or(0, String::len)
                     .max(api_key.as_ref().map_or(0, String::len)),
+                // From this machine: no client address to limit.
+                client_addr: None,
             };
             let summary = match app.authorizer.explain(&req).await.summary() {
                 Ok(s) => s,
@@ -285,16 +288,66 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let telemetry = telemetry::init(config.log_format);
+    // Before anything else: from here on SIGHUP rereads the JWKS file instead
+    // of ending the process (its default action).
+    let mut hangup = Hangup::install();
     let dropped = telemetry.dropped.clone();
     let app = App::build(config, Metrics::new())?;
     let running = app
         .spawn(Some(Arc::new(move || dropped.dropped_lines() as u64)))
         .await?;
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = hangup.next() => {
+                // `reload` logs the outcome; an error keeps the previous keys.
+                let _ = running.reload();
+            }
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     drop(telemetry);
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP, which `serve` answers by rereading the JWKS file.
+struct Hangup {
+    /// The installed handler; `None` where there is no SIGHUP (or installing
+    /// it failed, which is logged).
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    /// Installs the handler (needs a runtime).
+    fn install() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "cannot handle SIGHUP; it will end the process"),
+                )
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    /// The next SIGHUP; never, where there is none.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

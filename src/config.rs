@@ -21,7 +21,7 @@ use crate::facts::freshness::FreshnessSettings;
 use crate::facts::l2::L2Settings;
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
-use crate::ratelimit::RateLimitConfig;
+use crate::ratelimit::{DEFAULT_FAILED_AUTH_PER_MINUTE, RateLimitConfig};
 use crate::redis::RedisSettings;
 use crate::routes::RouteTable;
 use crate::store::DatabaseSettings;
@@ -92,6 +92,9 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Per-principal rate limit; `None` = off.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Failed authentications allowed per client address and minute, checked
+    /// before any credential lookup; 0 = off.
+    pub failed_auth_per_minute: u32,
     /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
     pub forward_auth: ForwardAuthSettings,
 }
@@ -126,7 +129,8 @@ struct FileConfig {
     redis: FileRedis,
     #[serde(default)]
     breaker: FileBreaker,
-    rate_limit: Option<FileRateLimit>,
+    #[serde(default)]
+    rate_limit: FileRateLimit,
     #[serde(default)]
     forward_auth: FileForwardAuth,
 }
@@ -148,11 +152,12 @@ struct FileBreaker {
     open_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRateLimit {
-    per_second: f64,
+    per_second: Option<f64>,
     burst: Option<u32>,
+    failed_auth_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,18 +330,32 @@ impl Config {
         }
 
         let mut jwt = file.auth.jwt.unwrap_or_else(dev_jwt_defaults);
+        let mut env_secret_key = None;
         if let Some(secret) = env(ENV_JWT_SECRET) {
             // The env var supplies the secret of the HS256 key, so the file can be
             // committed without it; add such a key when the file names none.
-            match jwt.keys.iter_mut().find(|k| k.alg == "HS256") {
-                Some(key) => key.secret = Some(secret),
-                None => jwt.keys.push(hs256_key(secret)),
+            match jwt.keys.iter().position(|k| k.alg == "HS256") {
+                Some(i) => {
+                    jwt.keys[i].secret = Some(secret);
+                    env_secret_key = Some(i);
+                }
+                None => {
+                    jwt.keys.push(hs256_key(secret));
+                    env_secret_key = Some(jwt.keys.len() - 1);
+                }
             }
         }
         let jwt = match JwtVerifier::new(&jwt) {
             Ok(verifier) => Some(Arc::new(verifier)),
             Err(problems) => {
-                errors.extend(problems);
+                // A problem with the secret names where it came from.
+                let from_env = env_secret_key.map(|i| format!("auth.jwt.keys[{i}].secret"));
+                errors.extend(problems.into_iter().map(|p| match &from_env {
+                    Some(setting) if p.starts_with(&format!("{setting}:")) => {
+                        format!("{ENV_JWT_SECRET} ({setting}){}", &p[setting.len()..])
+                    }
+                    _ => p,
+                }));
                 None
             }
         };
@@ -449,14 +468,15 @@ impl Config {
             errors.push("redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned());
         }
 
-        let rate_limit = file.rate_limit.map(|r| {
+        let rate_limit = file.rate_limit.per_second.map(|per_second| {
             let config = RateLimitConfig {
-                per_second: r.per_second,
-                burst: r
+                per_second,
+                burst: file
+                    .rate_limit
                     .burst
-                    .unwrap_or_else(|| r.per_second.ceil().clamp(1.0, 1e6) as u32),
+                    .unwrap_or_else(|| per_second.ceil().clamp(1.0, 1e6) as u32),
             };
-            if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1e6) {
+            if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e6) {
                 errors.push(
                     "rate_limit.per_second: must be a number above 0 and at most 1000000"
                         .to_owned(),
@@ -467,6 +487,13 @@ impl Config {
             }
             config
         });
+        if rate_limit.is_none() && file.rate_limit.burst.is_some() {
+            errors.push("rate_limit.burst: needs rate_limit.per_second".to_owned());
+        }
+        let failed_auth_per_minute = file
+            .rate_limit
+            .failed_auth_per_minute
+            .unwrap_or(DEFAULT_FAILED_AUTH_PER_MINUTE);
         let forward_auth = forward_auth(file.forward_auth, &mut errors);
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
@@ -490,6 +517,7 @@ impl Config {
             l2,
             breaker,
             rate_limit,
+            failed_auth_per_minute,
             forward_auth,
         })
     }
@@ -562,10 +590,7 @@ fn dev_jwt_defaults() -> JwtConfig {
     JwtConfig {
         issuer: Some("velro".to_owned()),
         audience: Some("velro-api".to_owned()),
-        leeway_secs: 30,
-        keys: Vec::new(),
-        jwks_file: None,
-        jwks_reload_min_interval_secs: 10,
+        ..JwtConfig::default()
     }
 }
 
@@ -605,7 +630,7 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+    const SECRET: &str = "config-unit-secret-AztFVDvplic45EOkALPPusMl3R2GoYgT";
 
     fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = map
@@ -730,6 +755,27 @@ mod tests {
     }
 
     #[test]
+    fn config_failed_auth_limit_is_on_by_default_and_alone_enables_no_principal_limit() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        let default = Config::from_yaml("", env(&base)).expect("valid");
+        assert_eq!(default.failed_auth_per_minute, 600);
+        let off = Config::from_yaml("rate_limit:\n  failed_auth_per_minute: 0\n", env(&base))
+            .expect("valid");
+        assert_eq!(off.failed_auth_per_minute, 0);
+        assert!(off.rate_limit.is_none(), "per-principal limits stay off");
+        let err =
+            Config::from_yaml("rate_limit:\n  burst: 5\n", env(&base)).expect_err("burst alone");
+        assert!(
+            err.to_string()
+                .contains("rate_limit.burst: needs rate_limit.per_second"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
         let cfg = Config::from_yaml(
             "rate_limit:\n  per_second: 20.5\n",
@@ -778,6 +824,73 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("forward_auth.original_uri_header"), "{text}");
+    }
+
+    #[test]
+    fn config_jwt_section_without_issuer_or_audience_names_both() {
+        let yaml =
+            format!("auth:\n  jwt:\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n");
+        let err = Config::from_yaml(&yaml, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect_err("issuer and audience are required");
+        let text = err.to_string();
+        assert!(text.contains("auth.jwt.issuer: required"), "{text}");
+        assert!(text.contains("auth.jwt.audience: required"), "{text}");
+        let any = format!(
+            "auth:\n  jwt:\n    issuer: any\n    audience: any\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n"
+        );
+        Config::from_yaml(&any, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect("`any` is an explicit choice");
+    }
+
+    #[test]
+    fn config_placeholder_or_guessable_secret_is_refused_naming_its_setting() {
+        let base = [("DATABASE_URL", "postgres://x@h/db")];
+        for (secret, why) in [
+            ("CHANGE-ME-to-at-least-32-random-bytes", "placeholder"),
+            (crate::authn::jwt::DEMO_SECRET, "demo secret"),
+            ("0123456789abcdef0123456789abcdef", "too predictable"),
+            ("passwordpasswordpasswordpassword", "too predictable"),
+        ] {
+            let mut with = base.to_vec();
+            with.push(("VELRO_AUTHZ_JWT_SECRET", secret));
+            let text = Config::from_yaml("", env(&with))
+                .expect_err(secret)
+                .to_string();
+            assert!(
+                text.contains("VELRO_AUTHZ_JWT_SECRET (auth.jwt.keys[0].secret): "),
+                "{text}"
+            );
+            assert!(text.contains(why), "{why} missing from {text}");
+            assert!(!text.contains(secret), "the secret is printed: {text}");
+
+            let yaml = format!(
+                "auth:\n  jwt:\n    issuer: i\n    audience: a\n    keys:\n      - alg: HS256\n        secret: {secret}\n"
+            );
+            let text = Config::from_yaml(&yaml, env(&base))
+                .expect_err(secret)
+                .to_string();
+            assert!(text.contains("auth.jwt.keys[0].secret: "), "{text}");
+            assert!(!text.contains("VELRO_AUTHZ_JWT_SECRET"), "{text}");
+            assert!(!text.contains(secret), "the secret is printed: {text}");
+        }
+    }
+
+    #[test]
+    fn config_demo_secret_needs_allow_demo_secret_and_the_shipped_demo_config_sets_it() {
+        let demo =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/config.yaml"))
+                .expect("demo config");
+        assert!(demo.contains(crate::authn::jwt::DEMO_SECRET));
+        let env = env(&[("DATABASE_URL", "postgres://x@h/db")]);
+        Config::from_yaml(&demo, &env).expect("the demo config starts");
+        let without = demo.replace("allow_demo_secret: true", "allow_demo_secret: false");
+        let text = Config::from_yaml(&without, &env)
+            .expect_err("demo secret without the flag")
+            .to_string();
+        assert!(
+            text.contains("auth.jwt.keys[0].secret: is the demo secret"),
+            "{text}"
+        );
     }
 
     #[test]

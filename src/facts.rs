@@ -348,7 +348,12 @@ impl<S: FactSource> Facts<S> {
     }
 
     /// Below L1: Redis when usable, else (or on a Redis miss) Postgres, filling
-    /// Redis on the way up.
+    /// Redis on the way up — except "no such API key": anyone can send random
+    /// well-formed keys, which never repeat, so caching their absence in the
+    /// fleet-shared Redis would only let a client fill it (a write and an
+    /// entry per guess). L1 keeps them, bounded by `cache.max_facts` and
+    /// `cache.negative_ttl`, where a deleted key retried by a client still
+    /// costs one query per sidecar per negative TTL.
     async fn fill(&self, key: &FactKey) -> Result<(Fact, Source), FactError> {
         let Some(l2) = &self.l2 else {
             return Ok((self.query(key).await?, Source::Postgres));
@@ -362,7 +367,9 @@ impl<S: FactSource> Facts<S> {
             L2Get::Miss(ticket) => {
                 self.count("l2", kind, "miss");
                 let fact = self.query(key).await?;
-                l2.put(key, ticket, &fact).await;
+                if !matches!(fact, Fact::ApiKey(None)) {
+                    l2.put(key, ticket, &fact).await;
+                }
                 Ok((fact, Source::Postgres))
             }
             L2Get::Unavailable => {

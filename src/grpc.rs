@@ -3,9 +3,11 @@
 //! and headers come from [`crate::answer`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
@@ -64,7 +66,8 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
                 "CheckRequest has no attributes.request.http",
             ));
         };
-        let req = headers.request(&method, &path, &[]);
+        let mut req = headers.request(&method, &path, &[]);
+        req.client_addr = client_addr(request.get_ref());
         match self.authorizer.check(&req, deadline).await {
             Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
@@ -119,6 +122,18 @@ fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
         }
     }
     Some((http.method.clone(), http.path.clone(), headers))
+}
+
+/// The downstream client's address: `attributes.source.address`, which Envoy
+/// fills from the connection (or, with `use_remote_address` and trusted hops,
+/// from `x-forwarded-for` as it computed it) — never from a header the client
+/// controls. Not an IP (a pipe, an internal listener) → `None`.
+pub fn client_addr(req: &CheckRequest) -> Option<IpAddr> {
+    let address = req.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
+    match address.address.as_ref()? {
+        AddressKind::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
+    }
 }
 
 fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {

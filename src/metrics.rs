@@ -51,7 +51,7 @@ pub struct Metrics {
     pub circuit_transitions: IntCounterVec,
     /// L2 (Redis) fills by result (written | refused: a newer version or epoch won).
     pub l2_fills: IntCounterVec,
-    /// Requests refused by the rate limiter, by backend (redis | local).
+    /// Requests refused by the rate limiter, by backend (redis | local | failed_auth).
     pub rate_limited: IntCounterVec,
     /// Pool connections by state (idle | in_use).
     pub db_pool_connections: IntGaugeVec,

@@ -5,10 +5,15 @@
 //! request, time from Redis); without it, or while Redis is failing, each
 //! sidecar enforces the same limit on its own (governor). A Redis failure never
 //! denies a request by itself.
+//!
+//! Apart from that, [`FailedAuthLimiter`] bounds what an unauthenticated client
+//! can make us do: failed authentications per client address, checked before
+//! any credential lookup.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::types::Value;
 use fred::types::scripts::Script;
@@ -187,6 +192,122 @@ impl RateLimiter {
     }
 }
 
+/// Default `rate_limit.failed_auth_per_minute`: ten a second sustained, in
+/// bursts of 600. No honest client behind one address fails that often (an
+/// expired token, the common honest failure, does not count); one hostile
+/// address is held to ten credential lookups a second instead of thousands.
+pub const DEFAULT_FAILED_AUTH_PER_MINUTE: u32 = 600;
+
+/// Failed authentications per client address: each failure spends one of
+/// `per_minute` (GCRA: a burst of `per_minute`, then one per `60 s /
+/// per_minute`); an address that has spent them all is refused (429
+/// `rate_limited`) before its next credential is even looked up, until the
+/// next one refills.
+///
+/// Addresses are grouped as the network hands them out: an IPv4 address on
+/// its own, IPv6 by /64 (one host commonly holds a whole /64), IPv4-mapped
+/// IPv6 as IPv4. Local to each sidecar (governor); with N sidecars behind a
+/// balancer an address gets up to N times the budget.
+pub struct FailedAuthLimiter {
+    /// Failures allowed per minute, and at once.
+    per_minute: u32,
+    /// One failure refills every this long.
+    interval: Duration,
+    /// Spent failures per address group.
+    failures: Gcra<
+        IpAddr,
+        governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+        DefaultClock,
+        StateInformationMiddleware,
+    >,
+    /// Groups that have spent their budget, with when the next failure
+    /// refills: the check before a lookup reads this without spending.
+    blocked: moka::sync::Cache<IpAddr, Instant>,
+    metrics: Metrics,
+}
+
+impl FailedAuthLimiter {
+    /// `per_minute` failures per address group (at least 1).
+    pub fn new(per_minute: u32, metrics: Metrics) -> FailedAuthLimiter {
+        let per_minute = per_minute.max(1);
+        let interval = Duration::from_secs(60) / per_minute;
+        let quota = Quota::with_period(interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        FailedAuthLimiter {
+            per_minute,
+            interval,
+            failures: Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            // Bounded: a flood from many addresses cannot grow it without
+            // limit; an address evicted from here is blocked again by its
+            // next failure.
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(interval.max(Duration::from_secs(1)))
+                .build(),
+            metrics,
+        }
+    }
+
+    /// Before any credential lookup: the 429's details when `addr` has no
+    /// failures left, `None` when it may go on. Spends nothing.
+    pub fn blocked(&self, addr: IpAddr) -> Option<RateLimitInfo> {
+        let until = self.blocked.get(&group(addr))?;
+        let wait = until.checked_duration_since(Instant::now())?;
+        self.metrics
+            .rate_limited
+            .with_label_values(&["failed_auth"])
+            .inc();
+        Some(RateLimitInfo {
+            allowed: false,
+            limit: self.per_minute,
+            remaining: 0,
+            reset_secs: ceil_secs(self.interval * self.per_minute),
+            retry_after_secs: ceil_secs(wait).max(1),
+        })
+    }
+
+    /// After a failed authentication from `addr`: spends one failure; the
+    /// last one blocks the group until the next refills.
+    pub fn record_failure(&self, addr: IpAddr) {
+        let key = group(addr);
+        let until = match self.failures.check_key(&key) {
+            Ok(snapshot) if snapshot.remaining_burst_capacity() > 0 => return,
+            Ok(_) => Instant::now() + self.interval,
+            Err(not_until) => {
+                Instant::now() + not_until.wait_time_from(DefaultClock::default().now())
+            }
+        };
+        self.blocked.insert(key, until);
+    }
+
+    /// Drops idle groups' state so memory stays bounded; the maintenance loop
+    /// calls this periodically.
+    pub fn forget_idle(&self) {
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+    }
+
+    /// Address groups with failures on record.
+    pub fn tracked(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+/// The unit an address is limited as: IPv4 alone, IPv6 by /64.
+fn group(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000_000) as u64
 }
@@ -243,6 +364,56 @@ mod tests {
         assert!(!rl.check(key).await.allowed);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(rl.check(key).await.allowed);
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn failed_auth_budget_spent_blocks_the_address_before_lookup() {
+        let limiter = FailedAuthLimiter::new(3, Metrics::new());
+        let addr = ip("203.0.113.7");
+        for _ in 0..2 {
+            limiter.record_failure(addr);
+            assert_eq!(limiter.blocked(addr), None, "budget left");
+        }
+        limiter.record_failure(addr);
+        let verdict = limiter
+            .blocked(addr)
+            .expect("third failure spends the last");
+        assert!(!verdict.allowed);
+        assert_eq!((verdict.limit, verdict.remaining), (3, 0));
+        assert!((1..=20).contains(&verdict.retry_after_secs), "{verdict:?}");
+        // Checking spends nothing and keeps saying no.
+        assert!(limiter.blocked(addr).is_some());
+        assert_eq!(limiter.blocked(ip("203.0.113.8")), None, "other addresses");
+    }
+
+    #[test]
+    fn failed_auth_budget_refills_over_time() {
+        let limiter = FailedAuthLimiter::new(600, Metrics::new());
+        let addr = ip("198.51.100.1");
+        for _ in 0..600 {
+            limiter.record_failure(addr);
+        }
+        assert!(limiter.blocked(addr).is_some());
+        // One failure refills every 100 ms.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(limiter.blocked(addr), None);
+    }
+
+    #[test]
+    fn failed_auth_ipv6_is_limited_per_64_and_mapped_ipv4_as_ipv4() {
+        let limiter = FailedAuthLimiter::new(1, Metrics::new());
+        limiter.record_failure(ip("2001:db8:1:2::1"));
+        assert!(
+            limiter.blocked(ip("2001:db8:1:2:ffff::9")).is_some(),
+            "same /64"
+        );
+        assert_eq!(limiter.blocked(ip("2001:db8:1:3::1")), None, "other /64");
+        limiter.record_failure(ip("::ffff:192.0.2.1"));
+        assert!(limiter.blocked(ip("192.0.2.1")).is_some());
     }
 
     #[test]

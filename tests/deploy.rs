@@ -601,7 +601,7 @@ fn k8s_sidecar_config_loads_with_the_real_config_loader() {
         .env("DATABASE_URL", "postgres://velro_authz@127.0.0.1:1/velro")
         .env(
             "VELRO_AUTHZ_JWT_SECRET",
-            "deploy-test-secret-0123456789abcdef0123456789abcdef",
+            "deploy-test-secret-MFSd4cCj0NSiNTPcR1MrFGhVhq1bFnOM",
         )
         // The file names the in-pod path of the routes ConfigMap; here, its source.
         .env("VELRO_AUTHZ_ROUTES_FILE", "k8s/routes.yaml")

@@ -9,10 +9,12 @@
 mod integration {
     pub mod support;
 
+    mod amplification;
     mod credentials;
     mod forward;
     mod freshness;
     mod interfaces;
+    mod jwks_rotation;
     mod l2;
     mod nginx;
     mod race;

@@ -16,6 +16,13 @@ use crate::model::ApiKey;
 /// scanners and by people.
 pub const PREFIX: &str = "velro_";
 
+/// Random bytes in a key.
+const KEY_BYTES: usize = 32;
+
+/// Length of every key [`generate`] makes: the prefix and 43 base64url
+/// characters (32 bytes, no padding).
+pub const KEY_LEN: usize = PREFIX.len() + (KEY_BYTES * 4).div_ceil(3);
+
 /// How many characters of the plain key are kept for display ("which key is
 /// this?"): the prefix plus 6 random characters, far too few to guess the rest.
 const DISPLAY_PREFIX_LEN: usize = 12;
@@ -46,7 +53,7 @@ impl std::fmt::Debug for GeneratedKey {
 /// is what a secret needs.
 #[must_use]
 pub fn generate() -> GeneratedKey {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; KEY_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     let plain = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
     let hash = hash(&plain);
@@ -56,6 +63,24 @@ pub fn generate() -> GeneratedKey {
         hash,
         display_prefix,
     }
+}
+
+/// Whether `value` can be a key [`generate`] made: [`PREFIX`], then exactly
+/// the unpadded base64url encoding of 32 bytes (43 characters, the last one
+/// with its two spare bits zero, as the encoder writes it). Checked before
+/// any lookup, so a value that cannot be ours costs no hash, cache entry or
+/// query; exact, so every generated key passes.
+#[must_use]
+pub fn is_well_formed(value: &str) -> bool {
+    let Some(encoded) = value.strip_prefix(PREFIX) else {
+        return false;
+    };
+    // One byte of room: the decoder's length estimate for 43 characters is 33.
+    let mut bytes = [0u8; KEY_BYTES + 1];
+    value.len() == KEY_LEN
+        && URL_SAFE_NO_PAD
+            .decode_slice(encoded, &mut bytes)
+            .is_ok_and(|n| n == KEY_BYTES)
 }
 
 /// Hex (lowercase) SHA-256 of the plain key: the lookup key in `api_keys`.

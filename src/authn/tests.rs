@@ -138,8 +138,25 @@ fn extract_api_key_returns_key() {
 
 #[test]
 fn extract_malformed_api_key_is_invalid_api_key() {
-    let too_long = "k".repeat(MAX_API_KEY_LEN + 1);
-    for value in ["", "a b", "a,b", "key\n", "clé", too_long.as_str()] {
+    let too_long = "k".repeat(513);
+    let key = apikey::generate().plain;
+    let two = format!("{key},{key}");
+    let other_prefix = key.replacen("velro_", "vk_", 1);
+    let longer = format!("{key}A");
+    for value in [
+        "",
+        "a b",
+        "a,b",
+        "key\n",
+        "clé",
+        too_long.as_str(),
+        "vk_unknown",
+        "velro_",
+        two.as_str(),
+        other_prefix.as_str(),
+        &key[..key.len() - 1],
+        longer.as_str(),
+    ] {
         assert_eq!(
             extract_credential(None, Some(value)),
             Err(AuthnError::InvalidApiKey),
@@ -262,6 +279,90 @@ proptest! {
         prop_assert_eq!(
             extract_credential(Some(&value), None),
             Ok(Some(Credential::Bearer(token.as_str())))
+        );
+    }
+}
+
+// ---- the verified-token cache and JWKS rotation ----
+
+mod rotation {
+    use jsonwebtoken::Algorithm;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::authn::jwt::tests::{AUD, ISS, TempFile, USER, read_fixture, sign};
+    use crate::authn::jwt::{JwtConfig, JwtVerifier};
+
+    /// The fixture JWKS restricted to `kids`.
+    fn jwks_with(kids: &[&str]) -> Vec<u8> {
+        let all: Value = serde_json::from_slice(&read_fixture("jwks.json")).expect("json");
+        let keys: Vec<Value> = all["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect();
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    /// An authenticator over a JWKS file that only explicit reloads reread.
+    fn authenticator(file: &TempFile) -> (Authenticator, Arc<JwtVerifier>) {
+        let jwt = Arc::new(
+            JwtVerifier::new(&JwtConfig {
+                issuer: Some(ISS.to_owned()),
+                audience: Some(AUD.to_owned()),
+                jwks_file: Some(file.0.clone()),
+                jwks_reload_min_interval_secs: 3600,
+                ..JwtConfig::default()
+            })
+            .expect("valid"),
+        );
+        (Authenticator::new(jwt.clone(), 100), jwt)
+    }
+
+    /// A token valid now (the cache reads the system clock).
+    fn token(alg: Algorithm, kid: &str) -> String {
+        let now = Utc::now().timestamp();
+        let claims = json!({ "sub": USER, "iss": ISS, "aud": AUD, "iat": now, "exp": now + 300 });
+        sign(alg, Some(kid), &claims)
+    }
+
+    #[test]
+    fn verify_token_cached_result_of_removed_kid_is_invalid_token_after_reload() {
+        let file = TempFile::new("cache-remove.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+        let (authn, jwt) = authenticator(&file);
+        let ec = token(Algorithm::ES256, "ec-2025");
+        let rsa = token(Algorithm::RS256, "rsa-2025");
+        assert!(authn.verify_token(&ec).is_ok());
+        assert!(authn.verify_token(&rsa).is_ok());
+        authn.tokens.run_pending_tasks();
+        assert_eq!(authn.cached_tokens(), 2, "both results are cached");
+
+        file.write(&jwks_with(&["rsa-2025"]));
+        jwt.reload_jwks().expect("reload");
+        assert_eq!(
+            authn.verify_token(&ec).map(|_| ()),
+            Err(AuthnError::InvalidToken),
+            "a cached verification must not outlive its key"
+        );
+        assert!(authn.verify_token(&rsa).is_ok(), "other kids stay cached");
+    }
+
+    #[test]
+    fn verify_token_new_kid_verifies_after_reload() {
+        let file = TempFile::new("cache-add.json", &jwks_with(&["rsa-2025"]));
+        let (authn, jwt) = authenticator(&file);
+        let ed = token(Algorithm::EdDSA, "ed-2025");
+        assert_eq!(
+            authn.verify_token(&ed).map(|_| ()),
+            Err(AuthnError::InvalidToken)
+        );
+        file.write(&jwks_with(&["rsa-2025", "ed-2025"]));
+        jwt.reload_jwks().expect("reload");
+        assert_eq!(
+            authn.verify_token(&ed).map(|v| v.kid.clone()),
+            Ok(Some("ed-2025".to_owned()))
         );
     }
 }

@@ -212,3 +212,40 @@ proptest::proptest! {
         let _ = grpc_timeout(Some(&s));
     }
 }
+
+#[test]
+fn client_addr_is_the_source_socket_address_only() {
+    use envoy_types::pb::envoy::config::core::v3::{Address, Pipe, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let with = |address: Option<AddressKind>| CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address { address }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let socket = |ip: &str| {
+        Some(AddressKind::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            ..Default::default()
+        }))
+    };
+    assert_eq!(
+        client_addr(&with(socket("203.0.113.9"))),
+        Some("203.0.113.9".parse().expect("ip"))
+    );
+    assert_eq!(
+        client_addr(&with(socket("2001:db8::1"))),
+        Some("2001:db8::1".parse().expect("ip"))
+    );
+    assert_eq!(client_addr(&with(socket("not-an-ip"))), None);
+    let pipe = Some(AddressKind::Pipe(Pipe {
+        path: "/tmp/s".to_owned(),
+        ..Default::default()
+    }));
+    assert_eq!(client_addr(&with(pipe)), None);
+    assert_eq!(client_addr(&CheckRequest::default()), None);
+}

@@ -11,6 +11,7 @@
 //! This module is the only place that picks the HTTP statuses of these answers;
 //! the parsers live in the submodules and are pure.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -120,6 +121,20 @@ pub fn headers_of(map: &HeaderMap) -> Headers {
     out
 }
 
+/// The client's address as the forward-auth proxy recorded it (`/v1/auth`):
+/// the last `x-forwarded-for` hop, the one the proxy itself appended (nginx
+/// `$proxy_add_x_forwarded_for` in the shipped config, Traefik).
+/// Earlier hops come from the client and are ignored. The TCP peer of these
+/// requests is the proxy, not the client, so it is never used: limiting it
+/// would put every client in one bucket. No header, or a last hop that is not
+/// an IP (optionally with a port) → `None`, and no per-address limit applies.
+pub fn forwarded_client(headers: &Headers) -> Option<IpAddr> {
+    let last = headers.get("x-forwarded-for")?.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// How a `/v1/auth` answer is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -140,6 +155,9 @@ async fn envoy_check<S: FactSource>(
 ) -> Response {
     let target = check_target(&uri);
     let headers = headers_of(&headers);
+    // No client address: Envoy's HTTP ext_authz client puts its own address
+    // last in x-forwarded-for (envoyproxy/envoy#21519), so the last hop here
+    // is Envoy for every client. The gRPC door has the real source address.
     let req = headers.request(method.as_str(), target, &[]);
     match fwd.authorizer.check(&req, None).await {
         Ok(decision) => match &decision.outcome {
@@ -182,7 +200,8 @@ async fn forward_auth<S: FactSource>(State(fwd): State<Forward<S>>, map: HeaderM
     );
     let headers = headers_of(&map);
     let except = original::header_names(&fwd.config);
-    let req = headers.request(&original.method, &original.uri, &except);
+    let mut req = headers.request(&original.method, &original.uri, &except);
+    req.client_addr = forwarded_client(&headers);
     match fwd.authorizer.check(&req, None).await {
         Ok(decision) => match &decision.outcome {
             Outcome::Allow(_) => {
@@ -230,6 +249,8 @@ async fn opa_data<S: FactSource>(State(fwd): State<Forward<S>>, request: Request
             return opa_error(StatusCode::BAD_REQUEST, "invalid_parameter", &e.to_string());
         }
     };
+    // No client address: Kong's `opa` plugin passes the client's own headers,
+    // so an x-forwarded-for there is whatever the client wrote.
     let req = input.headers.request(&input.method, &input.target, &[]);
     match fwd.authorizer.check(&req, None).await {
         Ok(decision) => json_response(StatusCode::OK, &opa::result(&decision, &input.headers)),

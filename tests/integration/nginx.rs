@@ -644,3 +644,26 @@ async fn nginx_renders_known_deny_statuses_only_and_never_allows() {
     }
     assert_eq!(echo.hits.load(Ordering::SeqCst), 0);
 }
+
+/// The per-address limit of failed authentications counts the address nginx
+/// saw, not one the client wrote into X-Forwarded-For: varying it neither
+/// escapes the limit nor lands the failures on someone else.
+#[sqlx::test(migrations = "./migrations")]
+async fn nginx_failed_auth_limit_counts_the_address_nginx_appends(pool: PgPool) {
+    let h = start_with(pool, config("rate_limit:\n  failed_auth_per_minute: 2\n")).await;
+    let (nginx, _echo) = stack(&h).await;
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    let mut answers = Vec::new();
+    for spoofed in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        let key = velro_authz::authn::apikey::generate().plain;
+        let reply = nginx
+            .get(
+                "GET",
+                &path,
+                &[("x-api-key", &key), ("x-forwarded-for", spoofed)],
+            )
+            .await;
+        answers.push(reply.status);
+    }
+    assert_eq!(answers, vec![401, 401, 429], "{}", nginx.access_log());
+}

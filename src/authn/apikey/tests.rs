@@ -94,3 +94,75 @@ fn check_state_future_expiry_is_ok() {
     k.expires_at = Some(now() + Duration::seconds(1));
     assert_eq!(check_state(&k, now()), Ok(()));
 }
+
+// ---- shape: what cannot be ours is refused before any lookup ----
+
+#[test]
+fn is_well_formed_generated_keys_pass() {
+    for _ in 0..1000 {
+        let key = generate();
+        assert!(is_well_formed(&key.plain), "{}", key.display_prefix);
+        assert_eq!(key.plain.len(), KEY_LEN);
+    }
+}
+
+#[test]
+fn is_well_formed_refuses_other_shapes() {
+    let key = generate().plain;
+    let body = &key[PREFIX.len()..];
+    let last = body.as_bytes()[body.len() - 1];
+    // The same 43 characters with the spare low bits of the last one set: no
+    // encoder writes that, so it cannot be a key we issued.
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let index = alphabet.iter().position(|&c| c == last).expect("base64url");
+    let spare_bits = format!(
+        "{PREFIX}{}{}",
+        &body[..body.len() - 1],
+        char::from(alphabet[(index & !3) | 1])
+    );
+    for value in [
+        String::new(),
+        PREFIX.to_owned(),
+        format!("Velro_{body}"),
+        format!("vk_{body}"),
+        format!("{PREFIX}{}", &body[1..]),
+        format!("{key}A"),
+        format!("{key}="),
+        format!("{PREFIX}{}+", &body[..42]),
+        format!("{PREFIX}{}/", &body[..42]),
+        format!("{PREFIX}{} ", &body[..42]),
+        format!("{PREFIX}{}é", &body[..41]),
+        format!("{key},{key}"),
+        spare_bits,
+    ] {
+        assert!(!is_well_formed(&value), "{value:?}");
+    }
+}
+
+proptest::proptest! {
+    /// Exact: every 32-byte value, encoded as `generate` encodes it, passes.
+    #[test]
+    fn is_well_formed_every_encoded_32_bytes_pass(bytes in proptest::array::uniform32(proptest::num::u8::ANY)) {
+        let plain = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        proptest::prop_assert!(is_well_formed(&plain));
+    }
+
+    /// Whatever the client sends, the check answers without panicking, and
+    /// what passes decodes back to itself (so it is an encoding of 32 bytes).
+    #[test]
+    fn is_well_formed_arbitrary_values_pass_only_if_canonical(value in "(velro_)?[A-Za-z0-9_=+/ -]{0,50}") {
+        if is_well_formed(&value) {
+            let bytes = URL_SAFE_NO_PAD.decode(&value[PREFIX.len()..]).expect("decodes");
+            proptest::prop_assert_eq!(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)), value);
+        }
+    }
+
+    /// One changed character of a real key: still ours in shape only if it
+    /// stays in the alphabet (and the last one keeps its zero bits).
+    #[test]
+    fn is_well_formed_never_panics_on_mutations(index in 0usize..49, byte in proptest::num::u8::ANY) {
+        let mut bytes = generate().plain.into_bytes();
+        bytes[index] = byte;
+        let _ = String::from_utf8(bytes).map(|v| is_well_formed(&v));
+    }
+}

@@ -17,6 +17,31 @@ use serde::Deserialize;
 /// HS256 secrets must carry at least the 256 bits of the hash (RFC 7518 §3.2).
 const MIN_HS256_SECRET_LEN: usize = 32;
 
+/// Least estimated entropy of an HS256 secret, in bits (see
+/// [`estimated_entropy_bits`]): what a brute-force search must cover.
+const MIN_HS256_SECRET_BITS: f64 = 128.0;
+
+/// The demo's HS256 secret (`demo/config.yaml`, `scripts/demo.sh`): public,
+/// so refused unless `auth.jwt.allow_demo_secret` is set, which only the
+/// shipped demo config does.
+pub const DEMO_SECRET: &str = "velro-demo-only-secret-0123456789abcdef";
+
+/// Words that mark a value as a placeholder copied from an example rather than
+/// a secret (`CHANGE-ME-...` in `k8s/secret.example.yaml`, and the usual
+/// variants). Compared in lower case with `-`, `_`, `.` and spaces removed.
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "yoursecret",
+    "insertsecret",
+    "notasecret",
+    "demoonly",
+];
+
+/// How to make a good secret, for the error messages.
+const SECRET_ADVICE: &str = "generate one, e.g. `head -c 32 /dev/urandom | base64`";
+
 /// RSA moduli accepted: at least 2048 bits (NIST), at most what `rsa` verifies.
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
@@ -125,10 +150,13 @@ impl VerifyKey {
 impl StaticKeys {
     /// Builds each key and checks the kids: unique, not empty, and present when
     /// `kid_required` (more than one key or a JWKS file, so a token must name
-    /// its key). Problems go to `errors`, each naming its setting.
+    /// its key). HS256 secrets are checked by [`check_hs256_secret`]; the demo
+    /// secret passes only with `allow_demo_secret`. Problems go to `errors`,
+    /// each naming its setting and never quoting a secret.
     pub(super) fn build(
         configs: &[JwtKeyConfig],
         kid_required: bool,
+        allow_demo_secret: bool,
         errors: &mut Vec<String>,
     ) -> StaticKeys {
         let mut kids: Vec<String> = Vec::new();
@@ -150,7 +178,9 @@ impl StaticKeys {
                 )),
                 None => {}
             }
-            if let Some((verify_key, signer)) = build_key(key_config, &at, errors) {
+            if let Some((verify_key, signer)) =
+                build_key(key_config, &at, allow_demo_secret, errors)
+            {
                 verify.push(verify_key);
                 signers.extend(signer);
             }
@@ -178,6 +208,7 @@ pub(super) fn parse_alg(name: &str) -> Option<Algorithm> {
 fn build_key(
     config: &JwtKeyConfig,
     at: &str,
+    allow_demo_secret: bool,
     errors: &mut Vec<String>,
 ) -> Option<(VerifyKey, Option<SigningKey>)> {
     let Some(alg) = parse_alg(&config.alg) else {
@@ -203,11 +234,8 @@ fn build_key(
             errors.push(format!("{at}.secret: required for HS256"));
             return None;
         };
-        if secret.len() < MIN_HS256_SECRET_LEN {
-            errors.push(format!(
-                "{at}.secret: must be at least {MIN_HS256_SECRET_LEN} bytes (got {})",
-                secret.len()
-            ));
+        if let Err(why) = check_hs256_secret(secret, allow_demo_secret) {
+            errors.push(format!("{at}.secret: {why}"));
             return None;
         }
         let verify = VerifyKey::new(
@@ -274,6 +302,105 @@ fn build_key(
         },
     };
     Some((VerifyKey::new(kid, alg, public), signer))
+}
+
+/// Whether `secret` may key HS256, and if not why (never quoting it):
+///
+/// - at least [`MIN_HS256_SECRET_LEN`] bytes;
+/// - not [`DEMO_SECRET`], unless `allow_demo_secret`;
+/// - no placeholder marker ([`PLACEHOLDER_MARKERS`]);
+/// - at least [`MIN_HS256_SECRET_BITS`] by [`estimated_entropy_bits`].
+pub(super) fn check_hs256_secret(secret: &str, allow_demo_secret: bool) -> Result<(), String> {
+    if secret.len() < MIN_HS256_SECRET_LEN {
+        return Err(format!(
+            "must be at least {MIN_HS256_SECRET_LEN} bytes (got {}); {SECRET_ADVICE}",
+            secret.len()
+        ));
+    }
+    if secret == DEMO_SECRET {
+        return if allow_demo_secret {
+            Ok(())
+        } else {
+            Err(format!(
+                "is the demo secret published in demo/config.yaml, which anyone can read; \
+                 only the local demo may use it (auth.jwt.allow_demo_secret: true); {SECRET_ADVICE}"
+            ))
+        };
+    }
+    let folded: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if PLACEHOLDER_MARKERS.iter().any(|m| folded.contains(m)) {
+        return Err(format!(
+            "is a placeholder from an example, not a secret; {SECRET_ADVICE}"
+        ));
+    }
+    let bits = estimated_entropy_bits(secret.as_bytes());
+    if bits < MIN_HS256_SECRET_BITS {
+        return Err(format!(
+            "too predictable: about {bits:.0} bits of entropy by our estimate (repeats, runs \
+             like `abcd`/`0123`, or too few distinct characters), at least \
+             {MIN_HS256_SECRET_BITS:.0} needed; {SECRET_ADVICE}"
+        ));
+    }
+    Ok(())
+}
+
+/// A simple, deliberately conservative estimate of how many bits a secret
+/// carries, to refuse the obviously guessable; it cannot see dictionary words
+/// and is no proof of randomness.
+///
+/// The secret is cut to its shortest repeating unit (`abcabcabc` → `abc`);
+/// the estimate is that unit's length times the smaller of two Shannon
+/// entropies per symbol: of its bytes (few distinct characters score low) and
+/// of the differences between neighbouring bytes (runs like `abcdef` or
+/// `0123456789` score low). 32 random bytes in base64 (44 characters) come to
+/// about 190 bits or more, 32 random bytes in hex to about 225.
+pub fn estimated_entropy_bits(secret: &[u8]) -> f64 {
+    let unit = &secret[..shortest_period(secret)];
+    let deltas: Vec<u8> = unit.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    let bytes_bits = shannon_per_symbol(unit) * unit.len() as f64;
+    let deltas_bits = shannon_per_symbol(&deltas) * deltas.len() as f64;
+    bytes_bits.min(deltas_bits)
+}
+
+/// Shannon entropy, in bits per symbol, of the symbols' own histogram.
+fn shannon_per_symbol(symbols: &[u8]) -> f64 {
+    if symbols.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in symbols {
+        counts[usize::from(b)] += 1;
+    }
+    let n = symbols.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// The length of the shortest unit whose repetition (last copy possibly cut
+/// short) is `s`: the KMP failure function of the whole string.
+fn shortest_period(s: &[u8]) -> usize {
+    let mut fail = vec![0usize; s.len() + 1];
+    let mut k = 0;
+    for i in 1..s.len() {
+        while k > 0 && s[i] != s[k] {
+            k = fail[k];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        fail[i + 1] = k;
+    }
+    s.len() - fail[s.len()]
 }
 
 /// Parses and checks a PEM public key for `alg`.

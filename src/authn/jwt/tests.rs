@@ -9,22 +9,22 @@ use serde_json::json;
 use super::*;
 
 pub(super) const SECRET: &str = "an-hs256-test-secret-of-more-than-32-bytes";
-const ISS: &str = "https://id.velro.test";
-const AUD: &str = "velro-api";
-const USER: &str = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
+pub(crate) const ISS: &str = "https://id.velro.test";
+pub(crate) const AUD: &str = "velro-api";
+pub(crate) const USER: &str = "7d4e1f0a-3b2c-4d5e-8f9a-0b1c2d3e4f50";
 const SID: &str = "11111111-2222-4333-8444-555555555555";
 /// The verification clock of most tests (2027-01-15).
 pub(super) const NOW: i64 = 1_800_000_000;
 
 // ---- helpers ----
 
-pub(super) fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/keys")
         .join(name)
 }
 
-pub(super) fn read_fixture(name: &str) -> Vec<u8> {
+pub(crate) fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixture(name)).expect("fixture readable")
 }
 
@@ -110,7 +110,7 @@ fn encoding_key(alg: Algorithm) -> EncodingKey {
 }
 
 /// Signs `claims` with the fixture key of `alg`.
-pub(super) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, &encoding_key(alg)).expect("sign")
@@ -137,10 +137,10 @@ fn hmac_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
 }
 
 /// A temporary file that is removed on drop.
-pub(super) struct TempFile(pub(super) PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl TempFile {
-    pub(super) fn new(name: &str, contents: &[u8]) -> TempFile {
+    pub(crate) fn new(name: &str, contents: &[u8]) -> TempFile {
         let path = std::env::temp_dir().join(format!(
             "velro-authz-{}-{}-{name}",
             std::process::id(),
@@ -150,7 +150,7 @@ impl TempFile {
         TempFile(path)
     }
 
-    pub(super) fn write(&self, contents: &[u8]) {
+    pub(crate) fn write(&self, contents: &[u8]) {
         std::fs::write(&self.0, contents).expect("rewrite temp file");
     }
 }
@@ -177,7 +177,9 @@ fn verify_hs256_valid_token_returns_its_claims() {
             subject: user(),
             session_id: None,
             scopes: None,
-            expires_at: NOW + 300
+            expires_at: NOW + 300,
+            kid: None,
+            jwks_generation: None,
         })
     );
 }
@@ -566,8 +568,29 @@ fn verify_audience_array_containing_ours_is_accepted() {
 }
 
 #[test]
-fn verify_unconfigured_issuer_and_audience_are_not_checked() {
+fn new_without_issuer_or_audience_is_error_naming_each() {
     let cfg = JwtConfig {
+        keys: vec![hs_key(None)],
+        ..JwtConfig::default()
+    };
+    let problems = JwtVerifier::new(&cfg).expect_err("issuer and audience are required");
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("auth.jwt.issuer: required"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("auth.jwt.audience: required"),
+        "{problems:?}"
+    );
+    assert!(problems.iter().all(|p| p.contains("`any`")), "{problems:?}");
+}
+
+#[test]
+fn verify_issuer_and_audience_any_are_not_checked() {
+    let cfg = JwtConfig {
+        issuer: Some(ANY.to_owned()),
+        audience: Some(ANY.to_owned()),
         keys: vec![hs_key(None)],
         ..JwtConfig::default()
     };
@@ -584,6 +607,176 @@ fn verify_unconfigured_issuer_and_audience_are_not_checked() {
         &json!({ "sub": USER, "exp": NOW + 60 }),
     );
     assert!(v.verify_at(&bare, NOW).is_ok());
+}
+
+#[test]
+fn verify_issuer_any_still_checks_a_configured_audience() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.issuer = Some(ANY.to_owned());
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let other_issuer = sign(Algorithm::HS256, None, &claims_with(json!({ "iss": "x" })));
+    assert!(v.verify_at(&other_issuer, NOW).is_ok());
+    let other_audience = sign(Algorithm::HS256, None, &claims_with(json!({ "aud": "x" })));
+    assert_eq!(
+        v.verify_at(&other_audience, NOW),
+        Err(AuthnError::InvalidToken)
+    );
+}
+
+// ---- typ ----
+
+fn typ_verifier(typ: &str) -> JwtVerifier {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.typ = Some(typ.to_owned());
+    JwtVerifier::new(&cfg).expect("valid")
+}
+
+#[test]
+fn verify_typ_configured_matches_case_insensitively_with_or_without_prefix() {
+    let v = typ_verifier("at+jwt");
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+JWT",
+    ] {
+        let token = hmac_token(
+            &json!({ "alg": "HS256", "typ": typ }),
+            &claims(),
+            SECRET.as_bytes(),
+        );
+        assert!(v.verify_at(&token, NOW).is_ok(), "{typ}");
+    }
+}
+
+#[test]
+fn verify_typ_configured_other_or_missing_typ_is_invalid_token() {
+    let v = typ_verifier("at+jwt");
+    for header in [
+        json!({ "alg": "HS256", "typ": "JWT" }),
+        json!({ "alg": "HS256", "typ": "id+jwt" }),
+        json!({ "alg": "HS256", "typ": "" }),
+        json!({ "alg": "HS256" }),
+    ] {
+        let token = hmac_token(&header, &claims(), SECRET.as_bytes());
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "{header}"
+        );
+    }
+}
+
+#[test]
+fn verify_typ_unconfigured_is_not_checked() {
+    let v = verifier(vec![hs_key(None)]);
+    for header in [
+        json!({ "alg": "HS256", "typ": "whatever" }),
+        json!({ "alg": "HS256" }),
+    ] {
+        let token = hmac_token(&header, &claims(), SECRET.as_bytes());
+        assert!(v.verify_at(&token, NOW).is_ok(), "{header}");
+    }
+}
+
+#[test]
+fn new_empty_typ_is_error() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.typ = Some("application/".to_owned());
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    assert!(problems[0].starts_with("auth.jwt.typ:"), "{problems:?}");
+}
+
+// ---- lifetime cap ----
+
+#[test]
+fn verify_lifetime_cap_defaults_to_24_hours() {
+    assert_eq!(JwtConfig::default().max_lifetime_secs, 86_400);
+    let v = verifier(vec![hs_key(None)]);
+    let day = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "iat": NOW, "exp": NOW + 86_400 })),
+    );
+    assert!(v.verify_at(&day, NOW).is_ok());
+    let longer = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "iat": NOW, "exp": NOW + 86_401 })),
+    );
+    assert_eq!(v.verify_at(&longer, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_lifetime_above_cap_is_invalid_token_even_when_issued_long_ago() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.max_lifetime_secs = 3600;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    // Issued a year ago for a year and a day: only a day left, still refused.
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "iat": NOW - 365 * 86_400, "exp": NOW + 600 })),
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_lifetime_without_iat_is_measured_from_now_with_leeway() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.max_lifetime_secs = 3600;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    for (exp, ok) in [
+        (NOW + 3630, true),
+        (NOW + 3631, false),
+        (NOW + 86_400 * 365, false),
+    ] {
+        let token = sign(
+            Algorithm::HS256,
+            None,
+            &claims_with(json!({ "iat": null, "exp": exp })),
+        );
+        assert_eq!(v.verify_at(&token, NOW).is_ok(), ok, "exp {exp}");
+    }
+}
+
+#[test]
+fn verify_future_iat_does_not_stretch_the_cap() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.max_lifetime_secs = 3600;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "iat": NOW + 86_400 * 30, "exp": NOW + 86_400 * 30 + 60 })),
+    );
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+}
+
+#[test]
+fn verify_malformed_iat_is_invalid_token() {
+    let v = verifier(vec![hs_key(None)]);
+    for iat in [json!("1800000000"), json!(true), json!([NOW])] {
+        let token = sign(Algorithm::HS256, None, &claims_with(json!({ "iat": iat })));
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "{iat}"
+        );
+    }
+}
+
+#[test]
+fn verify_lifetime_cap_zero_is_no_cap() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.max_lifetime_secs = 0;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims_with(json!({ "exp": NOW + 86_400 * 3650 })),
+    );
+    assert!(v.verify_at(&token, NOW).is_ok());
 }
 
 // ---- sub / sid / scope ----
@@ -803,7 +996,11 @@ fn config_deserialize_unknown_field_is_rejected() {
 
 #[test]
 fn new_without_keys_or_jwks_file_is_error() {
-    let problems = JwtVerifier::new(&JwtConfig::default()).expect_err("invalid");
+    let cfg = JwtConfig {
+        keys: Vec::new(),
+        ..config(Vec::new())
+    };
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].starts_with("auth.jwt:"), "{problems:?}");
 }
@@ -888,6 +1085,42 @@ fn mint_without_signing_key_is_error() {
         ..claims
     };
     assert!(matches!(v.mint(&claims), Err(MintError::UnknownKid(kid)) if kid == "rsa"));
+}
+
+#[test]
+fn mint_above_lifetime_cap_is_error() {
+    let mut cfg = config(vec![hs_key(None)]);
+    cfg.max_lifetime_secs = 600;
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let claims = MintClaims {
+        subject: USER.to_owned(),
+        ttl: Duration::from_secs(601),
+        ..MintClaims::default()
+    };
+    assert!(matches!(
+        v.mint(&claims),
+        Err(MintError::TtlAboveMaxLifetime(600))
+    ));
+    let at_cap = MintClaims {
+        ttl: Duration::from_secs(600),
+        ..claims
+    };
+    assert!(v.verify(&v.mint(&at_cap).expect("mint")).is_ok());
+}
+
+#[test]
+fn mint_writes_the_configured_typ() {
+    let v = typ_verifier("at+jwt");
+    let token = v
+        .mint(&MintClaims {
+            subject: USER.to_owned(),
+            ttl: Duration::from_secs(60),
+            ..MintClaims::default()
+        })
+        .expect("mint");
+    let header = jsonwebtoken::decode_header(&token).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert!(v.verify(&token).is_ok());
 }
 
 #[test]

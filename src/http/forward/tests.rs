@@ -805,3 +805,30 @@ proptest! {
         }
     }
 }
+
+// ---- the client address for the per-address failure limit ----
+
+#[test]
+fn forwarded_client_is_the_last_x_forwarded_for_hop() {
+    let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+    for (xff, expected) in [
+        ("203.0.113.9", ip("203.0.113.9")),
+        // The client wrote the first hops; the proxy appended the last.
+        ("1.2.3.4, 198.51.100.7", ip("198.51.100.7")),
+        ("spoofed,  2001:db8::5 ", ip("2001:db8::5")),
+        ("198.51.100.7:4711", ip("198.51.100.7")),
+        ("[2001:db8::5]:443", ip("2001:db8::5")),
+        ("1.2.3.4, unknown", None),
+        ("", None),
+    ] {
+        let headers = Headers::from_pairs([("X-Forwarded-For", xff)]);
+        assert_eq!(forwarded_client(&headers), expected, "{xff:?}");
+    }
+    // Two header lines are joined in order: the last line's last hop counts.
+    let two = Headers::from_pairs([
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-for", "192.0.2.44"),
+    ]);
+    assert_eq!(forwarded_client(&two), ip("192.0.2.44"));
+    assert_eq!(forwarded_client(&Headers::default()), None);
+}

@@ -106,7 +106,7 @@ fn verify_unknown_kid_within_reload_interval_does_not_reread() {
     let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
     assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
     // An explicit reload ignores the rate limit.
-    assert_eq!(v.reload_jwks(), Ok(2));
+    assert_eq!(v.reload_jwks().map(|r| r.keys), Ok(2));
     assert!(v.verify_at(&token, NOW).is_ok());
 }
 
@@ -216,4 +216,138 @@ fn new_jwks_entries_not_for_signing_are_skipped() {
         problems[0].contains("no usable signing key"),
         "{problems:?}"
     );
+}
+
+// ---- rotation: reloads and what they void ----
+
+#[test]
+fn reload_jwks_new_kid_is_reported_and_verifies_after_reload() {
+    let file = TempFile::new("add.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    // The unknown-kid reread is rate-limited away: only the reload finds it.
+    assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
+    let reload = v.reload_jwks().expect("reload");
+    assert_eq!(reload.added, vec!["ec-2025".to_owned()]);
+    assert!(reload.removed.is_empty() && reload.replaced.is_empty());
+    assert_eq!((reload.keys, reload.generation), (2, 1));
+    let verified = v.verify_at(&token, NOW).expect("new kid verifies");
+    assert_eq!(verified.kid.as_deref(), Some("ec-2025"));
+    assert_eq!(verified.jwks_generation, Some(1));
+}
+
+#[test]
+fn reload_jwks_removed_kid_voids_its_verifications_and_no_other() {
+    let file = TempFile::new("remove.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    let ec = sign(Algorithm::ES256, Some("ec-2025"), &claims());
+    let rsa = sign(Algorithm::RS256, Some("rsa-2025"), &claims());
+    let ec_verified = v.verify_at(&ec, NOW).expect("valid");
+    let rsa_verified = v.verify_at(&rsa, NOW).expect("valid");
+    assert!(v.still_trusted(&ec_verified) && v.still_trusted(&rsa_verified));
+
+    file.write(&jwks_with(&["rsa-2025"]));
+    let reload = v.reload_jwks().expect("reload");
+    assert_eq!(reload.removed, vec!["ec-2025".to_owned()]);
+    assert!(
+        !v.still_trusted(&ec_verified),
+        "the removed kid's result is void"
+    );
+    assert!(v.still_trusted(&rsa_verified), "other kids' results stay");
+    assert_eq!(v.verify_at(&ec, NOW), Err(AuthnError::InvalidToken));
+    assert!(v.verify_at(&rsa, NOW).is_ok());
+}
+
+#[test]
+fn reload_jwks_replaced_key_under_same_kid_voids_its_verifications() {
+    let file = TempFile::new("replace.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    let verified = v
+        .verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
+        .expect("valid");
+    // The same kid now names the EC key.
+    let mut doc: Value = serde_json::from_slice(&jwks_with(&["ec-2025"])).expect("json");
+    doc["keys"][0]["kid"] = json!("rsa-2025");
+    file.write(doc.to_string().as_bytes());
+    let reload = v.reload_jwks().expect("reload");
+    assert_eq!(reload.replaced, vec!["rsa-2025".to_owned()]);
+    assert!(!v.still_trusted(&verified));
+}
+
+#[test]
+fn reload_jwks_unchanged_file_keeps_generation_and_results() {
+    let file = TempFile::new("same.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    let verified = v
+        .verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
+        .expect("valid");
+    let reload = v.reload_jwks().expect("reload");
+    assert!(!reload.changed());
+    assert_eq!(reload.generation, 0);
+    assert!(v.still_trusted(&verified));
+    // A change elsewhere in the set leaves this kid's results alone.
+    file.write(&jwks_with(&["ec-2025"]));
+    assert_eq!(v.reload_jwks().expect("reload").generation, 1);
+    assert!(v.still_trusted(&verified));
+}
+
+#[test]
+fn reload_jwks_kid_removed_then_restored_voids_results_from_before() {
+    let file = TempFile::new("restore.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    let verified = v
+        .verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
+        .expect("valid");
+    file.write(&jwks_with(&["rsa-2025"]));
+    v.reload_jwks().expect("reload");
+    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    v.reload_jwks().expect("reload");
+    // A result from before the removal is not revived; verifying again works.
+    assert!(!v.still_trusted(&verified));
+    assert!(
+        v.verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
+            .is_ok()
+    );
+}
+
+#[test]
+fn reload_jwks_empty_document_removes_every_key() {
+    let file = TempFile::new("empty.json", &jwks_with(&["rsa-2025"]));
+    let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
+    file.write(b"{\"keys\": []}");
+    let reload = v.reload_jwks().expect("a valid, empty key set");
+    assert_eq!(
+        (reload.keys, reload.removed),
+        (0, vec!["rsa-2025".to_owned()])
+    );
+    assert_eq!(
+        v.verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW),
+        Err(AuthnError::InvalidToken)
+    );
+}
+
+#[test]
+fn still_trusted_static_key_results_are_always_trusted() {
+    let mut cfg = jwks_config(fixture("jwks.json"), 3600);
+    cfg.keys = vec![hs_key(Some("hs"))];
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    let verified = v
+        .verify_at(&sign(Algorithm::HS256, Some("hs"), &claims()), NOW)
+        .expect("valid");
+    assert_eq!(
+        (verified.kid.as_deref(), verified.jwks_generation),
+        (Some("hs"), None)
+    );
+    assert!(v.still_trusted(&verified));
+}
+
+#[test]
+fn jwks_refresh_defaults_to_60_seconds_and_0_switches_it_off() {
+    let v = JwtVerifier::new(&jwks_config(fixture("jwks.json"), 10)).expect("valid");
+    assert_eq!(v.jwks_refresh(), Some(std::time::Duration::from_secs(60)));
+    let mut cfg = jwks_config(fixture("jwks.json"), 10);
+    cfg.jwks_refresh_secs = 0;
+    assert_eq!(JwtVerifier::new(&cfg).expect("valid").jwks_refresh(), None);
+    assert_eq!(verifier(vec![hs_key(None)]).jwks_refresh(), None);
 }

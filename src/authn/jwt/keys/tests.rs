@@ -70,7 +70,7 @@ fn new_hs256_secret_of_31_bytes_is_error_and_32_is_ok() {
     let mut key = hs_key(None);
     key.secret = Some("x".repeat(31));
     assert!(JwtVerifier::new(&config(vec![key.clone()])).is_err());
-    key.secret = Some("x".repeat(32));
+    key.secret = Some("V21AAaTGyFVwvpC2YWU09Sq6HyAVciek".to_owned());
     assert!(JwtVerifier::new(&config(vec![key])).is_ok());
 }
 
@@ -104,4 +104,105 @@ fn debug_never_prints_the_secret() {
         assert!(!text.contains("BEGIN"), "{text}");
     }
     assert!(format!("{:?}", cfg.keys[0]).contains("<redacted>"));
+}
+
+// ---- HS256 secrets: placeholders and guessable values ----
+
+use super::{DEMO_SECRET, check_hs256_secret, estimated_entropy_bits};
+
+/// Secrets as commonly generated: 32 random bytes, base64 or hex.
+const GOOD: [&str; 3] = [
+    "3q2+7wAAAAC0x8gXnLkU4m1Qe9sRvTtZ2pYfA0bcHdI=",
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "V21AAaTGyFVwvpC2YWU09Sq6HyAVciek",
+];
+
+#[test]
+fn check_hs256_secret_random_secrets_are_accepted() {
+    for secret in GOOD {
+        assert_eq!(check_hs256_secret(secret, false), Ok(()), "{secret}");
+    }
+}
+
+#[test]
+fn check_hs256_secret_placeholders_are_refused_even_with_allow_demo_secret() {
+    for secret in [
+        "CHANGE-ME-to-at-least-32-random-bytes",
+        "please_change_me_V21AAaTGyFVwvpC2YWU09Sq",
+        "replace-me-with-V21AAaTGyFVwvpC2YWU09Sq6",
+        "Placeholder.V21AAaTGyFVwvpC2YWU09Sq6HyAVc",
+        "velro-demo-only-secret-V21AAaTGyFVwvpC2YWU",
+    ] {
+        for allow in [false, true] {
+            let why = check_hs256_secret(secret, allow).expect_err(secret);
+            assert!(why.starts_with("is a placeholder"), "{secret}: {why}");
+            assert!(!why.contains(secret), "{why}");
+        }
+    }
+}
+
+#[test]
+fn check_hs256_secret_demo_secret_only_with_allow_demo_secret() {
+    let why = check_hs256_secret(DEMO_SECRET, false).expect_err("demo secret");
+    assert!(why.contains("auth.jwt.allow_demo_secret"), "{why}");
+    assert!(!why.contains(DEMO_SECRET), "{why}");
+    assert_eq!(check_hs256_secret(DEMO_SECRET, true), Ok(()));
+}
+
+#[test]
+fn check_hs256_secret_guessable_secrets_are_refused() {
+    for secret in [
+        "x".repeat(32),
+        "ab".repeat(20),
+        "passwordpasswordpasswordpassword".to_owned(),
+        "0123456789abcdef0123456789abcdef".to_owned(),
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".to_owned(),
+        "0123456789".repeat(4),
+        // A random half repeated: the repeat adds nothing.
+        "V21AAaTGyFVwvpC2V21AAaTGyFVwvpC2V21AAaTG".to_owned(),
+        // Long runs of one character.
+        "11111111112222222222333333333344444444445".to_owned(),
+    ] {
+        let why = check_hs256_secret(&secret, true).expect_err(&secret);
+        assert!(why.starts_with("too predictable"), "{secret}: {why}");
+        assert!(!why.contains(&secret), "{why}");
+    }
+}
+
+#[test]
+fn new_guessable_secret_names_the_key_and_never_prints_it() {
+    let mut key = hs_key(Some("hs"));
+    key.secret = Some("0123456789abcdef0123456789abcdef".to_owned());
+    let problems = JwtVerifier::new(&config(vec![key])).expect_err("guessable");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("auth.jwt.keys[0].secret: too predictable"),
+        "{problems:?}"
+    );
+    assert!(
+        !problems[0].contains("0123456789abcdef0123"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn estimated_entropy_bits_of_repo_test_secrets_pass() {
+    // The secrets the test suites use must start the service.
+    assert!(estimated_entropy_bits(SECRET.as_bytes()) >= 128.0);
+}
+
+proptest::proptest! {
+    /// Every secret made the way the docs say (32 random bytes, base64) passes.
+    #[test]
+    fn check_hs256_secret_32_random_bytes_in_base64_always_pass(bytes in proptest::array::uniform32(proptest::num::u8::ANY)) {
+        use base64::Engine as _;
+        let secret = base64::engine::general_purpose::STANDARD.encode(bytes);
+        proptest::prop_assert_eq!(check_hs256_secret(&secret, false), Ok(()), "{}", secret);
+    }
+
+    #[test]
+    fn estimated_entropy_bits_never_panics(secret in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+        let bits = estimated_entropy_bits(&secret);
+        proptest::prop_assert!(bits.is_finite() && bits >= 0.0);
+    }
 }
