@@ -22,14 +22,23 @@
 #   VELRO_WRITETAX_SECONDS=10 VELRO_WRITETAX_CLIENTS=16 VELRO_WRITETAX_ROUNDS=3 \
 #     VELRO_WRITETAX_MIXES="complete insert-complete grants" scripts/bench-write-tax.sh
 # Other settings: VELRO_WRITETAX_THREADS (pgbench -j, 2), VELRO_WRITETAX_CPU_REPS
-# (repetitions of the server-CPU measurement, 5; it needs a superuser and is
+# (repetitions of the server-CPU measurement, 7; it needs a superuser and is
 # skipped otherwise), VELRO_WRITETAX_KEEP=1 (keep the scratch database).
 #
-# Postgres: DATABASE_URL names the server (its database part is replaced by a
-# scratch database, velro_authz_writetax_<pid>, created here and dropped at the
-# end: no other data is touched). Unset, scripts/services.sh starts the
-# project-local server. Needs psql and pgbench: on Debian, pgbench ships in the
-# server package (`postgresql`, e.g. postgresql-15 in bookworm) and psql in
+# Postgres (VELRO_WRITETAX_SERVER):
+#   private (default)  a throwaway cluster of its own (initdb in a temp dir, a
+#                      free port on 127.0.0.1, stock settings: fsync and
+#                      synchronous_commit on), stopped and deleted at the end.
+#                      Commit latency is what NOTIFY's tax is made of, so the
+#                      benchmark must not share WAL and checkpoints with other
+#                      work (a test suite creating and dropping databases on a
+#                      shared server forces checkpoints that swamp the result).
+#   url                the server DATABASE_URL names (scripts/services.sh's
+#                      when unset).
+# Either way the data lives in a scratch database, velro_authz_writetax_<pid>,
+# created here and dropped at the end: no other data is touched. Needs psql,
+# pgbench and (private) the server binaries: on Debian all but psql ship in
+# the server package (`postgresql`, e.g. postgresql-15 in bookworm), psql in
 # `postgresql-client`; missing ones are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,9 +85,38 @@ find_pgbench || { apt_install postgresql; find_pgbench; } \
 
 # --- database --------------------------------------------------------------
 
-if [[ -z ${DATABASE_URL:-} ]]; then
-    eval "$(scripts/services.sh env)"
-fi
+SERVER=${VELRO_WRITETAX_SERVER:-private}
+PRIVATE_DIR=
+# Runs a server tool; as root, as the postgres user (Postgres refuses root).
+as_pg() {
+    if [[ $(id -u) == 0 ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+start_private() {
+    local bin port
+    bin=$(dirname "$PGBENCH")
+    [[ -x $bin/initdb && -x $bin/pg_ctl ]] || { apt_install postgresql; find_pgbench; bin=$(dirname "$PGBENCH"); }
+    [[ -x $bin/initdb ]] || die "no initdb next to $PGBENCH: install 'postgresql' or use VELRO_WRITETAX_SERVER=url"
+    if [[ $(id -u) == 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --shell /usr/sbin/nologin postgres
+    fi
+    PRIVATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/velro-writetax.XXXXXX")
+    chmod 755 "$PRIVATE_DIR"
+    [[ $(id -u) == 0 ]] && chown postgres: "$PRIVATE_DIR"
+    for ((port = 55600 + $$ % 300; ; port++)); do
+        timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null || break
+    done
+    log "starting a private Postgres on 127.0.0.1:$port ($PRIVATE_DIR)"
+    as_pg "$bin/initdb" -D "$PRIVATE_DIR/data" -U postgres -A trust >/dev/null
+    as_pg "$bin/pg_ctl" -D "$PRIVATE_DIR/data" -l "$PRIVATE_DIR/log" -w -o \
+        "-p $port -k $PRIVATE_DIR -c listen_addresses=127.0.0.1" start >/dev/null
+    DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    STOP_PRIVATE="$bin/pg_ctl"
+}
+case $SERVER in
+    private) start_private ;;
+    url) [[ -n ${DATABASE_URL:-} ]] || eval "$(scripts/services.sh env)" ;;
+    *) die "VELRO_WRITETAX_SERVER is private or url, not $SERVER" ;;
+esac
 SCRATCH=velro_authz_writetax_$$
 
 # DATABASE_URL with its database replaced by $1 (query string kept).
@@ -93,12 +131,18 @@ URL=$(db_url "$SCRATCH")
 q() { psql "$URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 cleanup() {
-    psql "$ADMIN_URL" -X -q -c "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)" >/dev/null 2>&1 \
-        || log "could not drop database $SCRATCH: drop it by hand"
+    if [[ -n $PRIVATE_DIR ]]; then
+        as_pg "$STOP_PRIVATE" -D "$PRIVATE_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$PRIVATE_DIR"
+    else
+        psql "$ADMIN_URL" -X -q -c "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)" >/dev/null 2>&1 \
+            || log "could not drop database $SCRATCH: drop it by hand"
+    fi
     [[ -n ${WORK:-} ]] && rm -rf "$WORK"
+    return 0
 }
 trap cleanup EXIT
-[[ -n ${VELRO_WRITETAX_KEEP:-} ]] && trap - EXIT
+[[ -n ${VELRO_WRITETAX_KEEP:-} ]] && trap - EXIT && log "keeping $URL"
 WORK=$(mktemp -d)
 
 log "creating $SCRATCH, migrating (migrations/*.sql), seeding"
@@ -167,28 +211,32 @@ run() {
 # Server CPU per write, min over $CPU_REPS repetitions (needs a superuser:
 # log_statement_stats). Throughput on a shared 2-core machine swings by tens
 # of percent between runs; the backend's own CPU time does not.
-CPU_N=20000 CPU_REPS=${VELRO_WRITETAX_CPU_REPS:-5}
+CPU_N=20000 CPU_REPS=${VELRO_WRITETAX_CPU_REPS:-7}
 declare -A CPU
-cpu_us() {
-    local file=$1 best="" ms
-    for ((k = 0; k < CPU_REPS; k++)); do
-        ms=$(PGOPTIONS="-c bench.n=$CPU_N" q -f "$file" 2>&1 \
-            | awk '/s user, .* s system, / { gsub(/!/, ""); print ($1 + $4) * 1000; exit }')
-        [[ -n $ms ]] || die "no CPU figure from $file"
-        best=$(awk -v a="$ms" -v b="${best:-$ms}" 'BEGIN { print (a < b) ? a : b }')
-    done
-    awk -v ms="$best" -v n=$CPU_N 'BEGIN { printf "%.1f", ms * 1000 / n }'
+# µs of backend CPU per write for one run of $1.
+cpu_once() {
+    PGOPTIONS="-c bench.n=$CPU_N" q -f "$1" 2>&1 \
+        | awk -v n=$CPU_N '/s user, .* s system, / { gsub(/!/, ""); printf "%.1f\n", ($1 + $4) * 1e6 / n; exit }'
 }
 superuser=$(q -At -c "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-if [[ $superuser == t ]]; then
+if [[ $superuser == t ]] && ((CPU_REPS > 0)); then
+    # Repetitions interleave the trigger sets, so that a change in the
+    # machine's load hits them alike; the minimum is kept.
+    for ((k = 0; k < CPU_REPS; k++)); do
+        for set in "${SETS[@]}"; do
+            use_set "$set"
+            for mix in complete insert-complete; do
+                us=$(cpu_once "scripts/write-tax/cpu-$mix.sql")
+                [[ -n $us ]] || die "no CPU figure from cpu-$mix.sql"
+                CPU[$mix/$set]=$(awk -v a="$us" -v b="${CPU[$mix/$set]:-$us}" 'BEGIN { print (a < b) ? a : b }')
+            done
+        done
+    done
     for set in "${SETS[@]}"; do
-        use_set "$set"
-        CPU[complete/$set]=$(cpu_us scripts/write-tax/cpu-complete.sql)
-        CPU[insert-complete/$set]=$(cpu_us scripts/write-tax/cpu-insert-complete.sql)
         log "server CPU, triggers $set: ${CPU[complete/$set]} µs per status update, ${CPU[insert-complete/$set]} µs per insert + complete"
     done
 else
-    log "not a superuser: skipping the server CPU measurement"
+    log "not a superuser or VELRO_WRITETAX_CPU_REPS=0: skipping the server CPU measurement"
 fi
 
 declare -A TPS
@@ -216,8 +264,8 @@ pgversion=$(q -At -c "SHOW server_version")
 settings=$(q -At -c "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers')")
 echo
 echo "Write tax, $(date -u +%Y-%m-%d): commit $commit; ${cpu:-unknown CPU}, $(nproc) cores;"
-echo "Postgres $pgversion ($settings); pgbench -T $SECONDS_PER_RUN -c $CLIENTS -j $THREADS -M prepared, $ROUNDS rounds"
-echo "Command: VELRO_WRITETAX_SECONDS=$SECONDS_PER_RUN VELRO_WRITETAX_CLIENTS=$CLIENTS VELRO_WRITETAX_ROUNDS=$ROUNDS scripts/bench-write-tax.sh"
+echo "Postgres $pgversion ($SERVER server; $settings); pgbench -T $SECONDS_PER_RUN -c $CLIENTS -j $THREADS -M prepared, $ROUNDS rounds"
+echo "Command: VELRO_WRITETAX_SECONDS=$SECONDS_PER_RUN VELRO_WRITETAX_CLIENTS=$CLIENTS VELRO_WRITETAX_ROUNDS=$ROUNDS VELRO_WRITETAX_SERVER=$SERVER scripts/bench-write-tax.sh"
 echo
 echo "| mix | no triggers, tps | 0003 triggers, tps | 0003 / none | 0002 triggers, tps | 0002 / none |"
 echo "|---|---|---|---|---|---|"
@@ -239,6 +287,10 @@ if [[ -n ${CPU[complete/none]:-} ]]; then
     echo "| write | no triggers | 0003 triggers | 0002 triggers |"
     echo "|---|---|---|---|"
     for mix in complete insert-complete; do
-        echo "| $mix | ${CPU[$mix/none]} | ${CPU[$mix/0003]} (+$(awk -v a="${CPU[$mix/0003]}" -v b="${CPU[$mix/none]}" 'BEGIN { printf "%.1f", a - b }')) | ${CPU[$mix/0002]} (+$(awk -v a="${CPU[$mix/0002]}" -v b="${CPU[$mix/none]}" 'BEGIN { printf "%.1f", a - b }')) |"
+        row="| $mix | ${CPU[$mix/none]}"
+        for set in 0003 0002; do
+            row="$row | ${CPU[$mix/$set]} ($(awk -v a="${CPU[$mix/$set]}" -v b="${CPU[$mix/none]}" 'BEGIN { printf "%+.1f", a - b }'))"
+        done
+        echo "$row |"
     done
 fi
