@@ -65,11 +65,12 @@
 --     - generations (the hot table): the row triggers are BEFORE triggers,
 --       and the statement trigger runs only WHEN the buffer is not empty.
 --       `pending` -> `completed` runs no function at all: its whole cost is
---       one WHEN clause. (Measured, Postgres backend CPU per single-row
---       status UPDATE: +3 µs, vs +11 µs with an unconditional flush call,
---       most of it the function's SET search_path.) BEFORE is free here:
---       any BEFORE UPDATE row trigger makes Postgres lock the row before the
---       update, and generations has one already (generations_no_cycle).
+--       two WHEN clauses. (Measured, Postgres backend CPU per single-row
+--       status UPDATE: +6 µs, vs +11 µs with an unconditional flush call,
+--       most of it the function's SET search_path; docs/performance.md.)
+--       BEFORE is free here: any BEFORE UPDATE row trigger makes Postgres
+--       lock the row before the update, and generations has one already
+--       (generations_no_cycle).
 --     - the other tables: AFTER row triggers, and a statement trigger with no
 --       WHEN clause that returns at once when the buffer is empty (one call
 --       per UPDATE that names a decision column, ~8 µs; such updates are
@@ -99,7 +100,8 @@
 --   team_members, shares: an insert is a grant; it changes the memberships of
 --     its user / the shares of its resource. They notify.
 --   generations: the hot insert (one per AI generation). It does NOT notify.
---     This is safe only under this cache contract, which the sidecar keeps:
+--     This is safe only under this cache contract, which the sidecar must
+--     keep (its fact cache, L1 and L2):
 --       - A "no such generation" result is never stored, in L1 or in Redis,
 --         and nothing cached or derived (a decision, a parent chain) may rest
 --         on a generation's absence; a read that finds no row answers only the
