@@ -127,7 +127,14 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
-/// Trigger payload, as built by `velro_authz_notify()`.
+/// Trigger payload. Two shapes share it:
+/// - migrations/0003 (`velro_authz_notify_statement()`): every key a statement
+///   changed, `{"t", "op", "ts", "keys": [{<key columns>}, ...]}`; or
+///   `{"t", "op": "FLUSH" | "TRUNCATE", "ts"}` when they would not fit in one
+///   notification, or cannot be named;
+/// - migrations/0002 (`velro_authz_notify()`, still read so that notifications
+///   sent before the upgrade are applied precisely): one row,
+///   `{"t", "op", "ts", "old": {..} | null, "new": {..} | null}`.
 #[derive(Debug, Deserialize)]
 struct Payload {
     t: String,
@@ -135,6 +142,7 @@ struct Payload {
     ts: Option<f64>,
     old: Option<serde_json::Map<String, serde_json::Value>>,
     new: Option<serde_json::Map<String, serde_json::Value>>,
+    keys: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// Parses a notification payload. Anything unreadable becomes a flush: losing
@@ -143,7 +151,9 @@ pub fn parse(payload: &str) -> Invalidation {
     let Ok(p) = serde_json::from_str::<Payload>(payload) else {
         return Invalidation::Flush;
     };
-    if p.op == "TRUNCATE" {
+    // FLUSH: a statement changed more keys than one notification can carry.
+    // The table is named, but there is no per-table flush: void everything.
+    if p.op == "TRUNCATE" || p.op == "FLUSH" {
         return Invalidation::Flush;
     }
     let table: &'static str = match p.t.as_str() {
@@ -157,8 +167,12 @@ pub fn parse(payload: &str) -> Invalidation {
         "sessions" => "sessions",
         _ => return Invalidation::Flush,
     };
+    let rows = [p.old.as_ref(), p.new.as_ref()]
+        .into_iter()
+        .flatten()
+        .chain(p.keys.iter().flatten());
     let mut keys = Vec::with_capacity(2);
-    for row in [p.old.as_ref(), p.new.as_ref()].into_iter().flatten() {
+    for row in rows {
         match key_of(table, row) {
             Some(key) => {
                 if !keys.contains(&key) {
@@ -506,6 +520,49 @@ mod tests {
     }
 
     #[test]
+    fn parse_statement_payload_voids_every_key_once() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let payload = format!(
+            r#"{{"t":"generations","op":"UPDATE","ts":3.25,"keys":[{{"id":"{a}"}},{{"id":"{b}"}},{{"id":"{a}"}}]}}"#
+        );
+        assert_eq!(
+            parse(&payload),
+            Invalidation::Keys {
+                table: "generations",
+                keys: vec![FactKey::Generation(a), FactKey::Generation(b)],
+                changed_at: Some(3.25),
+            }
+        );
+    }
+
+    #[test]
+    fn parse_statement_payload_of_shares_and_api_keys_names_their_facts() {
+        let id = Uuid::new_v4();
+        let hash = "ab".repeat(32);
+        let shares = format!(
+            r#"{{"t":"shares","op":"DELETE","ts":1,"keys":[{{"resource_kind":"generation","resource_id":"{id}"}}]}}"#
+        );
+        let keys =
+            format!(r#"{{"t":"api_keys","op":"INSERT","ts":1,"keys":[{{"key_hash":"{hash}"}}]}}"#);
+        assert_eq!(
+            parse(&shares),
+            Invalidation::Keys {
+                table: "shares",
+                keys: vec![FactKey::Shares(ResourceKind::Generation, id)],
+                changed_at: Some(1.0),
+            }
+        );
+        assert_eq!(
+            parse(&keys),
+            Invalidation::Keys {
+                table: "api_keys",
+                keys: vec![FactKey::ApiKey(hash.as_str().into())],
+                changed_at: Some(1.0),
+            }
+        );
+    }
+
+    #[test]
     fn parse_unreadable_or_truncate_flushes() {
         for payload in [
             "",
@@ -514,6 +571,13 @@ mod tests {
             r#"{"t":"mystery","op":"INSERT","ts":1,"new":{"id":"x"}}"#,
             r#"{"t":"users","op":"INSERT","ts":1,"new":{"id":"not-a-uuid"}}"#,
             r#"{"t":"users","op":"DELETE","ts":1,"old":null,"new":null}"#,
+            // 0003: keys too many for one notification, or none that parse.
+            r#"{"t":"generations","op":"FLUSH","ts":1}"#,
+            r#"{"t":"generations","op":"FLUSH","ts":1,"keys":[{"id":"00000000-0000-4000-8000-000000000001"}]}"#,
+            r#"{"t":"users","op":"UPDATE","ts":1,"keys":[]}"#,
+            r#"{"t":"users","op":"UPDATE","ts":1,"keys":[{"id":"00000000-0000-4000-8000-000000000001"},{}]}"#,
+            r#"{"t":"shares","op":"INSERT","ts":1,"keys":[{"resource_kind":"team","resource_id":"00000000-0000-4000-8000-000000000001"}]}"#,
+            r#"{"t":"users","op":"UPDATE","ts":1,"keys":{"id":"00000000-0000-4000-8000-000000000001"}}"#,
         ] {
             assert_eq!(parse(payload), Invalidation::Flush, "{payload}");
         }
@@ -545,6 +609,28 @@ mod tests {
             let _ = parse(&payload);
             let _ = parse_lsn(&payload);
             let _ = Sent::new().parse(&payload);
+        }
+
+        /// Any number of keys in the 0003 shape comes back as exactly those
+        /// facts, in order, once each.
+        #[test]
+        fn parse_statement_payload_round_trips(ids in proptest::collection::vec(0u8..8, 1..40)) {
+            let ids: Vec<Uuid> = ids.iter().map(|n| Uuid::from_u128(0x1000 + u128::from(*n))).collect();
+            let keys: Vec<String> = ids.iter().map(|id| format!(r#"{{"user_id":"{id}"}}"#)).collect();
+            let payload = format!(
+                r#"{{"t":"team_members","op":"DELETE","ts":1,"keys":[{}]}}"#,
+                keys.join(",")
+            );
+            let mut want: Vec<FactKey> = Vec::new();
+            for id in ids {
+                if !want.contains(&FactKey::Memberships(id)) {
+                    want.push(FactKey::Memberships(id));
+                }
+            }
+            proptest::prop_assert_eq!(
+                parse(&payload),
+                Invalidation::Keys { table: "team_members", keys: want, changed_at: Some(1.0) }
+            );
         }
     }
 }

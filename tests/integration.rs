@@ -20,4 +20,5 @@ mod integration {
     mod race;
     mod ratelimit;
     mod routes;
+    mod triggers;
 }

@@ -190,9 +190,10 @@ async fn faults_redis_killed_and_restarted_answers_stay_right_and_dependency_rec
         Duration::from_secs(2),
     );
 
-    // Meanwhile, touch users (a new email: every decision's answer stays the
-    // same, but the user facts are invalidated), so that L1 misses, and with
-    // them Redis calls, keep coming during the whole outage.
+    // Meanwhile, invalidate user facts (every decision's answer stays the
+    // same), so that L1 misses, and with them Redis calls, keep coming during
+    // the whole outage. A notification of its own: since migrations/0003 a
+    // change no decision reads (a new email, say) announces nothing.
     let stop_touch = Arc::new(AtomicBool::new(false));
     let toucher = {
         let (pool, users, stop) = (
@@ -204,8 +205,11 @@ async fn faults_redis_killed_and_restarted_answers_stay_right_and_dependency_rec
             let mut rng = StdRng::seed_from_u64(SEED);
             while !stop.load(Ordering::Relaxed) {
                 let u = *users.choose(&mut rng).expect("users");
-                sqlx::query("UPDATE users SET email = 'touched-' || gen_random_uuid() || '@cluster.test' WHERE id = $1")
-                    .bind(u)
+                sqlx::query(
+                    "SELECT pg_notify('velro_authz_invalidate', json_build_object('t', 'users', \
+                     'op', 'UPDATE', 'keys', json_build_array(json_build_object('id', $1::text)))::text)",
+                )
+                .bind(u)
                     .execute(&pool)
                     .await
                     .expect("touch user");
