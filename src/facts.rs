@@ -55,6 +55,14 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
 }
 
+/// Why a fill put nothing in L1.
+enum Fill {
+    /// The fact could not be read.
+    Failed(FactError),
+    /// Read, but not to be kept: the waiters of this fill get it, nobody else.
+    Uncached(Fact, Source),
+}
+
 /// A cached fact with the stamps that say whether it may still be trusted.
 #[derive(Debug)]
 struct Entry {
@@ -278,12 +286,25 @@ impl<S: FactSource> Facts<S> {
                     let (stamp, epoch) = self.stamps(&key);
                     // Boxed: the Redis and Postgres futures are large, and
                     // inline they would make every L1 hit's future as big.
-                    let (fact, source) = Box::pin(self.fill(&key)).await?;
+                    let (fact, source) = Box::pin(self.fill(&key)).await.map_err(Fill::Failed)?;
+                    if !fact.cacheable() {
+                        // Answers this fill's waiters only; moka keeps no entry.
+                        return Err(Fill::Uncached(fact, source));
+                    }
                     *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
-                    Ok::<_, FactError>(Arc::new(Entry { fact, stamp, epoch }))
+                    Ok::<_, Fill>(Arc::new(Entry { fact, stamp, epoch }))
                 })
-                .await
-                .map_err(|e: Arc<FactError>| (*e).clone())?;
+                .await;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(fill) => match &*fill {
+                    Fill::Failed(e) => return Err(e.clone()),
+                    Fill::Uncached(fact, source) => {
+                        trace.record(&key, *source, fact);
+                        return Ok(fact.clone());
+                    }
+                },
+            };
             if self.trusted(&key, &entry) {
                 let filled = *filled_from.lock().unwrap_or_else(|p| p.into_inner());
                 let source = filled.unwrap_or(Source::Coalesced);

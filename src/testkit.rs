@@ -44,7 +44,7 @@ pub use envoy::{Answer, Check, Verdict, send_check, verdict};
 
 /// The HS256 secret of every [`config`]: tokens from [`Token`] verify, and a
 /// test may sign a token of its own making with it.
-pub const SECRET: &str = "testkit-hs256-secret-0123456789abcdef0123";
+pub const SECRET: &str = "testkit-hs256-U4Llmp1xgTFn3AYIt1106UFNqXrM7n3htYHJz";
 
 /// A database URL nothing listens on: configs need one, in-process tests
 /// either pass a pool or read no facts from Postgres.

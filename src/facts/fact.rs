@@ -220,6 +220,13 @@ impl Fact {
         )
     }
 
+    /// Whether the fact may be kept in L1 or Redis. "No such generation" may
+    /// not: generation inserts are not announced (migrations/0003), so nothing
+    /// cached may rest on a generation not existing.
+    pub fn cacheable(&self) -> bool {
+        !matches!(self, Fact::Generation(None))
+    }
+
     /// A "row not found" entry (shorter TTL).
     pub fn is_negative(&self) -> bool {
         match self {

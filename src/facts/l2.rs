@@ -481,9 +481,9 @@ impl L2 {
     }
 
     /// Writes a fact read from Postgres, unless an invalidation or epoch bump
-    /// happened since `ticket` was taken.
+    /// happened since `ticket` was taken, or the fact may not be kept.
     pub async fn put(&self, key: &FactKey, ticket: Ticket, fact: &Fact) {
-        if !self.usable() {
+        if !self.usable() || !fact.cacheable() {
             return;
         }
         let Some(value) = encode(fact, &ticket) else {
@@ -561,7 +561,7 @@ fn decode(bytes: &[u8], key: &FactKey, version: &str, epoch: &str) -> Option<Fac
         return None;
     }
     let (v, e, fact): (String, String, Fact) = postcard::from_bytes(body).ok()?;
-    (v == version && e == epoch && fact.matches(key)).then_some(fact)
+    (v == version && e == epoch && fact.matches(key) && fact.cacheable()).then_some(fact)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::config::{Config, ENV_DATABASE_URL};
 
 /// The `auth:` section every sidecar gets; tokens are minted with the same
 /// keys. The HS256 secret is for these tests only, like demo/config.yaml's.
-pub const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-0123456789abcdef0123\n";
+pub const AUTH_YAML: &str = "auth:\n  jwt:\n    issuer: velro\n    audience: velro-api\n    keys:\n      - kid: cluster\n        alg: HS256\n        secret: cluster-test-secret-zBYDmLvHGPEVKXSxiR0IcykaQPDBLkIU\n";
 
 /// A JWT verifier/minter with the sidecars' keys.
 pub fn jwt() -> Arc<JwtVerifier> {

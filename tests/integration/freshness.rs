@@ -549,3 +549,47 @@ async fn freshness_postgres_unreachable_fails_closed_unless_stale_serving_is_cho
         running.shutdown().await;
     }
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn freshness_generation_asked_before_it_exists_is_allowed_right_after_its_silent_insert(
+    pool: PgPool,
+) {
+    // Generation inserts are not announced (migrations/0003: the platform's
+    // hottest write). So nothing may cache that a generation does not exist.
+    let h = start(pool.clone()).await;
+    let id = uuid::Uuid::new_v4();
+    let path = format!("/api/v1/generations/{id}");
+    for _ in 0..3 {
+        assert_eq!(
+            status_of(&h, BOB, "GET", &path).await,
+            (404, "not_found".to_owned())
+        );
+    }
+    let invalidations = h
+        .running
+        .metrics
+        .invalidations
+        .with_label_values(&["generations"])
+        .get();
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO generations (id, user_id, status) VALUES ('{id}', '{BOB}', 'pending')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        status_of(&h, BOB, "GET", &path).await,
+        (200, "ok".to_owned()),
+        "the very next Check sees the new generation"
+    );
+    assert_eq!(
+        h.running
+            .metrics
+            .invalidations
+            .with_label_values(&["generations"])
+            .get(),
+        invalidations,
+        "the insert announced nothing"
+    );
+}
