@@ -36,9 +36,12 @@ pub const CHANNEL: &str = "velro_authz_invalidate";
 pub const HEARTBEAT_CHANNEL: &str = "velro_authz_heartbeat";
 
 /// LISTEN on both channels, then the WAL position from which this session
-/// hears every commit.
+/// hears every commit. Positions are WAL *insert* positions: a commit record
+/// is inserted before its transaction becomes visible, so every transaction
+/// committed before the read lies below it, even with `synchronous_commit =
+/// off`, where the write position lags behind.
 const LISTEN_SQL: &str = "LISTEN velro_authz_invalidate; LISTEN velro_authz_heartbeat; \
-     SELECT pg_current_wal_lsn()::text";
+     SELECT pg_current_wal_insert_lsn()::text";
 
 /// LISTEN connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -311,10 +314,11 @@ async fn heartbeats(pool: PgPool, sent: Arc<Sent>, freshness: Arc<Freshness>, in
         let payload = format!("{}:{seq}", sent.instance);
         // The position is read before this transaction commits: every change
         // committed before it is queued ahead of the heartbeat.
-        let send = sqlx::query("SELECT pg_notify($1, $2 || ':' || pg_current_wal_lsn()::text)")
-            .bind(HEARTBEAT_CHANNEL)
-            .bind(payload)
-            .execute(&pool);
+        let send =
+            sqlx::query("SELECT pg_notify($1, $2 || ':' || pg_current_wal_insert_lsn()::text)")
+                .bind(HEARTBEAT_CHANNEL)
+                .bind(payload)
+                .execute(&pool);
         match tokio::time::timeout(interval * 2, send).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not sent"),

@@ -439,7 +439,27 @@ async fn faults_postgres_stopped_cached_answers_continue_uncached_fail_closed_th
         .map(|(p, r)| snapshot.expected(p, r))
         .collect();
 
-    let (tcalls, texpected) = without_session(&pairs, &calls, &expected, sid);
+    // The cached traffic: no pair on the revoked session, and none on a
+    // generation that does not exist — "no such generation" is never cached
+    // (generation inserts are silent), so with Postgres away it cannot decide.
+    let known: HashSet<Uuid> = fleet.world.generations.iter().copied().collect();
+    let kept: Vec<(Principal, Route)> = pairs
+        .iter()
+        .filter(|(_, r)| match (&r.need, r.id) {
+            (
+                Need::Resource {
+                    kind: Kind::Generation,
+                    ..
+                },
+                Some(id),
+            ) => known.contains(&id),
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let kept_calls = fleet.calls(&kept);
+    let kept_expected: Vec<Verdict> = kept.iter().map(|(p, r)| snapshot.expected(p, r)).collect();
+    let (tcalls, texpected) = without_session(&kept, &kept_calls, &kept_expected, sid);
     let traffic = Traffic::start(
         &fleet.sidecars,
         Arc::new(tcalls),
