@@ -509,7 +509,7 @@ impl<S: FactSource> Facts<S> {
     }
 
     /// The generation followed by its parents until one has a project, for at
-    /// most `policy::MAX_PARENT_HOPS` hops; stops at a missing row or a repeated
+    /// most `model::MAX_PARENT_HOPS` hops; stops at a missing row or a repeated
     /// id. `policy::project_of` applies the rules to the result.
     pub async fn generation_chain(
         &self,
@@ -519,7 +519,7 @@ impl<S: FactSource> Facts<S> {
         let mut chain = vec![first];
         loop {
             let last = &chain[chain.len() - 1];
-            if last.project_id.is_some() || chain.len() > crate::policy::MAX_PARENT_HOPS {
+            if last.project_id.is_some() || chain.len() > crate::model::MAX_PARENT_HOPS {
                 break;
             }
             let Some(parent) = last.parent_id else { break };

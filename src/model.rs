@@ -4,6 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// How many parent hops a generation's project lookup may take (SPEC §9): G is
+/// hop 0, so a chain holds at most `MAX_PARENT_HOPS + 1` generations.
+pub const MAX_PARENT_HOPS: usize = 16;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -14,9 +14,7 @@ use crate::model::{
     Action, Generation, GenerationStatus, Membership, Project, Role, Scopes, UserStatus, Visibility,
 };
 
-/// How many parent hops a generation's project lookup may take (SPEC §9): G is
-/// hop 0, so a chain holds at most `MAX_PARENT_HOPS + 1` generations.
-pub const MAX_PARENT_HOPS: usize = 16;
+pub use crate::model::MAX_PARENT_HOPS;
 
 /// The subject of a decision: the user and their direct team memberships.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

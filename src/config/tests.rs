@@ -1,0 +1,307 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const SECRET: &str = "config-unit-secret-AztFVDvplic45EOkALPPusMl3R2GoYgT";
+
+fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = map
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn config_defaults_with_env_are_valid() {
+    let cfg = Config::from_yaml(
+        "",
+        env(&[
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:9191");
+    assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:8181");
+    assert_eq!(cfg.cache.ttl, Duration::from_secs(300));
+    assert_eq!(cfg.cache.negative_ttl, Duration::from_secs(30));
+    assert!(!cfg.decision.dry_run);
+}
+
+#[test]
+fn config_metrics_addr_is_off_by_default_and_set_by_file_or_env() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let off = Config::from_yaml("", env(&base)).expect("valid");
+    assert_eq!(off.metrics_addr, None);
+    let file = Config::from_yaml("metrics_addr: 0.0.0.0:9464\n", env(&base)).expect("valid");
+    assert_eq!(
+        file.metrics_addr,
+        Some("0.0.0.0:9464".parse().expect("addr"))
+    );
+    let mut with = base.to_vec();
+    with.push(("VELRO_AUTHZ_METRICS_ADDR", "127.0.0.1:9465"));
+    let over = Config::from_yaml("metrics_addr: 0.0.0.0:9464\n", env(&with)).expect("valid");
+    assert_eq!(
+        over.metrics_addr,
+        Some("127.0.0.1:9465".parse().expect("addr"))
+    );
+}
+
+#[test]
+fn config_metrics_addr_must_be_an_address_of_its_own() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    for yaml in ["metrics_addr: nope\n", "metrics_addr: 127.0.0.1:8181\n"] {
+        let err = Config::from_yaml(yaml, env(&base)).expect_err(yaml);
+        assert!(
+            err.to_string()
+                .contains("metrics_addr / VELRO_AUTHZ_METRICS_ADDR"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn config_reports_every_error_at_once() {
+    let yaml = "grpc_addr: nope\ncache:\n  max_facts: 0\ndecision:\n  allow_log_sample: 2\n";
+    let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
+    let text = err.to_string();
+    for setting in [
+        "grpc_addr",
+        "DATABASE_URL",
+        "cache.max_facts",
+        "decision.allow_log_sample",
+        "auth.jwt",
+    ] {
+        assert!(text.contains(setting), "{setting} missing from {text}");
+    }
+}
+
+#[test]
+fn config_redis_is_off_without_url_and_on_with_redis_url() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let off = Config::from_yaml("", env(&base)).expect("valid");
+    assert!(off.redis.is_none());
+    assert!(off.rate_limit.is_none());
+    let mut with = base.to_vec();
+    with.push(("REDIS_URL", "redis://:hunter2@cache:6379/0"));
+    let on = Config::from_yaml("redis:\n  key_prefix: \"{v}:\"\n", env(&with)).expect("valid");
+    let redis = on.redis.as_ref().expect("redis on");
+    assert_eq!(redis.key_prefix, "{v}:");
+    assert_eq!(redis.timeout, Duration::from_millis(100));
+    assert_eq!(on.l2.ttl, Duration::from_secs(900));
+    assert_eq!(on.l2.negative_ttl, Duration::from_secs(30));
+    assert!(!format!("{on:?}").contains("hunter2"), "password redacted");
+}
+
+#[test]
+fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
+    let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
+    let err = Config::from_yaml(
+        yaml,
+        env(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]),
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    for setting in [
+        "redis.url / REDIS_URL",
+        "redis.timeout_ms",
+        "breaker.failures",
+        "rate_limit.per_second",
+        "rate_limit.burst",
+    ] {
+        assert!(text.contains(setting), "{setting} missing from {text}");
+    }
+}
+
+#[test]
+fn config_failed_auth_limit_is_on_by_default_and_alone_enables_no_principal_limit() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let default = Config::from_yaml("", env(&base)).expect("valid");
+    assert_eq!(default.failed_auth_per_minute, 600);
+    let off =
+        Config::from_yaml("rate_limit:\n  failed_auth_per_minute: 0\n", env(&base)).expect("valid");
+    assert_eq!(off.failed_auth_per_minute, 0);
+    assert!(off.rate_limit.is_none(), "per-principal limits stay off");
+    let err = Config::from_yaml("rate_limit:\n  burst: 5\n", env(&base)).expect_err("burst alone");
+    assert!(
+        err.to_string()
+            .contains("rate_limit.burst: needs rate_limit.per_second"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
+    let cfg = Config::from_yaml(
+        "rate_limit:\n  per_second: 20.5\n",
+        env(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]),
+    )
+    .expect("valid");
+    let rl = cfg.rate_limit.expect("on");
+    assert_eq!((rl.per_second, rl.burst), (20.5, 21));
+}
+
+#[test]
+fn config_load_database_needs_no_jwt_secret() {
+    let db = Config::load_database(None, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+        .expect("migrate needs only the database");
+    assert_eq!(db.url, "postgres://x@h/db");
+    let err = Config::load_database(None, env(&[])).expect_err("no url");
+    assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+}
+
+#[test]
+fn config_forward_auth_headers_default_and_override() {
+    let env = env(&[
+        ("DATABASE_URL", "postgres://u@localhost/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ]);
+    let cfg = Config::from_yaml("", &env).expect("valid");
+    assert_eq!(cfg.forward_auth, ForwardAuthSettings::default());
+    assert_eq!(cfg.forward_auth.original_uri_header, "x-original-uri");
+    let yaml = "forward_auth:\n  original_method_header: X-Orig-Method\n  original_uri_header: X-Orig-Uri\n";
+    let cfg = Config::from_yaml(yaml, &env).expect("valid");
+    assert_eq!(cfg.forward_auth.original_method_header, "x-orig-method");
+    assert_eq!(cfg.forward_auth.original_uri_header, "x-orig-uri");
+}
+
+#[test]
+fn config_forward_auth_bad_header_names_are_reported_by_setting() {
+    let yaml =
+        "forward_auth:\n  original_method_header: \"X Method\"\n  original_uri_header: \"\"\n";
+    let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("forward_auth.original_method_header"),
+        "{text}"
+    );
+    assert!(text.contains("forward_auth.original_uri_header"), "{text}");
+}
+
+#[test]
+fn config_jwt_section_without_issuer_or_audience_names_both() {
+    let yaml = format!("auth:\n  jwt:\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n");
+    let err = Config::from_yaml(&yaml, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+        .expect_err("issuer and audience are required");
+    let text = err.to_string();
+    assert!(text.contains("auth.jwt.issuer: required"), "{text}");
+    assert!(text.contains("auth.jwt.audience: required"), "{text}");
+    let any = format!(
+        "auth:\n  jwt:\n    issuer: any\n    audience: any\n    keys:\n      - alg: HS256\n        secret: {SECRET}\n"
+    );
+    Config::from_yaml(&any, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+        .expect("`any` is an explicit choice");
+}
+
+#[test]
+fn config_placeholder_or_guessable_secret_is_refused_naming_its_setting() {
+    let base = [("DATABASE_URL", "postgres://x@h/db")];
+    for (secret, why) in [
+        ("CHANGE-ME-to-at-least-32-random-bytes", "placeholder"),
+        (crate::authn::jwt::DEMO_SECRET, "demo secret"),
+        ("0123456789abcdef0123456789abcdef", "too predictable"),
+        ("passwordpasswordpasswordpassword", "too predictable"),
+    ] {
+        let mut with = base.to_vec();
+        with.push(("VELRO_AUTHZ_JWT_SECRET", secret));
+        let text = Config::from_yaml("", env(&with))
+            .expect_err(secret)
+            .to_string();
+        assert!(
+            text.contains("VELRO_AUTHZ_JWT_SECRET (auth.jwt.keys[0].secret): "),
+            "{text}"
+        );
+        assert!(text.contains(why), "{why} missing from {text}");
+        assert!(!text.contains(secret), "the secret is printed: {text}");
+
+        let yaml = format!(
+            "auth:\n  jwt:\n    issuer: i\n    audience: a\n    keys:\n      - alg: HS256\n        secret: {secret}\n"
+        );
+        let text = Config::from_yaml(&yaml, env(&base))
+            .expect_err(secret)
+            .to_string();
+        assert!(text.contains("auth.jwt.keys[0].secret: "), "{text}");
+        assert!(!text.contains("VELRO_AUTHZ_JWT_SECRET"), "{text}");
+        assert!(!text.contains(secret), "the secret is printed: {text}");
+    }
+}
+
+#[test]
+fn config_demo_secret_needs_allow_demo_secret_and_the_shipped_demo_config_sets_it() {
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/config.yaml"))
+            .expect("demo config");
+    assert!(demo.contains(crate::authn::jwt::DEMO_SECRET));
+    let env = env(&[("DATABASE_URL", "postgres://x@h/db")]);
+    Config::from_yaml(&demo, &env).expect("the demo config starts");
+    let without = demo.replace("allow_demo_secret: true", "allow_demo_secret: false");
+    let text = Config::from_yaml(&without, &env)
+        .expect_err("demo secret without the flag")
+        .to_string();
+    assert!(
+        text.contains("auth.jwt.keys[0].secret: is the demo secret"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_unknown_field_is_rejected() {
+    let err = Config::from_yaml("grpc_adr: 1.2.3.4:1\n", env(&[])).expect_err("invalid");
+    assert!(err.to_string().contains("grpc_adr"), "{err}");
+}
+
+#[test]
+fn config_debug_never_prints_secrets() {
+    let cfg = Config::from_yaml(
+        "",
+        env(&[
+            ("DATABASE_URL", "postgres://u:hunter2hunter2@localhost/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]),
+    )
+    .expect("valid");
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("hunter2hunter2"), "{debug}");
+    assert!(!debug.contains(SECRET), "{debug}");
+}
+
+proptest::proptest! {
+    /// Whatever the file says, loading it answers Ok or a config error.
+    #[test]
+    fn config_from_arbitrary_yaml_never_panics(text in ".{0,400}") {
+        let _ = Config::from_yaml(&text, env(&[("VELRO_AUTHZ_JWT_SECRET", SECRET)]));
+    }
+
+    #[test]
+    fn config_from_yamlish_text_never_panics(
+        key in "(grpc_addr|database|cache|decision|auth|routes_file|listener|log_format)",
+        value in "[ -~]{0,60}",
+    ) {
+        let _ = Config::from_yaml(&format!("{key}: {value}\n"), env(&[]));
+    }
+}
+
+#[test]
+fn redact_url_hides_password_only() {
+    assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+    assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+}
