@@ -110,7 +110,10 @@ impl App {
                 config.breaker,
                 metrics.clone(),
             )
-            .with_freshness(freshness),
+            .with_freshness(freshness)
+            // No caller waits longer than the decision deadline: a query still
+            // running then is a failure; one abandoned sooner by its caller is not.
+            .with_query_timeout(config.decision.deadline),
         );
         let mut authorizer = Authorizer::new(
             config.routes.clone(),

@@ -11,6 +11,7 @@ mod integration {
 
     pub mod http_client;
 
+    mod breaker;
     mod credentials;
     mod forward;
     mod freshness;
