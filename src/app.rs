@@ -96,7 +96,7 @@ impl App {
             // A rejoin waits at most one silence bound for the fleet's coverage.
             L2::new(
                 r.clone(),
-                config.l2,
+                config.l2.clone(),
                 config.freshness.max_silence,
                 metrics.clone(),
             )

@@ -18,7 +18,7 @@ use crate::authz::DecisionSettings;
 use crate::breaker::BreakerConfig;
 use crate::facts::CacheSettings;
 use crate::facts::freshness::FreshnessSettings;
-use crate::facts::l2::L2Settings;
+use crate::facts::l2::{L2Key, L2Settings};
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
 use crate::ratelimit::RateLimitConfig;
@@ -47,6 +47,10 @@ pub const ENV_ROUTES_FILE: &str = "VELRO_AUTHZ_ROUTES_FILE";
 pub const ENV_LOG_FORMAT: &str = "VELRO_AUTHZ_LOG_FORMAT";
 /// The Redis key prefix.
 pub const ENV_REDIS_PREFIX: &str = "VELRO_AUTHZ_REDIS_PREFIX";
+/// The key that authenticates values in Redis.
+pub const ENV_REDIS_HMAC_KEY: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY";
+/// A file holding that key (a mounted Secret).
+pub const ENV_REDIS_HMAC_KEY_FILE: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY_FILE";
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -139,6 +143,10 @@ struct FileRedis {
     timeout_ms: Option<u64>,
     ttl_secs: Option<u64>,
     negative_ttl_secs: Option<u64>,
+    hmac_key: Option<String>,
+    hmac_key_file: Option<PathBuf>,
+    allow_unauthenticated_values: Option<bool>,
+    allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,6 +424,15 @@ impl Config {
         let redis_url = env(ENV_REDIS_URL)
             .or(file.redis.url)
             .filter(|u| !u.is_empty());
+        let allow_insecure = file.redis.allow_insecure.unwrap_or(false);
+        let hmac_key = l2_key(
+            file.redis.hmac_key,
+            file.redis.hmac_key_file,
+            file.redis.allow_unauthenticated_values.unwrap_or(false),
+            redis_url.is_some(),
+            &env,
+            &mut errors,
+        );
         let redis = redis_url.map(|url| {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -426,6 +443,14 @@ impl Config {
                     "redis.url / REDIS_URL: must be a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"
                         .to_owned(),
                 );
+            } else if !allow_insecure
+                && let Some(host) = crate::redis::unauthenticated_remote_host(&url)
+            {
+                errors.push(format!(
+                    "redis.url / REDIS_URL: {host} is not a loopback address and the URL has no password, \
+                     so anyone who can reach it can write the facts every sidecar trusts: add one \
+                     (redis://:PASSWORD@host, rediss:// across hosts) or set redis.allow_insecure: true"
+                ));
             }
             let settings = RedisSettings {
                 url,
@@ -443,6 +468,7 @@ impl Config {
         let l2 = L2Settings {
             ttl: Duration::from_secs(file.redis.ttl_secs.unwrap_or(900)),
             negative_ttl: Duration::from_secs(file.redis.negative_ttl_secs.unwrap_or(30)),
+            hmac_key,
         };
         if l2.ttl.is_zero() || l2.negative_ttl.is_zero() {
             errors.push("redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned());
@@ -524,6 +550,79 @@ fn database(
     }
 }
 
+/// The key that authenticates values in Redis: `VELRO_AUTHZ_REDIS_HMAC_KEY`,
+/// `VELRO_AUTHZ_REDIS_HMAC_KEY_FILE`, `redis.hmac_key` or `redis.hmac_key_file`
+/// (the environment first). Required with Redis unless the operator says by
+/// name that Redis itself is trusted (`redis.allow_unauthenticated_values`).
+fn l2_key(
+    file_key: Option<String>,
+    file_key_file: Option<PathBuf>,
+    unauthenticated: bool,
+    with_redis: bool,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<L2Key> {
+    const SETTING: &str = "redis.hmac_key / VELRO_AUTHZ_REDIS_HMAC_KEY (or redis.hmac_key_file / VELRO_AUTHZ_REDIS_HMAC_KEY_FILE)";
+    let inline = env(ENV_REDIS_HMAC_KEY).or(file_key);
+    let from_file = env(ENV_REDIS_HMAC_KEY_FILE)
+        .map(PathBuf::from)
+        .or(file_key_file);
+    let key = match (inline, from_file) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{SETTING}: set the key or its file, not both"));
+            return None;
+        }
+        (Some(k), None) => k.into_bytes(),
+        (None, Some(path)) => match read_secret_file(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(format!(
+                    "redis.hmac_key_file / VELRO_AUTHZ_REDIS_HMAC_KEY_FILE {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+        (None, None) => {
+            if with_redis && !unauthenticated {
+                errors.push(format!(
+                    "{SETTING}: required with Redis, the same on every sidecar sharing it \
+                     (e.g. `head -c 32 /dev/urandom | base64`), so that whoever can write to \
+                     Redis cannot plant a fact; or set redis.allow_unauthenticated_values: true \
+                     to trust Redis as it is"
+                ));
+            }
+            return None;
+        }
+    };
+    if unauthenticated {
+        errors.push(format!(
+            "redis.allow_unauthenticated_values: true contradicts {SETTING}; keep one"
+        ));
+    }
+    if key.len() < L2Key::MIN_LEN {
+        errors.push(format!(
+            "{SETTING}: at least {} bytes (got {})",
+            L2Key::MIN_LEN,
+            key.len()
+        ));
+    }
+    Some(L2Key::new(key))
+}
+
+/// A secret's bytes from a file (a mounted Secret), without the trailing
+/// newline editors and `echo` add. The content never appears in an error.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| e.kind().to_string())?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err("empty".to_owned());
+    }
+    Ok(bytes)
+}
+
 /// The `forward_auth` section: header names, validated and lower-cased.
 fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthSettings {
     let defaults = ForwardAuthSettings::default();
@@ -603,6 +702,7 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+    const HMAC_KEY: &str = "l2-hmac-key-for-tests-0123456789abcdef";
 
     fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = map
@@ -694,6 +794,7 @@ mod tests {
         assert!(off.rate_limit.is_none());
         let mut with = base.to_vec();
         with.push(("REDIS_URL", "redis://:hunter2@cache:6379/0"));
+        with.push(("VELRO_AUTHZ_REDIS_HMAC_KEY", HMAC_KEY));
         let on = Config::from_yaml("redis:\n  key_prefix: \"{v}:\"\n", env(&with)).expect("valid");
         let redis = on.redis.as_ref().expect("redis on");
         assert_eq!(redis.key_prefix, "{v}:");
@@ -701,101 +802,92 @@ mod tests {
         assert_eq!(on.l2.ttl, Duration::from_secs(900));
         assert_eq!(on.l2.negative_ttl, Duration::from_secs(30));
         assert!(!format!("{on:?}").contains("hunter2"), "password redacted");
+        assert!(on.l2.hmac_key.is_some());
+        assert!(!format!("{on:?}").contains(HMAC_KEY), "hmac key redacted");
     }
 
     #[test]
-    fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
-        let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
-        let err = Config::from_yaml(
-            yaml,
-            env(&[
-                ("DATABASE_URL", "postgres://x@h/db"),
-                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
-            ]),
-        )
-        .expect_err("invalid");
-        let text = err.to_string();
-        for setting in [
-            "redis.url / REDIS_URL",
-            "redis.timeout_ms",
-            "breaker.failures",
-            "rate_limit.per_second",
-            "rate_limit.burst",
-        ] {
-            assert!(text.contains(setting), "{setting} missing from {text}");
-        }
-    }
-
-    #[test]
-    fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
-        let cfg = Config::from_yaml(
-            "rate_limit:\n  per_second: 20.5\n",
-            env(&[
-                ("DATABASE_URL", "postgres://x@h/db"),
-                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
-            ]),
-        )
-        .expect("valid");
-        let rl = cfg.rate_limit.expect("on");
-        assert_eq!((rl.per_second, rl.burst), (20.5, 21));
-    }
-
-    #[test]
-    fn config_load_database_needs_no_jwt_secret() {
-        let db = Config::load_database(None, env(&[("DATABASE_URL", "postgres://x@h/db")]))
-            .expect("migrate needs only the database");
-        assert_eq!(db.url, "postgres://x@h/db");
-        let err = Config::load_database(None, env(&[])).expect_err("no url");
-        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
-    }
-
-    #[test]
-    fn config_forward_auth_headers_default_and_override() {
-        let env = env(&[
-            ("DATABASE_URL", "postgres://u@localhost/db"),
+    fn config_redis_needs_an_hmac_key_unless_values_are_trusted_by_name() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
             ("VELRO_AUTHZ_JWT_SECRET", SECRET),
-        ]);
-        let cfg = Config::from_yaml("", &env).expect("valid");
-        assert_eq!(cfg.forward_auth, ForwardAuthSettings::default());
-        assert_eq!(cfg.forward_auth.original_uri_header, "x-original-uri");
-        let yaml = "forward_auth:\n  original_method_header: X-Orig-Method\n  original_uri_header: X-Orig-Uri\n";
-        let cfg = Config::from_yaml(yaml, &env).expect("valid");
-        assert_eq!(cfg.forward_auth.original_method_header, "x-orig-method");
-        assert_eq!(cfg.forward_auth.original_uri_header, "x-orig-uri");
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ];
+        let err = Config::from_yaml("", env(&base)).expect_err("no key");
+        assert!(err.to_string().contains("redis.hmac_key"), "{err}");
+        let trusted =
+            Config::from_yaml("redis:\n  allow_unauthenticated_values: true\n", env(&base))
+                .expect("Redis trusted by name");
+        assert!(trusted.l2.hmac_key.is_none());
+        let short = Config::from_yaml("redis:\n  hmac_key: too-short\n", env(&base))
+            .expect_err("short key");
+        assert!(short.to_string().contains("at least 32 bytes"), "{short}");
+        assert!(!short.to_string().contains("too-short"), "{short}");
+        let both = Config::from_yaml(
+            &format!("redis:\n  hmac_key: {HMAC_KEY}\n  allow_unauthenticated_values: true\n"),
+            env(&base),
+        )
+        .expect_err("contradiction");
+        assert!(both.to_string().contains("contradicts"), "{both}");
+        // No Redis, no key needed.
+        let no_redis = [base[0], base[1]];
+        assert!(Config::from_yaml("", env(&no_redis)).is_ok());
     }
 
     #[test]
-    fn config_forward_auth_bad_header_names_are_reported_by_setting() {
-        let yaml =
-            "forward_auth:\n  original_method_header: \"X Method\"\n  original_uri_header: \"\"\n";
-        let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
-        let text = err.to_string();
-        assert!(
-            text.contains("forward_auth.original_method_header"),
-            "{text}"
-        );
-        assert!(text.contains("forward_auth.original_uri_header"), "{text}");
-    }
-
-    #[test]
-    fn config_unknown_field_is_rejected() {
-        let err = Config::from_yaml("grpc_adr: 1.2.3.4:1\n", env(&[])).expect_err("invalid");
-        assert!(err.to_string().contains("grpc_adr"), "{err}");
-    }
-
-    #[test]
-    fn config_debug_never_prints_secrets() {
+    fn config_redis_hmac_key_file_is_read_without_its_newline() {
+        let path = std::env::temp_dir().join(format!("velro-hmac-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, format!("{HMAC_KEY}\n")).expect("write");
+        let file = path.display().to_string();
         let cfg = Config::from_yaml(
             "",
             env(&[
-                ("DATABASE_URL", "postgres://u:hunter2hunter2@localhost/db"),
+                ("DATABASE_URL", "postgres://x@h/db"),
                 ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ("VELRO_AUTHZ_REDIS_HMAC_KEY_FILE", &file),
             ]),
         )
         .expect("valid");
-        let debug = format!("{cfg:?}");
-        assert!(!debug.contains("hunter2hunter2"), "{debug}");
-        assert!(!debug.contains(SECRET), "{debug}");
+        assert_eq!(cfg.l2.hmac_key.expect("key").len(), HMAC_KEY.len());
+        std::fs::remove_file(&path).expect("remove");
+        let err = Config::from_yaml(
+            &format!("redis:\n  hmac_key_file: {file}\n"),
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+        )
+        .expect_err("missing file");
+        assert!(err.to_string().contains("redis.hmac_key_file"), "{err}");
+    }
+
+    #[test]
+    fn config_remote_redis_without_password_is_refused_unless_allowed() {
+        let load = |yaml: &str, url: &str| {
+            Config::from_yaml(
+                yaml,
+                env(&[
+                    ("DATABASE_URL", "postgres://x@h/db"),
+                    ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+                    ("VELRO_AUTHZ_REDIS_HMAC_KEY", HMAC_KEY),
+                    ("REDIS_URL", url),
+                ]),
+            )
+        };
+        let err = load("", "redis://cache:6379/0").expect_err("refused");
+        assert!(err.to_string().contains("no password"), "{err}");
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        assert!(load("redis:\n  allow_insecure: true\n", "redis://cache:6379").is_ok());
+        for ok in [
+            "redis://:pw@cache:6379/0",
+            "rediss://:pw@cache:6380",
+            "redis://127.0.0.1:6379",
+            "redis://localhost:6379",
+        ] {
+            assert!(load("", ok).is_ok(), "{ok}");
+        }
     }
 
     proptest::proptest! {
