@@ -19,6 +19,7 @@ use crate::breaker::BreakerConfig;
 use crate::facts::CacheSettings;
 use crate::facts::freshness::FreshnessSettings;
 use crate::facts::l2::{L2Key, L2Settings};
+use crate::grpc::admin::{AdminSettings, AdminToken};
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
 use crate::ratelimit::RateLimitConfig;
@@ -51,6 +52,12 @@ pub const ENV_REDIS_PREFIX: &str = "VELRO_AUTHZ_REDIS_PREFIX";
 pub const ENV_REDIS_HMAC_KEY: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY";
 /// A file holding that key (a mounted Secret).
 pub const ENV_REDIS_HMAC_KEY_FILE: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY_FILE";
+/// The admin service's address.
+pub const ENV_ADMIN_ADDR: &str = "VELRO_AUTHZ_ADMIN_ADDR";
+/// The file holding the admin bearer token.
+pub const ENV_ADMIN_TOKEN_FILE: &str = "VELRO_AUTHZ_ADMIN_TOKEN_FILE";
+/// Where the admin service listens when enabled without an address.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9192";
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -58,7 +65,7 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 /// The validated configuration of one sidecar.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// gRPC listener: ext_authz, health, reflection, admin.
+    /// gRPC listener: ext_authz, health, reflection.
     pub grpc_addr: SocketAddr,
     /// HTTP listener: forward-auth, and /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
@@ -67,6 +74,9 @@ pub struct Config {
     /// endpoints are not served (e.g. the pod IP while `http_addr` stays on
     /// loopback). `None` = only on `http_addr`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The admin service (explain, cache stats, flush) on a listener of its
+    /// own, behind a bearer token; `None` (the default) = not served at all.
+    pub admin: Option<AdminSettings>,
     /// Postgres, the source of truth.
     pub database: DatabaseSettings,
     /// In-process cache bounds and safety-net TTLs.
@@ -113,6 +123,8 @@ struct FileConfig {
     http_addr: Option<String>,
     metrics_addr: Option<String>,
     #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
     cache: FileCache,
@@ -147,6 +159,24 @@ struct FileRedis {
     hmac_key_file: Option<PathBuf>,
     allow_unauthenticated_values: Option<bool>,
     allow_insecure: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    addr: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+/// Where `velro-authz admin` finds the admin service: the `admin` section and
+/// its environment overrides, nothing else (a client needs no database, keys
+/// or routes).
+#[derive(Debug, Clone)]
+pub struct AdminClientSettings {
+    /// The admin address (`admin.addr`, else the default).
+    pub addr: String,
+    /// The token file (`admin.token_file`), if configured.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +281,27 @@ impl Config {
         }
     }
 
+    /// Only where the admin service is, for the `admin` client commands.
+    pub fn load_admin_client(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminClientSettings, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        let file = parse_file(&text)?;
+        Ok(AdminClientSettings {
+            addr: env(ENV_ADMIN_ADDR)
+                .or(file.admin.addr)
+                .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.to_owned()),
+            token_file: env(ENV_ADMIN_TOKEN_FILE)
+                .map(PathBuf::from)
+                .or(file.admin.token_file),
+        })
+    }
+
     /// Parses YAML text (empty = all defaults) plus environment overrides.
     pub fn from_yaml(
         text: &str,
@@ -288,6 +339,17 @@ impl Config {
         {
             errors.push(format!(
                 "metrics_addr / VELRO_AUTHZ_METRICS_ADDR: {m} is already grpc_addr or http_addr"
+            ));
+        }
+
+        let admin = admin(file.admin, &env, &mut errors);
+        if let Some(a) = &admin
+            && a.addr.port() != 0
+            && (a.addr == grpc_addr || a.addr == http_addr || Some(a.addr) == metrics_addr)
+        {
+            errors.push(format!(
+                "admin.addr / VELRO_AUTHZ_ADMIN_ADDR: {} is already another listener's address; the admin service gets its own",
+                a.addr
             ));
         }
 
@@ -501,6 +563,7 @@ impl Config {
             grpc_addr,
             http_addr,
             metrics_addr,
+            admin,
             database,
             cache,
             max_credentials,
@@ -608,6 +671,60 @@ fn l2_key(
         ));
     }
     Some(L2Key::new(key))
+}
+
+/// The `admin` section: off unless an address or a token file is configured;
+/// then the token file is required and read now, at start.
+fn admin(
+    file: FileAdmin,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<AdminSettings> {
+    let addr_text = env(ENV_ADMIN_ADDR).or(file.addr).filter(|a| !a.is_empty());
+    let token_file = env(ENV_ADMIN_TOKEN_FILE)
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .or(file.token_file);
+    if addr_text.is_none() && token_file.is_none() {
+        return None;
+    }
+    let addr = addr(
+        "admin.addr / VELRO_AUTHZ_ADMIN_ADDR",
+        addr_text,
+        DEFAULT_ADMIN_ADDR,
+        errors,
+    );
+    let Some(path) = token_file else {
+        errors.push(
+            "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE: required when the admin service is on \
+             (every call must carry the token in `authorization: Bearer …`)"
+                .to_owned(),
+        );
+        return None;
+    };
+    let token = match read_secret_file(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!(
+                "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE {}: {e}",
+                path.display()
+            ));
+            return None;
+        }
+    };
+    if token.len() < AdminToken::MIN_LEN {
+        errors.push(format!(
+            "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE {}: the token must be at least {} bytes (got {})",
+            path.display(),
+            AdminToken::MIN_LEN,
+            token.len()
+        ));
+    }
+    Some(AdminSettings {
+        addr,
+        token: AdminToken::new(&token),
+        token_file: path,
+    })
 }
 
 /// A secret's bytes from a file (a mounted Secret), without the trailing
@@ -888,6 +1005,141 @@ mod tests {
         ] {
             assert!(load("", ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn config_admin_is_off_unless_configured_and_needs_a_token_file() {
+        let base = [
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ];
+        assert!(
+            Config::from_yaml("", env(&base))
+                .expect("valid")
+                .admin
+                .is_none()
+        );
+        let err = Config::from_yaml("admin:\n  addr: 127.0.0.1:9192\n", env(&base))
+            .expect_err("no token file");
+        assert!(err.to_string().contains("admin.token_file"), "{err}");
+
+        let path = std::env::temp_dir().join(format!("velro-admin-{}", uuid::Uuid::new_v4()));
+        let token = "admin-token-0123456789abcdef0123456789";
+        std::fs::write(&path, format!("{token}\n")).expect("write");
+        let yaml = format!("admin:\n  token_file: {}\n", path.display());
+        let cfg = Config::from_yaml(&yaml, env(&base)).expect("valid");
+        let admin = cfg.admin.as_ref().expect("on");
+        assert_eq!(
+            admin.addr.to_string(),
+            DEFAULT_ADMIN_ADDR,
+            "loopback by default"
+        );
+        assert!(admin.token.verify(token.as_bytes()), "newline trimmed");
+        assert!(!format!("{cfg:?}").contains(token), "token never printed");
+        let clash = format!("{yaml}  addr: 127.0.0.1:9191\n");
+        let err = Config::from_yaml(&clash, env(&base)).expect_err("the Check port");
+        assert!(err.to_string().contains("admin.addr"), "{err}");
+
+        std::fs::write(&path, "short\n").expect("write");
+        let err = Config::from_yaml(&yaml, env(&base)).expect_err("short token");
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+        assert!(!err.to_string().contains("short\n"), "{err}");
+        std::fs::remove_file(&path).expect("remove");
+    }
+
+    #[test]
+    fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
+        let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
+        let err = Config::from_yaml(
+            yaml,
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for setting in [
+            "redis.url / REDIS_URL",
+            "redis.timeout_ms",
+            "breaker.failures",
+            "rate_limit.per_second",
+            "rate_limit.burst",
+        ] {
+            assert!(text.contains(setting), "{setting} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
+        let cfg = Config::from_yaml(
+            "rate_limit:\n  per_second: 20.5\n",
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect("valid");
+        let rl = cfg.rate_limit.expect("on");
+        assert_eq!((rl.per_second, rl.burst), (20.5, 21));
+    }
+
+    #[test]
+    fn config_load_database_needs_no_jwt_secret() {
+        let db = Config::load_database(None, env(&[("DATABASE_URL", "postgres://x@h/db")]))
+            .expect("migrate needs only the database");
+        assert_eq!(db.url, "postgres://x@h/db");
+        let err = Config::load_database(None, env(&[])).expect_err("no url");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn config_forward_auth_headers_default_and_override() {
+        let env = env(&[
+            ("DATABASE_URL", "postgres://u@localhost/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ]);
+        let cfg = Config::from_yaml("", &env).expect("valid");
+        assert_eq!(cfg.forward_auth, ForwardAuthSettings::default());
+        assert_eq!(cfg.forward_auth.original_uri_header, "x-original-uri");
+        let yaml = "forward_auth:\n  original_method_header: X-Orig-Method\n  original_uri_header: X-Orig-Uri\n";
+        let cfg = Config::from_yaml(yaml, &env).expect("valid");
+        assert_eq!(cfg.forward_auth.original_method_header, "x-orig-method");
+        assert_eq!(cfg.forward_auth.original_uri_header, "x-orig-uri");
+    }
+
+    #[test]
+    fn config_forward_auth_bad_header_names_are_reported_by_setting() {
+        let yaml =
+            "forward_auth:\n  original_method_header: \"X Method\"\n  original_uri_header: \"\"\n";
+        let err = Config::from_yaml(yaml, env(&[])).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("forward_auth.original_method_header"),
+            "{text}"
+        );
+        assert!(text.contains("forward_auth.original_uri_header"), "{text}");
+    }
+
+    #[test]
+    fn config_unknown_field_is_rejected() {
+        let err = Config::from_yaml("grpc_adr: 1.2.3.4:1\n", env(&[])).expect_err("invalid");
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn config_debug_never_prints_secrets() {
+        let cfg = Config::from_yaml(
+            "",
+            env(&[
+                ("DATABASE_URL", "postgres://u:hunter2hunter2@localhost/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ]),
+        )
+        .expect("valid");
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2hunter2"), "{debug}");
+        assert!(!debug.contains(SECRET), "{debug}");
     }
 
     proptest::proptest! {
