@@ -479,3 +479,66 @@ async fn check_dry_run_allows_but_counts_would_be_denies(pool: PgPool) {
         .get();
     assert_eq!(counted, 1);
 }
+
+/// `velro-authz admin` reaches the admin listener with the token file and
+/// needs nothing else of the configuration; without the right token it fails
+/// and never prints the token.
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_cli_calls_the_admin_listener_with_its_token_file(pool: PgPool) {
+    let (cfg, token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener").to_string();
+    let cli = |token_file: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"));
+        cmd.arg("admin")
+            .arg("--addr")
+            .arg(&addr)
+            .arg("--token-file")
+            .arg(token_file)
+            .args(args)
+            // No database, JWT keys or Redis: a client needs none of them.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("VELRO_AUTHZ_CONFIG")
+            .env_remove("VELRO_AUTHZ_JWT_SECRET");
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().expect("run velro-authz admin"))
+                .await
+                .expect("join")
+        }
+    };
+    let out = cli(&token_file.0, &["cache-stats"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(stats["listener_connected"], true);
+
+    let bearer = h.token(ERIN);
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    let out = cli(&token_file.0, &["explain", "--token", &bearer, &path]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let explained: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(explained["reason"], "not_found");
+    assert!(explained["facts"].as_array().is_some_and(|f| !f.is_empty()));
+
+    let wrong = TokenFile(std::env::temp_dir().join(format!(
+        "velro-authz-wrong-token-{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    std::fs::write(&wrong.0, "wrong-token-0123456789abcdef0123456789\n").expect("write");
+    let out = cli(&wrong.0, &["flush"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-token") && !stderr.contains(ADMIN_TOKEN),
+        "{stderr}"
+    );
+}
