@@ -65,7 +65,7 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut yaml = "decision:\n  allow_log_sample: 0\n".to_owned();
     if let Some(url) = &redis {
         yaml.push_str(&format!(
-            "redis:\n  url: {url}\n  key_prefix: \"bench:{}:\"\n",
+            "redis:\n  url: {url}\n  key_prefix: \"bench:{}:\"\n  hmac_key: \"bench-l2-hmac-key-0123456789abcdef0123\"\n",
             std::process::id()
         ));
     }

@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
 use crate::facts::{FactSource, Facts};
+use crate::grpc::admin::ADMIN_DESCRIPTOR;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
@@ -51,6 +52,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Bound address of the health/metrics-only listener, when configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Bound address of the admin listener, when configured.
+    pub admin_addr: Option<SocketAddr>,
     /// The decision path, for in-process assertions.
     pub authorizer: Arc<PgAuthorizer>,
     /// Metrics, for assertions.
@@ -107,7 +110,7 @@ impl App {
             // A rejoin waits at most one silence bound for the fleet's coverage.
             L2::new(
                 r.clone(),
-                config.l2,
+                config.l2.clone(),
                 config.freshness.max_silence,
                 metrics.clone(),
             )
@@ -121,7 +124,10 @@ impl App {
                 config.breaker,
                 metrics.clone(),
             )
-            .with_freshness(freshness),
+            .with_freshness(freshness)
+            // No caller waits longer than the decision deadline: a query still
+            // running then is a failure; one abandoned sooner by its caller is not.
+            .with_query_timeout(config.decision.deadline),
         );
         let authorizer = authorizer(&config, facts, redis.clone(), &metrics);
         Ok(App {
@@ -146,6 +152,11 @@ impl App {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let admin = match &self.config.admin {
+            Some(settings) => Some((TcpListener::bind(settings.addr).await?, settings)),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
         let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -257,7 +268,6 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ExtAuthz::server(self.authorizer.clone()))
-            .add_service(Admin::server(self.authorizer.clone(), listener_rx.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream_incoming(grpc),
                 wait_true(shutdown_rx.clone()),
@@ -267,6 +277,32 @@ impl App {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         }));
+
+        // The admin service: its own listener, every call behind the token.
+        // Reflection there lists the admin API only (its schema is public).
+        if let Some((listener, settings)) = admin {
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(ADMIN_DESCRIPTOR)
+                .build_v1()
+                .map_err(std::io::Error::other)?;
+            let admin_server = tonic::transport::Server::builder()
+                .add_service(reflection)
+                .add_service(Admin::server(
+                    self.authorizer.clone(),
+                    listener_rx.clone(),
+                    settings.token.clone(),
+                ))
+                .serve_with_incoming_shutdown(
+                    tokio_stream_incoming(listener),
+                    wait_true(shutdown_rx.clone()),
+                );
+            tracing::info!(admin_addr = ?admin_addr, token_file = %settings.token_file.display(), "admin service on its own listener (bearer token required)");
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = admin_server.await {
+                    tracing::error!(error = %e, "admin gRPC server failed");
+                }
+            }));
+        }
 
         let state = HttpState {
             metrics: self.metrics.clone(),
@@ -299,6 +335,7 @@ impl App {
             grpc_addr,
             http_addr,
             metrics_addr,
+            admin_addr,
             authorizer: self.authorizer,
             metrics: self.metrics,
             listener: listener_rx,

@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::authn::apikey;
 use crate::authn::jwt::MintClaims;
 use crate::authz::AuthzRequest;
-use crate::config::Config;
+use crate::config::{AdminClientSettings, Config, read_secret_file};
 use crate::metrics::Metrics;
 use crate::store::{self, DatabaseSettings, MIGRATOR, Store};
 use crate::{demo, telemetry};
@@ -78,6 +78,42 @@ pub enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Call a running sidecar's admin service (`admin.addr`), with the token
+    /// from `admin.token_file`. Needs only the `admin` section of the config.
+    Admin {
+        /// The admin address (default: `admin.addr`, else 127.0.0.1:9192).
+        #[arg(long)]
+        addr: Option<String>,
+        /// File holding the admin token (default: `admin.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// What to ask.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Decide a request in the running sidecar (not enforced) and print the
+    /// route, principal and every fact used, with where each came from.
+    Explain {
+        /// HTTP method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Request path.
+        path: String,
+        /// The request's bearer token (sent as `Authorization: Bearer …`).
+        #[arg(long)]
+        token: Option<String>,
+        /// The request's API key (sent as `x-api-key`).
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// Cache statistics.
+    CacheStats,
+    /// Flush this sidecar's caches and void the shared Redis tier for every sidecar.
+    Flush,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +166,131 @@ pub fn migrate(database: &DatabaseSettings) -> ExitCode {
     }
 }
 
+/// `admin …`: a client of a running sidecar's admin service. `settings` come
+/// from the `admin` section; `--addr` / `--token-file` override them.
+pub fn admin(
+    addr: Option<String>,
+    token_file: Option<PathBuf>,
+    command: AdminCommand,
+    settings: AdminClientSettings,
+) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let settings = AdminClientSettings {
+        addr: addr.unwrap_or(settings.addr),
+        token_file: token_file.or(settings.token_file),
+    };
+    match runtime.block_on(call_admin(&settings, command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("velro-authz: admin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call_admin(settings: &AdminClientSettings, command: AdminCommand) -> anyhow::Result<()> {
+    use crate::grpc::admin_pb::{self, admin_client::AdminClient};
+    let Some(token_file) = &settings.token_file else {
+        anyhow::bail!(
+            "no token file: pass --token-file or set admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE"
+        );
+    };
+    let addr = &settings.addr;
+    let token = read_secret_file(token_file)
+        .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", token_file.display()))?;
+    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", String::from_utf8_lossy(&token))
+            .parse()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--token-file {}: not a printable token",
+                    token_file.display()
+                )
+            })?;
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let mut client = AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", bearer.clone());
+        Ok(r)
+    });
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    let out = match command {
+        AdminCommand::Explain {
+            method,
+            path,
+            token,
+            api_key,
+        } => {
+            let mut headers = std::collections::HashMap::new();
+            if let Some(t) = token {
+                headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+            }
+            if let Some(k) = api_key {
+                headers.insert("x-api-key".to_owned(), k);
+            }
+            let r = client
+                .explain(admin_pb::ExplainRequest {
+                    method,
+                    path,
+                    headers,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            serde_json::json!({
+                "allowed": r.allowed,
+                "status": r.http_status,
+                "reason": r.reason,
+                "decision_id": r.decision_id,
+                "route": r.route,
+                "principal": r.principal,
+                "role": r.role,
+                "headers": r.headers,
+                "facts": r.facts.iter().map(|f| serde_json::json!({
+                    "kind": f.kind, "key": f.key, "source": f.source, "value": f.value,
+                })).collect::<Vec<_>>(),
+            })
+        }
+        AdminCommand::CacheStats => {
+            let r = client
+                .cache_stats(admin_pb::CacheStatsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            serde_json::json!({
+                "fact_entries": r.fact_entries,
+                "credential_entries": r.credential_entries,
+                "epoch": r.epoch,
+                "listener_connected": r.listener_connected,
+                "redis_circuit": r.redis_circuit,
+                "redis_trusted": r.redis_trusted,
+                "postgres_circuit": r.postgres_circuit,
+                "rate_limited_principals": r.rate_limited_principals,
+            })
+        }
+        AdminCommand::Flush => {
+            let r = client
+                .flush(admin_pb::FlushRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            serde_json::json!({ "epoch": r.epoch })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
 async fn apply_migrations(database: &DatabaseSettings) -> anyhow::Result<()> {
     let pool = store::connect(database)?;
     MIGRATOR.run(&pool).await?;
@@ -149,6 +310,23 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(config).await,
         Command::Validate => {
             println!("configuration OK ({:?})", config.routes_source);
+            Ok(ExitCode::SUCCESS)
+        }
+        // `main` calls [`admin`] before the full configuration is loaded; this
+        // arm is for a caller that already has it.
+        Command::Admin {
+            addr,
+            token_file,
+            command,
+        } => {
+            let configured = config.admin.as_ref();
+            let settings = AdminClientSettings {
+                addr: addr
+                    .or_else(|| configured.map(|a| a.addr.to_string()))
+                    .unwrap_or_else(|| crate::config::DEFAULT_ADMIN_ADDR.to_owned()),
+                token_file: token_file.or_else(|| configured.map(|a| a.token_file.clone())),
+            };
+            call_admin(&settings, command).await?;
             Ok(ExitCode::SUCCESS)
         }
         // `main` runs `migrate` before the full configuration is loaded; this arm

@@ -16,7 +16,8 @@ use crate::authz::DecisionSettings;
 use crate::breaker::BreakerConfig;
 use crate::facts::CacheSettings;
 use crate::facts::freshness::FreshnessSettings;
-use crate::facts::l2::L2Settings;
+use crate::facts::l2::{L2Key, L2Settings};
+use crate::grpc::admin::{AdminSettings, AdminToken};
 use crate::http::ForwardAuthSettings;
 use crate::invalidate::ListenerSettings;
 use crate::ratelimit::{DEFAULT_FAILED_AUTH_PER_MINUTE, RateLimitConfig};
@@ -45,6 +46,16 @@ pub const ENV_ROUTES_FILE: &str = "VELRO_AUTHZ_ROUTES_FILE";
 pub const ENV_LOG_FORMAT: &str = "VELRO_AUTHZ_LOG_FORMAT";
 /// The Redis key prefix.
 pub const ENV_REDIS_PREFIX: &str = "VELRO_AUTHZ_REDIS_PREFIX";
+/// The key that authenticates values in Redis.
+pub const ENV_REDIS_HMAC_KEY: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY";
+/// A file holding that key (a mounted Secret).
+pub const ENV_REDIS_HMAC_KEY_FILE: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY_FILE";
+/// The admin service's address.
+pub const ENV_ADMIN_ADDR: &str = "VELRO_AUTHZ_ADMIN_ADDR";
+/// The file holding the admin bearer token.
+pub const ENV_ADMIN_TOKEN_FILE: &str = "VELRO_AUTHZ_ADMIN_TOKEN_FILE";
+/// Where the admin service listens when enabled without an address.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9192";
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -52,7 +63,7 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 /// The validated configuration of one sidecar.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// gRPC listener: ext_authz, health, reflection, admin.
+    /// gRPC listener: ext_authz, health, reflection.
     pub grpc_addr: SocketAddr,
     /// HTTP listener: forward-auth, and /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
@@ -61,6 +72,9 @@ pub struct Config {
     /// endpoints are not served (e.g. the pod IP while `http_addr` stays on
     /// loopback). `None` = only on `http_addr`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The admin service (explain, cache stats, flush) on a listener of its
+    /// own, behind a bearer token; `None` (the default) = not served at all.
+    pub admin: Option<AdminSettings>,
     /// Postgres, the source of truth.
     pub database: DatabaseSettings,
     /// In-process cache bounds and safety-net TTLs.
@@ -106,6 +120,17 @@ mod file;
 
 use file::*;
 
+/// Where `velro-authz admin` finds the admin service: the `admin` section and
+/// its environment overrides, nothing else (a client needs no database, keys
+/// or routes).
+#[derive(Debug, Clone)]
+pub struct AdminClientSettings {
+    /// The admin address (`admin.addr`, else the default).
+    pub addr: String,
+    /// The token file (`admin.token_file`), if configured.
+    pub token_file: Option<PathBuf>,
+}
+
 impl Config {
     /// Loads `path` (if any) and applies environment overrides from `env`.
     pub fn load(
@@ -139,6 +164,27 @@ impl Config {
         } else {
             Err(ConfigError(errors))
         }
+    }
+
+    /// Only where the admin service is, for the `admin` client commands.
+    pub fn load_admin_client(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminClientSettings, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        let file = parse_file(&text)?;
+        Ok(AdminClientSettings {
+            addr: env(ENV_ADMIN_ADDR)
+                .or(file.admin.addr)
+                .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.to_owned()),
+            token_file: env(ENV_ADMIN_TOKEN_FILE)
+                .map(PathBuf::from)
+                .or(file.admin.token_file),
+        })
     }
 
     /// Parses YAML text (empty = all defaults) plus environment overrides.
@@ -178,6 +224,17 @@ impl Config {
         {
             errors.push(format!(
                 "metrics_addr / VELRO_AUTHZ_METRICS_ADDR: {m} is already grpc_addr or http_addr"
+            ));
+        }
+
+        let admin = admin(file.admin, &env, &mut errors);
+        if let Some(a) = &admin
+            && a.addr.port() != 0
+            && (a.addr == grpc_addr || a.addr == http_addr || Some(a.addr) == metrics_addr)
+        {
+            errors.push(format!(
+                "admin.addr / VELRO_AUTHZ_ADMIN_ADDR: {} is already another listener's address; the admin service gets its own",
+                a.addr
             ));
         }
 
@@ -328,6 +385,15 @@ impl Config {
         let redis_url = env(ENV_REDIS_URL)
             .or(file.redis.url)
             .filter(|u| !u.is_empty());
+        let allow_insecure = file.redis.allow_insecure.unwrap_or(false);
+        let hmac_key = l2_key(
+            file.redis.hmac_key,
+            file.redis.hmac_key_file,
+            file.redis.allow_unauthenticated_values.unwrap_or(false),
+            redis_url.is_some(),
+            &env,
+            &mut errors,
+        );
         let redis = redis_url.map(|url| {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")
@@ -338,6 +404,14 @@ impl Config {
                     "redis.url / REDIS_URL: must be a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"
                         .to_owned(),
                 );
+            } else if !allow_insecure
+                && let Some(host) = crate::redis::unauthenticated_remote_host(&url)
+            {
+                errors.push(format!(
+                    "redis.url / REDIS_URL: {host} is not a loopback address and the URL has no password, \
+                     so anyone who can reach it can write the facts every sidecar trusts: add one \
+                     (redis://:PASSWORD@host, rediss:// across hosts) or set redis.allow_insecure: true"
+                ));
             }
             let settings = RedisSettings {
                 url,
@@ -355,6 +429,7 @@ impl Config {
         let l2 = L2Settings {
             ttl: Duration::from_secs(file.redis.ttl_secs.unwrap_or(900)),
             negative_ttl: Duration::from_secs(file.redis.negative_ttl_secs.unwrap_or(30)),
+            hmac_key,
         };
         if l2.ttl.is_zero() || l2.negative_ttl.is_zero() {
             errors.push("redis.ttl_secs / redis.negative_ttl_secs: must be at least 1".to_owned());
@@ -395,6 +470,7 @@ impl Config {
             grpc_addr,
             http_addr,
             metrics_addr,
+            admin,
             database,
             cache,
             max_credentials,
@@ -445,6 +521,133 @@ fn database(
         acquire_timeout: ms(file.acquire_timeout_ms, 2_000),
         statement_timeout: ms(file.statement_timeout_ms, 2_000),
     }
+}
+
+/// The key that authenticates values in Redis: `VELRO_AUTHZ_REDIS_HMAC_KEY`,
+/// `VELRO_AUTHZ_REDIS_HMAC_KEY_FILE`, `redis.hmac_key` or `redis.hmac_key_file`
+/// (the environment first). Required with Redis unless the operator says by
+/// name that Redis itself is trusted (`redis.allow_unauthenticated_values`).
+fn l2_key(
+    file_key: Option<String>,
+    file_key_file: Option<PathBuf>,
+    unauthenticated: bool,
+    with_redis: bool,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<L2Key> {
+    const SETTING: &str = "redis.hmac_key / VELRO_AUTHZ_REDIS_HMAC_KEY (or redis.hmac_key_file / VELRO_AUTHZ_REDIS_HMAC_KEY_FILE)";
+    let inline = env(ENV_REDIS_HMAC_KEY).or(file_key);
+    let from_file = env(ENV_REDIS_HMAC_KEY_FILE)
+        .map(PathBuf::from)
+        .or(file_key_file);
+    let key = match (inline, from_file) {
+        (Some(_), Some(_)) => {
+            errors.push(format!("{SETTING}: set the key or its file, not both"));
+            return None;
+        }
+        (Some(k), None) => k.into_bytes(),
+        (None, Some(path)) => match read_secret_file(&path) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(format!(
+                    "redis.hmac_key_file / VELRO_AUTHZ_REDIS_HMAC_KEY_FILE {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+        (None, None) => {
+            if with_redis && !unauthenticated {
+                errors.push(format!(
+                    "{SETTING}: required with Redis, the same on every sidecar sharing it \
+                     (e.g. `head -c 32 /dev/urandom | base64`), so that whoever can write to \
+                     Redis cannot plant a fact; or set redis.allow_unauthenticated_values: true \
+                     to trust Redis as it is"
+                ));
+            }
+            return None;
+        }
+    };
+    if unauthenticated {
+        errors.push(format!(
+            "redis.allow_unauthenticated_values: true contradicts {SETTING}; keep one"
+        ));
+    }
+    if key.len() < L2Key::MIN_LEN {
+        errors.push(format!(
+            "{SETTING}: at least {} bytes (got {})",
+            L2Key::MIN_LEN,
+            key.len()
+        ));
+    }
+    Some(L2Key::new(key))
+}
+
+/// The `admin` section: off unless an address or a token file is configured;
+/// then the token file is required and read now, at start.
+fn admin(
+    file: FileAdmin,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<AdminSettings> {
+    let addr_text = env(ENV_ADMIN_ADDR).or(file.addr).filter(|a| !a.is_empty());
+    let token_file = env(ENV_ADMIN_TOKEN_FILE)
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from)
+        .or(file.token_file);
+    if addr_text.is_none() && token_file.is_none() {
+        return None;
+    }
+    let addr = addr(
+        "admin.addr / VELRO_AUTHZ_ADMIN_ADDR",
+        addr_text,
+        DEFAULT_ADMIN_ADDR,
+        errors,
+    );
+    let Some(path) = token_file else {
+        errors.push(
+            "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE: required when the admin service is on \
+             (every call must carry the token in `authorization: Bearer …`)"
+                .to_owned(),
+        );
+        return None;
+    };
+    let token = match read_secret_file(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(format!(
+                "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE {}: {e}",
+                path.display()
+            ));
+            return None;
+        }
+    };
+    if token.len() < AdminToken::MIN_LEN {
+        errors.push(format!(
+            "admin.token_file / VELRO_AUTHZ_ADMIN_TOKEN_FILE {}: the token must be at least {} bytes (got {})",
+            path.display(),
+            AdminToken::MIN_LEN,
+            token.len()
+        ));
+    }
+    Some(AdminSettings {
+        addr,
+        token: AdminToken::new(&token),
+        token_file: path,
+    })
+}
+
+/// A secret's bytes from a file (a mounted Secret), without the trailing
+/// newline editors and `echo` add. The content never appears in an error.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| e.kind().to_string())?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err("empty".to_owned());
+    }
+    Ok(bytes)
 }
 
 /// The `forward_auth` section: header names, validated and lower-cased.

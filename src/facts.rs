@@ -43,6 +43,9 @@ const STALE_PROBE: Duration = Duration::from_millis(100);
 const MAX_FILL_ATTEMPTS: usize = 3;
 /// Team-tree walk bound; the database rejects cycles, this keeps us safe anyway.
 pub const MAX_TEAM_DEPTH: usize = 64;
+/// How long a query of a bare cache may run before it counts as a failure
+/// (the sidecar sets its decision deadline instead: [`Facts::with_query_timeout`]).
+const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// L1 cache settings (SPEC §5 defaults).
 #[derive(Debug, Clone, Copy)]
@@ -109,12 +112,16 @@ macro_rules! typed_fact {
 
 /// The L1 fact cache over a source.
 pub struct Facts<S> {
-    source: S,
+    /// Shared with the detached query tasks, which outlive a caller that left.
+    source: Arc<S>,
     /// The shared Redis tier, when configured.
     l2: Option<Arc<L2>>,
     /// Guards the source: an open circuit fails fast instead of queueing on a
-    /// dead pool.
-    breaker: Breaker,
+    /// dead pool. Shared with the detached query tasks, which report to it.
+    breaker: Arc<Breaker>,
+    /// Our own bound on one query: past it, the query counts as a failure
+    /// (no caller of ours waits longer).
+    query_timeout: Duration,
     cache: Cache<FactKey, Arc<Entry>>,
     /// Invalidation counters, one per bucket of keys.
     buckets: Box<[AtomicU64]>,
@@ -151,9 +158,10 @@ impl<S: FactSource> Facts<S> {
             })
             .build();
         Facts {
-            source,
+            source: Arc::new(source),
             l2,
-            breaker: Breaker::new("postgres", breaker, metrics.clone()),
+            breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
             cache,
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
@@ -168,6 +176,14 @@ impl<S: FactSource> Facts<S> {
     /// facts are always trusted).
     pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Facts<S> {
         self.freshness = freshness;
+        self
+    }
+
+    /// Bounds each query by `timeout`: one still running then is abandoned
+    /// and counts as a breaker failure. The sidecar passes its configured
+    /// decision deadline, the longest any caller of ours waits.
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Facts<S> {
+        self.query_timeout = timeout;
         self
     }
 
@@ -400,6 +416,14 @@ impl<S: FactSource> Facts<S> {
         }
     }
 
+    /// One query, run in a task of its own so that only the query's own
+    /// outcome reaches the breaker. A caller that goes away (a client reset,
+    /// its short `grpc-timeout`) abandons the wait, not the query: counting
+    /// that as a failure would let any client open the breaker for everyone.
+    /// A query still running at our own bound ([`Facts::with_query_timeout`])
+    /// is abandoned and counts, so a hung server still opens the breaker; an
+    /// error from Postgres (including its `statement_timeout`, or the pool's
+    /// acquire timeout) counts when it is transient.
     async fn query(&self, key: &FactKey) -> Result<Fact, FactError> {
         let kind = key.kind();
         if !self.breaker.allow() {
@@ -410,26 +434,48 @@ impl<S: FactSource> Facts<S> {
             });
         }
         self.metrics.store_queries.with_label_values(&[kind]).inc();
-        // A query abandoned at the decision deadline (a hung connection, a pool
-        // waiting on a dead server) counts as a failure, or the breaker would
-        // never open while every request waits out its deadline.
-        let mut outcome = BreakerReport::new(&self.breaker);
-        match self.source.load(key).await {
-            Ok(fact) => {
-                outcome.success();
-                Ok(fact)
-            }
-            Err(e) => {
-                self.metrics.store_errors.with_label_values(&[kind]).inc();
-                if e.is_transient() {
-                    outcome.failure();
-                } else {
-                    // The database answered: it is up, the query is wrong.
-                    outcome.success();
+        let (source, breaker, metrics) = (
+            self.source.clone(),
+            self.breaker.clone(),
+            self.metrics.clone(),
+        );
+        let (key, bound) = (key.clone(), self.query_timeout);
+        let detached = tokio::spawn(async move {
+            let outcome = tokio::time::timeout(bound, source.load(&key)).await;
+            match &outcome {
+                Ok(Ok(_)) => breaker.success(),
+                Ok(Err(e)) => {
+                    metrics.store_errors.with_label_values(&[kind]).inc();
+                    if e.is_transient() {
+                        breaker.failure();
+                    } else {
+                        // The database answered: it is up, the query is wrong.
+                        breaker.success();
+                    }
                 }
+                Err(_) => {
+                    metrics.store_errors.with_label_values(&[kind]).inc();
+                    breaker.failure();
+                }
+            }
+            outcome
+        });
+        match detached.await {
+            Ok(Ok(Ok(fact))) => Ok(fact),
+            Ok(Ok(Err(e))) => Err(FactError {
+                kind,
+                message: e.to_string(),
+            }),
+            Ok(Err(_)) => Err(FactError {
+                kind,
+                message: format!("query still running after {bound:?}"),
+            }),
+            // The task panicked (or the runtime is shutting down): count it.
+            Err(e) => {
+                self.breaker.failure();
                 Err(FactError {
                     kind,
-                    message: e.to_string(),
+                    message: format!("query task failed: {e}"),
                 })
             }
         }
@@ -532,40 +578,6 @@ impl<S: FactSource> Facts<S> {
             }
         }
         Ok(chain)
-    }
-}
-
-/// Reports one call's outcome to a breaker exactly once; dropped unreported
-/// (the call was cancelled) counts as a failure.
-struct BreakerReport<'a> {
-    breaker: &'a Breaker,
-    reported: bool,
-}
-
-impl<'a> BreakerReport<'a> {
-    fn new(breaker: &'a Breaker) -> Self {
-        BreakerReport {
-            breaker,
-            reported: false,
-        }
-    }
-
-    fn success(&mut self) {
-        self.reported = true;
-        self.breaker.success();
-    }
-
-    fn failure(&mut self) {
-        self.reported = true;
-        self.breaker.failure();
-    }
-}
-
-impl Drop for BreakerReport<'_> {
-    fn drop(&mut self) {
-        if !self.reported {
-            self.breaker.failure();
-        }
     }
 }
 

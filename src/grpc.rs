@@ -30,7 +30,7 @@ pub mod admin;
 
 pub use admin::{Admin, admin_pb};
 
-/// Descriptor set served by reflection: ext_authz v3 and the admin API, with imports.
+/// Descriptor set served by reflection on the Check port: ext_authz v3, with imports.
 pub const REFLECTION_DESCRIPTOR: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/reflection_descriptor.bin"));
 

@@ -18,6 +18,19 @@ fn main() -> ExitCode {
             Err(e) => bad_config(e),
         };
     }
+    if let Command::Admin {
+        addr,
+        token_file,
+        command,
+    } = cli.command
+    {
+        // A client of a running sidecar: it needs where the admin service is and
+        // its token, not the database, keys or routes.
+        return match Config::load_admin_client(path, env) {
+            Ok(settings) => cli::admin(addr, token_file, command, settings),
+            Err(e) => bad_config(e),
+        };
+    }
     match Config::load(path, env) {
         Ok(config) => cli::run(cli.command, config),
         Err(e) => bad_config(e),

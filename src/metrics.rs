@@ -51,6 +51,9 @@ pub struct Metrics {
     pub circuit_transitions: IntCounterVec,
     /// L2 (Redis) fills by result (written | refused: a newer version or epoch won).
     pub l2_fills: IntCounterVec,
+    /// L2 (Redis) values not trusted although present, by reason (bad_mac |
+    /// unauthenticated | wrong_fact | malformed | format): each is read as a miss.
+    pub l2_rejected: IntCounterVec,
     /// Requests refused by the rate limiter, by backend (redis | local | failed_auth).
     pub rate_limited: IntCounterVec,
     /// Pool connections by state (idle | in_use).
@@ -208,6 +211,14 @@ impl Metrics {
                 &["result"],
             )
             .expect("metric"),
+            l2_rejected: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_l2_rejected_total",
+                    "Redis values not trusted (read as a miss), by reason: bad_mac, unauthenticated, wrong_fact, malformed, format.",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
             rate_limited: IntCounterVec::new(
                 Opts::new(
                     "velro_authz_rate_limited_total",
@@ -256,6 +267,7 @@ impl Metrics {
             Box::new(m.circuit_state.clone()),
             Box::new(m.circuit_transitions.clone()),
             Box::new(m.l2_fills.clone()),
+            Box::new(m.l2_rejected.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.db_pool_connections.clone()),
             Box::new(m.decision_log_dropped.clone()),

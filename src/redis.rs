@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface};
-use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy, ServerConfig};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 
@@ -37,6 +37,34 @@ impl std::fmt::Debug for RedisSettings {
             .field("breaker", &self.breaker)
             .finish()
     }
+}
+
+/// The first host of `url` that is reached over the network with no password
+/// (a sentinel setup always counts as reached over the network: the primary it
+/// names may be anywhere). Whoever can connect to such a Redis can write to the
+/// shared tier; the configuration refuses it unless `redis.allow_insecure`.
+/// `None` for a URL with a password, or whose hosts are all loopback (or that
+/// does not parse: [`Redis::new`] reports that).
+pub fn unauthenticated_remote_host(url: &str) -> Option<String> {
+    let config = RedisConfig::from_url(url).ok()?;
+    if config.password.as_deref().is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    let sentinel = matches!(config.server, ServerConfig::Sentinel { .. });
+    config
+        .server
+        .hosts()
+        .into_iter()
+        .map(|server| server.host.to_string())
+        .find(|host| sentinel || !is_loopback(host))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A Redis failure (timeout, connection, protocol); logged, never sent to a client.
@@ -130,6 +158,11 @@ impl Redis {
         self.breaker.state() == CircuitState::Closed
     }
 
+    /// The configured key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The full name of key `suffix` under the configured prefix.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
@@ -171,5 +204,45 @@ impl Redis {
     ) -> Result<T, RedisError> {
         self.call(script.evalsha_with_reload::<T, _, _>(&self.client, keys, args))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_url_without_password_is_flagged_only_off_loopback() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://localhost:6379/0",
+            "redis://[::1]:6379",
+            "redis://:pw@cache:6379",
+            "redis://user:pw@cache:6379/0",
+            "rediss://:pw@cache.example.com:6380",
+            "redis-cluster://:pw@10.0.0.1:7000?node=10.0.0.2:7000",
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.2:7000",
+        ] {
+            assert_eq!(unauthenticated_remote_host(url), None, "{url}");
+        }
+        for (url, host) in [
+            ("redis://cache:6379/0", "cache"),
+            ("redis://user@10.1.2.3:6379", "10.1.2.3"),
+            ("rediss://cache.example.com:6380", "cache.example.com"),
+            (
+                "redis-cluster://127.0.0.1:7000?node=10.0.0.2:7000",
+                "10.0.0.2",
+            ),
+            (
+                "redis-sentinel://127.0.0.1:26379/0?sentinelServiceName=m",
+                "127.0.0.1",
+            ),
+        ] {
+            assert_eq!(
+                unauthenticated_remote_host(url).as_deref(),
+                Some(host),
+                "{url}"
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ mod integration {
     pub mod support;
 
     mod amplification;
+    mod breaker;
     mod credentials;
     mod forward;
     mod freshness;

@@ -16,6 +16,8 @@ pub(super) struct FileConfig {
     pub(super) http_addr: Option<String>,
     pub(super) metrics_addr: Option<String>,
     #[serde(default)]
+    pub(super) admin: FileAdmin,
+    #[serde(default)]
     pub(super) database: FileDatabase,
     #[serde(default)]
     pub(super) cache: FileCache,
@@ -47,6 +49,10 @@ pub(super) struct FileRedis {
     pub(super) timeout_ms: Option<u64>,
     pub(super) ttl_secs: Option<u64>,
     pub(super) negative_ttl_secs: Option<u64>,
+    pub(super) hmac_key: Option<String>,
+    pub(super) hmac_key_file: Option<PathBuf>,
+    pub(super) allow_unauthenticated_values: Option<bool>,
+    pub(super) allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,4 +122,11 @@ pub(super) struct FileFreshness {
 pub(super) struct FileListener {
     pub(super) reconnect_min_ms: Option<u64>,
     pub(super) reconnect_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAdmin {
+    pub(super) addr: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 
 use super::*;
 
+const HMAC_KEY: &str = "l2-hmac-key-for-tests-0123456789abcdef";
 const SECRET: &str = "config-unit-secret-AztFVDvplic45EOkALPPusMl3R2GoYgT";
 
 fn env(map: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -94,6 +95,7 @@ fn config_redis_is_off_without_url_and_on_with_redis_url() {
     assert!(off.rate_limit.is_none());
     let mut with = base.to_vec();
     with.push(("REDIS_URL", "redis://:hunter2@cache:6379/0"));
+    with.push(("VELRO_AUTHZ_REDIS_HMAC_KEY", HMAC_KEY));
     let on = Config::from_yaml("redis:\n  key_prefix: \"{v}:\"\n", env(&with)).expect("valid");
     let redis = on.redis.as_ref().expect("redis on");
     assert_eq!(redis.key_prefix, "{v}:");
@@ -101,6 +103,8 @@ fn config_redis_is_off_without_url_and_on_with_redis_url() {
     assert_eq!(on.l2.ttl, Duration::from_secs(900));
     assert_eq!(on.l2.negative_ttl, Duration::from_secs(30));
     assert!(!format!("{on:?}").contains("hunter2"), "password redacted");
+    assert!(on.l2.hmac_key.is_some());
+    assert!(!format!("{on:?}").contains(HMAC_KEY), "hmac key redacted");
 }
 
 #[test]
@@ -304,4 +308,127 @@ proptest::proptest! {
 fn redact_url_hides_password_only() {
     assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
     assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+}
+
+#[test]
+fn config_admin_is_off_unless_configured_and_needs_a_token_file() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    assert!(
+        Config::from_yaml("", env(&base))
+            .expect("valid")
+            .admin
+            .is_none()
+    );
+    let err = Config::from_yaml("admin:\n  addr: 127.0.0.1:9192\n", env(&base))
+        .expect_err("no token file");
+    assert!(err.to_string().contains("admin.token_file"), "{err}");
+
+    let path = std::env::temp_dir().join(format!("velro-admin-{}", uuid::Uuid::new_v4()));
+    let token = "admin-token-0123456789abcdef0123456789";
+    std::fs::write(&path, format!("{token}\n")).expect("write");
+    let yaml = format!("admin:\n  token_file: {}\n", path.display());
+    let cfg = Config::from_yaml(&yaml, env(&base)).expect("valid");
+    let admin = cfg.admin.as_ref().expect("on");
+    assert_eq!(
+        admin.addr.to_string(),
+        DEFAULT_ADMIN_ADDR,
+        "loopback by default"
+    );
+    assert!(admin.token.verify(token.as_bytes()), "newline trimmed");
+    assert!(!format!("{cfg:?}").contains(token), "token never printed");
+    let clash = format!("{yaml}  addr: 127.0.0.1:9191\n");
+    let err = Config::from_yaml(&clash, env(&base)).expect_err("the Check port");
+    assert!(err.to_string().contains("admin.addr"), "{err}");
+
+    std::fs::write(&path, "short\n").expect("write");
+    let err = Config::from_yaml(&yaml, env(&base)).expect_err("short token");
+    assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    assert!(!err.to_string().contains("short\n"), "{err}");
+    std::fs::remove_file(&path).expect("remove");
+}
+
+#[test]
+fn config_redis_hmac_key_file_is_read_without_its_newline() {
+    let path = std::env::temp_dir().join(format!("velro-hmac-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, format!("{HMAC_KEY}\n")).expect("write");
+    let file = path.display().to_string();
+    let cfg = Config::from_yaml(
+        "",
+        env(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("VELRO_AUTHZ_REDIS_HMAC_KEY_FILE", &file),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(cfg.l2.hmac_key.expect("key").len(), HMAC_KEY.len());
+    std::fs::remove_file(&path).expect("remove");
+    let err = Config::from_yaml(
+        &format!("redis:\n  hmac_key_file: {file}\n"),
+        env(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ]),
+    )
+    .expect_err("missing file");
+    assert!(err.to_string().contains("redis.hmac_key_file"), "{err}");
+}
+
+#[test]
+fn config_redis_needs_an_hmac_key_unless_values_are_trusted_by_name() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ];
+    let err = Config::from_yaml("", env(&base)).expect_err("no key");
+    assert!(err.to_string().contains("redis.hmac_key"), "{err}");
+    let trusted = Config::from_yaml("redis:\n  allow_unauthenticated_values: true\n", env(&base))
+        .expect("Redis trusted by name");
+    assert!(trusted.l2.hmac_key.is_none());
+    let short =
+        Config::from_yaml("redis:\n  hmac_key: too-short\n", env(&base)).expect_err("short key");
+    assert!(short.to_string().contains("at least 32 bytes"), "{short}");
+    assert!(!short.to_string().contains("too-short"), "{short}");
+    let both = Config::from_yaml(
+        &format!("redis:\n  hmac_key: {HMAC_KEY}\n  allow_unauthenticated_values: true\n"),
+        env(&base),
+    )
+    .expect_err("contradiction");
+    assert!(both.to_string().contains("contradicts"), "{both}");
+    // No Redis, no key needed.
+    let no_redis = [base[0], base[1]];
+    assert!(Config::from_yaml("", env(&no_redis)).is_ok());
+}
+
+#[test]
+fn config_remote_redis_without_password_is_refused_unless_allowed() {
+    let load = |yaml: &str, url: &str| {
+        Config::from_yaml(
+            yaml,
+            env(&[
+                ("DATABASE_URL", "postgres://x@h/db"),
+                ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+                ("VELRO_AUTHZ_REDIS_HMAC_KEY", HMAC_KEY),
+                ("REDIS_URL", url),
+            ]),
+        )
+    };
+    let err = load("", "redis://cache:6379/0").expect_err("refused");
+    assert!(err.to_string().contains("no password"), "{err}");
+    assert!(err.to_string().contains("rediss://"), "{err}");
+    assert!(load("redis:\n  allow_insecure: true\n", "redis://cache:6379").is_ok());
+    for ok in [
+        "redis://:pw@cache:6379/0",
+        "rediss://:pw@cache:6380",
+        "redis://127.0.0.1:6379",
+        "redis://localhost:6379",
+    ] {
+        assert!(load("", ok).is_ok(), "{ok}");
+    }
 }

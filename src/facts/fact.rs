@@ -205,19 +205,26 @@ impl FactKey {
 }
 
 impl Fact {
-    /// Whether this is the variant `key` asks for.
+    /// Whether this is the fact `key` asks for: the same kind and, where the
+    /// row carries its id, that id (an API key by its hash). Memberships and
+    /// shares carry no owner id; in Redis their key is bound by the value's
+    /// tag instead. Negative entries carry nothing to compare.
     pub fn matches(&self, key: &FactKey) -> bool {
-        matches!(
-            (key, self),
-            (FactKey::User(_), Fact::User(_))
-                | (FactKey::Team(_), Fact::Team(_))
-                | (FactKey::Memberships(_), Fact::Memberships(_))
-                | (FactKey::Project(_), Fact::Project(_))
-                | (FactKey::Generation(_), Fact::Generation(_))
-                | (FactKey::Shares(..), Fact::Shares(_))
-                | (FactKey::ApiKey(_), Fact::ApiKey(_))
-                | (FactKey::Session(_), Fact::Session(_))
-        )
+        match (key, self) {
+            (FactKey::User(id), Fact::User(row)) => row.as_ref().is_none_or(|r| r.id == *id),
+            (FactKey::Team(id), Fact::Team(row)) => row.as_ref().is_none_or(|r| r.id == *id),
+            (FactKey::Project(id), Fact::Project(row)) => row.as_ref().is_none_or(|r| r.id == *id),
+            (FactKey::Generation(id), Fact::Generation(row)) => {
+                row.as_ref().is_none_or(|r| r.id == *id)
+            }
+            (FactKey::Session(id), Fact::Session(row)) => row.as_ref().is_none_or(|r| r.id == *id),
+            (FactKey::ApiKey(hash), Fact::ApiKey(row)) => {
+                row.as_ref().is_none_or(|r| r.key_hash == **hash)
+            }
+            (FactKey::Memberships(_), Fact::Memberships(_))
+            | (FactKey::Shares(..), Fact::Shares(_)) => true,
+            _ => false,
+        }
     }
 
     /// Whether the fact may be kept in L1 or Redis. "No such generation" may

@@ -4,7 +4,8 @@
 //! Three kinds of key live under the configured prefix:
 //!
 //! - `f:<kind>:<id>` — a fact, encoded with postcard behind a format byte, with
-//!   the key version and epoch its fill started under;
+//!   the key version and epoch its fill started under, and authenticated (see
+//!   below);
 //! - `v:<kind>:<id>` — the key's version, bumped (with the entry deleted, in one
 //!   script) by every invalidation;
 //! - `epoch` — a random token, replaced (never incremented: a Redis that lost
@@ -36,6 +37,18 @@
 //! Redis lost its data) is the epoch bumped. An invalidation that did not reach
 //! Redis, an admin flush and a TRUNCATE always bump.
 //!
+//! Whoever can write to Redis must not be able to plant a fact. Every value
+//! carries an HMAC-SHA256 tag, keyed by `redis.hmac_key` (shared by the fleet,
+//! never stored in Redis), over the key prefix, the fact's kind and id, and
+//! the body (version, epoch and fact): a value made without the key, or moved
+//! from another key, fails and reads as a miss, counted in
+//! `velro_authz_l2_rejected_total{reason}`, never an error. A decoded fact must
+//! also be the key's own (its kind, and its row id where the row carries one).
+//! What a tag cannot stop is a replay: an authentic value captured earlier and
+//! written back under the same key, version and epoch. Versions and the epoch
+//! bound that to facts that were true under the current epoch; an epoch bump
+//! voids them all.
+//!
 //! Redis trouble never reaches the proxy: every call goes through [`Redis`]'s
 //! timeout and circuit breaker, and an open circuit means L1 + Postgres.
 //! Redis Cluster: the scripts touch the entry, version and epoch keys together,
@@ -48,6 +61,8 @@ use std::time::Duration;
 use fred::interfaces::KeysInterface;
 use fred::types::Value;
 use fred::types::scripts::Script;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::sync::Notify;
 
 use super::{Fact, FactKey};
@@ -55,9 +70,17 @@ use crate::breaker::CircuitState;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 
-/// First byte of every stored value; a different byte (another release's
-/// format) reads as a miss.
-const FORMAT: u8 = 1;
+/// First byte of an unauthenticated value: postcard of (version, epoch,
+/// fact). Written only with `redis.allow_unauthenticated_values` (and by
+/// releases before values were authenticated).
+const FORMAT_PLAIN: u8 = 1;
+/// First byte of an authenticated value: the 32-byte tag, then the body as
+/// in [`FORMAT_PLAIN`].
+const FORMAT_MAC: u8 = 2;
+/// Length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+/// Domain separation: these tags authenticate L2 values of this layout, nothing else.
+const MAC_LABEL: &[u8] = b"velro-authz/l2-value/v2";
 
 /// Compare-and-set fill. KEYS: entry, version, epoch. ARGV: version and epoch
 /// seen before the Postgres read, value, TTL in ms.
@@ -120,13 +143,100 @@ end
 return #KEYS / 2
 "#;
 
-/// Fact TTLs in Redis (`redis.ttl_secs`, `redis.negative_ttl_secs`).
-#[derive(Debug, Clone, Copy)]
+/// Fact TTLs in Redis (`redis.ttl_secs`, `redis.negative_ttl_secs`) and the
+/// key that authenticates values (`redis.hmac_key`).
+#[derive(Debug, Clone)]
 pub struct L2Settings {
     /// TTL of a present fact (safety net).
     pub ttl: Duration,
     /// TTL of a negative fact.
     pub negative_ttl: Duration,
+    /// Authenticates every value; `None` only when the operator chose
+    /// `redis.allow_unauthenticated_values` (Redis itself is then trusted).
+    pub hmac_key: Option<L2Key>,
+}
+
+/// The secret behind the values' tags: shared by every sidecar of a fleet,
+/// never written to Redis, never printed.
+#[derive(Clone)]
+pub struct L2Key(Arc<[u8]>);
+
+impl L2Key {
+    /// The shortest key accepted: 256 bits, the size of the tag.
+    pub const MIN_LEN: usize = 32;
+
+    /// A key from its bytes (length checked by the configuration).
+    pub fn new(bytes: impl Into<Vec<u8>>) -> L2Key {
+        L2Key(bytes.into().into())
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for L2Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("L2Key(***)")
+    }
+}
+
+/// Why a stored value was not trusted although its key exists (counted in
+/// `velro_authz_l2_rejected_total{reason}`). An entry from before an
+/// invalidation or epoch bump is not a rejection: it is simply stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A value without a tag where tags are required.
+    Unauthenticated,
+    /// The tag does not match: made without our key, or moved from another key.
+    BadMac,
+    /// Authentic (or unauthenticated) bytes that are not a fact of this release.
+    Malformed,
+    /// The fact is not the key's own (another kind, another row id).
+    WrongFact,
+    /// A format byte this release does not know.
+    Format,
+}
+
+impl Rejection {
+    /// Label spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Unauthenticated => "unauthenticated",
+            Rejection::BadMac => "bad_mac",
+            Rejection::Malformed => "malformed",
+            Rejection::WrongFact => "wrong_fact",
+            Rejection::Format => "format",
+        }
+    }
+}
+
+/// What a stored value turned out to be.
+#[derive(Debug, PartialEq)]
+enum Opened {
+    /// Trusted: authentic, this key's, current version and epoch.
+    Fact(Fact),
+    /// Authentic but from before an invalidation or epoch bump.
+    Stale,
+    /// Not trusted, for this reason.
+    Rejected(Rejection),
+}
+
+/// Encodes and opens values: the key prefix they live under and, unless
+/// values are unauthenticated, the keyed MAC.
+#[derive(Clone)]
+struct Codec {
+    /// HMAC-SHA256 already keyed (cloned per value); `None`: unauthenticated.
+    mac: Option<Hmac<Sha256>>,
+    /// The Redis key prefix, bound into every tag: a value cannot be moved
+    /// between fleets sharing a server under different prefixes.
+    prefix: String,
 }
 
 /// What a read found.
@@ -186,7 +296,9 @@ pub struct L2 {
     advance: Script,
     /// The epoch replacement.
     bump: Script,
-    /// Fill results, trust transitions.
+    /// Encodes and authenticates values.
+    codec: Codec,
+    /// Fill results, trust transitions, rejected values.
     metrics: Metrics,
 }
 
@@ -210,7 +322,9 @@ impl L2 {
         join_patience: Duration,
         metrics: Metrics,
     ) -> Arc<L2> {
+        let codec = Codec::new(settings.hmac_key.as_ref(), redis.prefix());
         Arc::new(L2 {
+            codec,
             redis,
             ttl: settings.ttl,
             negative_ttl: settings.negative_ttl,
@@ -434,6 +548,16 @@ impl L2 {
         self.wake.notify_one();
     }
 
+    /// The epoch key is gone while this sidecar trusted Redis: Redis lost its
+    /// data (a restart without persistence, a FLUSHALL, an eviction). Bump
+    /// at once rather than wait for a reconnect that may never come.
+    fn epoch_lost(&self) {
+        if self.clean.load(Ordering::SeqCst) == self.dirty.load(Ordering::SeqCst) {
+            tracing::info!("redis epoch missing (data lost?); bumping it");
+            self.mark_dirty();
+        }
+    }
+
     fn fact_keys(&self, key: &FactKey) -> (String, String) {
         let id = key.redis_id();
         (
@@ -463,19 +587,29 @@ impl L2 {
             return L2Get::Unavailable;
         }
         // No epoch: Redis lost its data since the last rejoin or bump. Nothing
-        // is trusted or written until one of them sets a fresh token.
+        // is trusted or written until a bump sets a fresh token (never an old
+        // one: it is random), so entries restored from before the loss stay void.
         let Some(epoch) = values
             .pop()
             .flatten()
             .and_then(|v| String::from_utf8(v).ok())
         else {
+            self.epoch_lost();
             return L2Get::Unavailable;
         };
         let version = text(values.pop().flatten());
-        if let Some(Some(bytes)) = values.pop()
-            && let Some(fact) = decode(&bytes, key, &version, &epoch)
-        {
-            return L2Get::Hit(fact);
+        if let Some(Some(bytes)) = values.pop() {
+            match self.codec.open(&bytes, key, &version, &epoch) {
+                Opened::Fact(fact) => return L2Get::Hit(fact),
+                Opened::Stale => {}
+                Opened::Rejected(reason) => {
+                    // A miss: the fill that follows overwrites the value.
+                    self.metrics
+                        .l2_rejected
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                }
+            }
         }
         L2Get::Miss(Ticket { version, epoch })
     }
@@ -486,7 +620,7 @@ impl L2 {
         if !self.usable() || !fact.cacheable() {
             return;
         }
-        let Some(value) = encode(fact, &ticket) else {
+        let Some(value) = self.codec.seal(key, fact, &ticket) else {
             return;
         };
         let ttl = if fact.is_negative() {
@@ -545,31 +679,97 @@ fn text(value: Option<Vec<u8>>) -> String {
         .unwrap_or_else(|| "0".to_owned())
 }
 
-/// What goes into Redis: format byte, then postcard of (version, epoch, fact).
-fn encode(fact: &Fact, ticket: &Ticket) -> Option<Vec<u8>> {
-    let mut out = vec![FORMAT];
-    let body = postcard::to_allocvec(&(&ticket.version, &ticket.epoch, fact)).ok()?;
-    out.extend_from_slice(&body);
-    Some(out)
-}
-
-/// The stored fact, if it is in our format, for this kind of key, and stamped
-/// with the current version and epoch.
-fn decode(bytes: &[u8], key: &FactKey, version: &str, epoch: &str) -> Option<Fact> {
-    let (&format, body) = bytes.split_first()?;
-    if format != FORMAT {
-        return None;
+impl Codec {
+    fn new(key: Option<&L2Key>, prefix: &str) -> Codec {
+        Codec {
+            // Any key length is accepted by HMAC; the configuration enforces the minimum.
+            mac: key.and_then(|k| Hmac::<Sha256>::new_from_slice(&k.0).ok()),
+            prefix: prefix.to_owned(),
+        }
     }
-    let (v, e, fact): (String, String, Fact) = postcard::from_bytes(body).ok()?;
-    (v == version && e == epoch && fact.matches(key) && fact.cacheable()).then_some(fact)
+
+    /// The tag of `body` stored under `key`: a domain label, then the prefix,
+    /// kind and id (each length-prefixed, so no two field splits collide),
+    /// then the body, which carries the version and epoch.
+    fn tagger(&self, mac: &Hmac<Sha256>, key: &FactKey, body: &[u8]) -> Hmac<Sha256> {
+        let mut m = mac.clone();
+        m.update(MAC_LABEL);
+        let id = key.redis_id();
+        for field in [self.prefix.as_bytes(), key.kind().as_bytes(), id.as_bytes()] {
+            m.update(&(field.len() as u64).to_be_bytes());
+            m.update(field);
+        }
+        m.update(body);
+        m
+    }
+
+    /// What goes into Redis: the format byte, the tag (when keyed), then
+    /// postcard of (version, epoch, fact).
+    fn seal(&self, key: &FactKey, fact: &Fact, ticket: &Ticket) -> Option<Vec<u8>> {
+        let body = postcard::to_allocvec(&(&ticket.version, &ticket.epoch, fact)).ok()?;
+        let mut out = Vec::with_capacity(1 + TAG_LEN + body.len());
+        match &self.mac {
+            Some(mac) => {
+                out.push(FORMAT_MAC);
+                out.extend_from_slice(&self.tagger(mac, key, &body).finalize().into_bytes());
+            }
+            None => out.push(FORMAT_PLAIN),
+        }
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// The stored fact, if the value is authentic (checked before anything
+    /// is decoded), this key's own, and stamped with the current version and
+    /// epoch. Unkeyed (`allow_unauthenticated_values`), tags are skipped, not
+    /// checked: such a sidecar trusts Redis as it is.
+    fn open(&self, bytes: &[u8], key: &FactKey, version: &str, epoch: &str) -> Opened {
+        let Some((&format, rest)) = bytes.split_first() else {
+            return Opened::Rejected(Rejection::Malformed);
+        };
+        let body = match (format, &self.mac) {
+            (FORMAT_MAC, _) if rest.len() < TAG_LEN => {
+                return Opened::Rejected(Rejection::Malformed);
+            }
+            (FORMAT_MAC, Some(mac)) => {
+                let (tag, body) = rest.split_at(TAG_LEN);
+                // Constant-time comparison.
+                if self.tagger(mac, key, body).verify_slice(tag).is_err() {
+                    return Opened::Rejected(Rejection::BadMac);
+                }
+                body
+            }
+            (FORMAT_MAC, None) => &rest[TAG_LEN..],
+            (FORMAT_PLAIN, Some(_)) => return Opened::Rejected(Rejection::Unauthenticated),
+            (FORMAT_PLAIN, None) => rest,
+            _ => return Opened::Rejected(Rejection::Format),
+        };
+        let Ok((v, e, fact)) = postcard::from_bytes::<(String, String, Fact)>(body) else {
+            return Opened::Rejected(Rejection::Malformed);
+        };
+        if v != version || e != epoch {
+            return Opened::Stale;
+        }
+        if !fact.matches(key) {
+            return Opened::Rejected(Rejection::WrongFact);
+        }
+        if !fact.cacheable() {
+            // Never written by this release ("no such generation" is not
+            // kept); one from an older sidecar is not trusted either.
+            return Opened::Stale;
+        }
+        Opened::Fact(fact)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::User;
+    use crate::model::{Membership, Role, Session, User, UserStatus};
     use proptest::prelude::*;
     use uuid::Uuid;
+
+    const PREFIX: &str = "velro-authz:";
 
     fn ticket(v: &str, e: &str) -> Ticket {
         Ticket {
@@ -578,40 +778,213 @@ mod tests {
         }
     }
 
+    fn keyed() -> Codec {
+        Codec::new(
+            Some(&L2Key::new(*b"0123456789abcdef0123456789abcdef")),
+            PREFIX,
+        )
+    }
+
+    fn unkeyed() -> Codec {
+        Codec::new(None, PREFIX)
+    }
+
+    fn user(id: Uuid) -> Fact {
+        Fact::User(Some(User {
+            id,
+            status: UserStatus::Active,
+        }))
+    }
+
     #[test]
-    fn encode_decode_round_trip_checks_stamps_and_kind() {
+    fn l2_value_round_trip_checks_stamps_and_kind() {
+        for codec in [keyed(), unkeyed()] {
+            let id = Uuid::new_v4();
+            let key = FactKey::User(id);
+            let fact = user(id);
+            let bytes = codec.seal(&key, &fact, &ticket("3", "7")).expect("encodes");
+            assert_eq!(
+                codec.open(&bytes, &key, "3", "7"),
+                Opened::Fact(fact.clone())
+            );
+            assert_eq!(
+                codec.open(&bytes, &key, "4", "7"),
+                Opened::Stale,
+                "newer version"
+            );
+            assert_eq!(
+                codec.open(&bytes, &key, "3", "8"),
+                Opened::Stale,
+                "newer epoch"
+            );
+            let mut other_format = bytes.clone();
+            other_format[0] = FORMAT_MAC + 1;
+            assert_eq!(
+                codec.open(&other_format, &key, "3", "7"),
+                Opened::Rejected(Rejection::Format)
+            );
+        }
+    }
+
+    #[test]
+    fn l2_value_without_a_valid_tag_is_rejected() {
+        let codec = keyed();
         let id = Uuid::new_v4();
         let key = FactKey::User(id);
-        let fact = Fact::User(None);
-        let bytes = encode(&fact, &ticket("3", "7")).expect("encodes");
-        assert_eq!(decode(&bytes, &key, "3", "7"), Some(fact.clone()));
-        assert_eq!(decode(&bytes, &key, "4", "7"), None, "newer version");
-        assert_eq!(decode(&bytes, &key, "3", "8"), None, "newer epoch");
+        let bytes = codec
+            .seal(&key, &user(id), &ticket("1", "e"))
+            .expect("encodes");
+        // Any bit flipped, in the tag or in the body.
+        for i in 1..bytes.len() {
+            let mut forged = bytes.clone();
+            forged[i] ^= 0x01;
+            assert!(
+                matches!(
+                    codec.open(&forged, &key, "1", "e"),
+                    Opened::Rejected(Rejection::BadMac | Rejection::Malformed)
+                ),
+                "byte {i}"
+            );
+        }
+        // Made with another key, or with none (an attacker's plain value).
+        let other = Codec::new(Some(&L2Key::new(vec![7u8; 32])), PREFIX);
+        let theirs = other
+            .seal(&key, &user(id), &ticket("1", "e"))
+            .expect("encodes");
         assert_eq!(
-            decode(&bytes, &FactKey::Team(id), "3", "7"),
-            None,
-            "fact of another kind"
+            codec.open(&theirs, &key, "1", "e"),
+            Opened::Rejected(Rejection::BadMac)
         );
-        let mut other_format = bytes.clone();
-        other_format[0] = FORMAT + 1;
-        assert_eq!(decode(&other_format, &key, "3", "7"), None);
+        let plain = unkeyed()
+            .seal(&key, &user(id), &ticket("1", "e"))
+            .expect("encodes");
+        assert_eq!(
+            codec.open(&plain, &key, "1", "e"),
+            Opened::Rejected(Rejection::Unauthenticated)
+        );
+        // Truncated.
+        assert_eq!(
+            codec.open(&bytes[..20], &key, "1", "e"),
+            Opened::Rejected(Rejection::Malformed)
+        );
+    }
+
+    #[test]
+    fn l2_authentic_value_moved_to_another_key_or_prefix_is_rejected() {
+        let codec = keyed();
+        let (bob, erin) = (Uuid::new_v4(), Uuid::new_v4());
+        // Bob's memberships (the rows carry no user id) under Erin's key.
+        let memberships = Fact::Memberships(
+            vec![Membership {
+                team_id: Uuid::new_v4(),
+                role: Role::Owner,
+            }]
+            .into(),
+        );
+        let bobs = codec
+            .seal(&FactKey::Memberships(bob), &memberships, &ticket("0", "e"))
+            .expect("encodes");
+        assert_eq!(
+            codec.open(&bobs, &FactKey::Memberships(erin), "0", "e"),
+            Opened::Rejected(Rejection::BadMac)
+        );
+        // Same kind and id, another kind of key with the same id.
+        let session = Fact::Session(None);
+        let sealed = codec
+            .seal(&FactKey::Session(bob), &session, &ticket("0", "e"))
+            .expect("encodes");
+        assert_eq!(
+            codec.open(&sealed, &FactKey::User(bob), "0", "e"),
+            Opened::Rejected(Rejection::BadMac)
+        );
+        // Another fleet's prefix on the same server.
+        let elsewhere = Codec::new(
+            Some(&L2Key::new(*b"0123456789abcdef0123456789abcdef")),
+            "other:",
+        );
+        assert_eq!(
+            elsewhere.open(&bobs, &FactKey::Memberships(bob), "0", "e"),
+            Opened::Rejected(Rejection::BadMac)
+        );
+    }
+
+    #[test]
+    fn l2_fact_for_another_id_is_rejected_even_when_authentic() {
+        // A writer with the key (or an unauthenticated tier) stored a row
+        // under the wrong key: the row's own id says so.
+        for codec in [keyed(), unkeyed()] {
+            let (mine, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+            let key = FactKey::User(mine);
+            let bytes = codec
+                .seal(&key, &user(theirs), &ticket("0", "e"))
+                .expect("encodes");
+            assert_eq!(
+                codec.open(&bytes, &key, "0", "e"),
+                Opened::Rejected(Rejection::WrongFact)
+            );
+            let session = Fact::Session(Some(Session {
+                id: theirs,
+                user_id: Uuid::new_v4(),
+                expires_at: chrono::Utc::now(),
+                revoked_at: None,
+            }));
+            let key = FactKey::Session(mine);
+            let bytes = codec
+                .seal(&key, &session, &ticket("0", "e"))
+                .expect("encodes");
+            assert_eq!(
+                codec.open(&bytes, &key, "0", "e"),
+                Opened::Rejected(Rejection::WrongFact)
+            );
+            // A kind mismatch too (unauthenticated: nothing else stops it).
+            let key = FactKey::Team(mine);
+            let bytes = codec
+                .seal(&key, &user(mine), &ticket("0", "e"))
+                .expect("encodes");
+            assert_eq!(
+                codec.open(&bytes, &key, "0", "e"),
+                Opened::Rejected(Rejection::WrongFact)
+            );
+        }
+    }
+
+    #[test]
+    fn l2_unkeyed_sidecar_reads_tagged_values_without_checking() {
+        // During a rollout of `redis.hmac_key`: sidecars still without it read
+        // what keyed ones write (they trust Redis as it is anyway).
+        let id = Uuid::new_v4();
+        let key = FactKey::User(id);
+        let bytes = keyed()
+            .seal(&key, &user(id), &ticket("0", "e"))
+            .expect("encodes");
+        assert_eq!(
+            unkeyed().open(&bytes, &key, "0", "e"),
+            Opened::Fact(user(id))
+        );
+    }
+
+    #[test]
+    fn l2_key_never_printed() {
+        let key = L2Key::new(*b"supersecretsupersecretsupersecret");
+        assert_eq!(format!("{key:?}"), "L2Key(***)");
     }
 
     #[test]
     fn encoding_is_compact() {
-        let user = User {
-            id: Uuid::new_v4(),
-            status: crate::model::UserStatus::Active,
-        };
-        let bytes = encode(&Fact::User(Some(user)), &ticket("12", "3")).expect("encodes");
-        assert!(bytes.len() < 40, "{} bytes", bytes.len());
+        let id = Uuid::new_v4();
+        let bytes = keyed()
+            .seal(&FactKey::User(id), &user(id), &ticket("12", "3"))
+            .expect("encodes");
+        assert!(bytes.len() < 40 + TAG_LEN, "{} bytes", bytes.len());
     }
 
     proptest! {
         #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let key = FactKey::User(Uuid::nil());
-            let _ = decode(&bytes, &key, "0", "0");
+            for codec in [keyed(), unkeyed()] {
+                let _ = codec.open(&bytes, &key, "0", "0");
+            }
         }
     }
 }

@@ -1,5 +1,8 @@
+use std::sync::atomic::AtomicUsize;
+
 use super::*;
 use crate::model::UserStatus;
+use crate::store::StoreError;
 use crate::testkit::{Held, Hold, MemorySource};
 
 /// The cache under test: over facts in memory, any read of which can be held.
@@ -187,22 +190,126 @@ async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
     assert!(facts.user(after, &Trace::off()).await.is_ok());
 }
 
-#[tokio::test]
-async fn abandoned_query_counts_as_a_breaker_failure() {
-    let source = Held::new(MemorySource::new());
-    let _hold = source.hold_next("user");
-    let config = cache_config();
-    let breaker = BreakerConfig {
+/// A source that always answers, after `delay`: slow but healthy.
+struct SlowSource {
+    delay: Duration,
+    loads: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl FactSource for Arc<SlowSource> {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.done.fetch_add(1, Ordering::SeqCst);
+        let FactKey::User(id) = key else {
+            unreachable!("test uses users only")
+        };
+        Ok(Fact::User(Some(User {
+            id: *id,
+            status: UserStatus::Active,
+        })))
+    }
+}
+
+/// A breaker that opens at the first failure and stays open.
+fn touchy() -> BreakerConfig {
+    BreakerConfig {
         failures: 1,
         open_for: Duration::from_secs(60),
-    };
-    let facts = Facts::with_tiers(source, &config, None, breaker, Metrics::new());
-    // The read hangs; the caller's deadline drops it.
-    let timed_out = tokio::time::timeout(
-        Duration::from_millis(50),
+    }
+}
+
+#[tokio::test]
+async fn query_past_our_own_timeout_opens_the_breaker() {
+    let source = Held::new(MemorySource::new());
+    let _hold = source.hold_next("user");
+    let facts = Facts::with_tiers(source, &cache_config(), None, touchy(), Metrics::new())
+        .with_query_timeout(Duration::from_millis(50));
+    // The read hangs; our own bound abandons it and says so.
+    let started = Instant::now();
+    let err = facts
+        .user(Uuid::new_v4(), &Trace::off())
+        .await
+        .expect_err("hung query");
+    assert!(started.elapsed() >= Duration::from_millis(50), "{err}");
+    assert_eq!(facts.breaker().state(), crate::breaker::CircuitState::Open);
+}
+
+#[tokio::test]
+async fn query_hung_past_our_timeout_counts_even_when_its_caller_left_first() {
+    let source = Held::new(MemorySource::new());
+    let _hold = source.hold_next("user");
+    let facts = Facts::with_tiers(source, &cache_config(), None, touchy(), Metrics::new())
+        .with_query_timeout(Duration::from_millis(50));
+    // The caller's own deadline (5 ms) is far shorter than ours: its leaving
+    // proves nothing, but the query then hangs past our bound, which does.
+    let left = tokio::time::timeout(
+        Duration::from_millis(5),
         facts.user(Uuid::new_v4(), &Trace::off()),
     )
     .await;
-    assert!(timed_out.is_err());
+    assert!(left.is_err(), "the caller gave up");
+    assert_eq!(
+        facts.breaker().state(),
+        crate::breaker::CircuitState::Closed,
+        "not yet: only our own timeout may count"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(facts.breaker().state(), crate::breaker::CircuitState::Open);
+}
+
+#[tokio::test]
+async fn cancelled_callers_never_open_the_breaker_of_a_slow_healthy_source() {
+    let source = Arc::new(SlowSource {
+        delay: Duration::from_millis(50),
+        loads: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+    });
+    let facts = Arc::new(
+        Facts::with_tiers(
+            source.clone(),
+            &cache_config(),
+            None,
+            touchy(),
+            Metrics::new(),
+        )
+        .with_query_timeout(Duration::from_millis(500)),
+    );
+    // Callers whose own deadline (1 ms) expires mid-query ...
+    for _ in 0..20 {
+        let gone = tokio::time::timeout(
+            Duration::from_millis(1),
+            facts.user(Uuid::new_v4(), &Trace::off()),
+        )
+        .await;
+        assert!(
+            gone.is_err(),
+            "the caller's deadline is shorter than the query"
+        );
+    }
+    // ... and callers dropped mid-flight (a client reset).
+    let dropped: Vec<_> = (0..20)
+        .map(|_| {
+            let facts = facts.clone();
+            tokio::spawn(async move { facts.user(Uuid::new_v4(), &Trace::off()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for task in &dropped {
+        task.abort();
+    }
+    // Every abandoned query still ran to its (successful) end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while source.done.load(Ordering::SeqCst) < source.loads.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "queries still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(source.loads.load(Ordering::SeqCst) >= 40);
+    assert_eq!(
+        facts.breaker().state(),
+        crate::breaker::CircuitState::Closed,
+        "40 callers left, Postgres never failed"
+    );
+    assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_ok());
 }

@@ -1,8 +1,19 @@
 //! The admin service (`proto/velro/authz/admin/v1/admin.proto`): explain a
 //! decision, cache stats, flush.
+//!
+//! Explain shows the facts behind any answer, a 404 included (the existence
+//! oracle the data path refuses to be), and Flush voids every sidecar's Redis
+//! tier. So the service is off unless configured, listens on an address of
+//! its own (loopback by default), never on the Check port, and every call
+//! must carry the operator's token: `authorization: Bearer <token>`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::cannot_decide;
@@ -15,6 +26,83 @@ pub mod admin_pb {
     tonic::include_proto!("velro.authz.admin.v1");
 }
 
+/// Descriptor set served by reflection on the admin listener (the admin API only).
+pub const ADMIN_DESCRIPTOR: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+
+/// Fully-qualified name of the admin service.
+pub const ADMIN_SERVICE: &str = "velro.authz.admin.v1.Admin";
+
+/// Where and behind what the admin service is served (`admin.*`).
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Its own listener (`admin.addr`, default 127.0.0.1:9192).
+    pub addr: SocketAddr,
+    /// The bearer token every call must present.
+    pub token: AdminToken,
+    /// Where the token was read from, for the start-up log line.
+    pub token_file: PathBuf,
+}
+
+/// The admin bearer token, kept only as its SHA-256: compared in constant
+/// time (digests of equal length, so not even the length leaks), never
+/// printed.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// The shortest token accepted.
+    pub const MIN_LEN: usize = 32;
+
+    /// From the token's bytes (read at start from `admin.token_file`).
+    pub fn new(token: &[u8]) -> AdminToken {
+        AdminToken(Sha256::digest(token).into())
+    }
+
+    /// True when `presented` is the token.
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        bool::from(digest.ct_eq(&self.0))
+    }
+
+    /// Lets a request through only with `authorization: Bearer <token>`;
+    /// anything else is UNAUTHENTICATED, and says nothing about the token.
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim_start().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim_start())
+            });
+        match presented {
+            Some(token) if self.verify(token.as_bytes()) => Ok(request),
+            _ => Err(Status::unauthenticated(
+                "admin token required: authorization: Bearer <admin.token_file>",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl tonic::service::Interceptor for AdminToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request)
+    }
+}
+
+/// The admin service behind its token check.
+pub type GuardedAdmin<S> =
+    InterceptedService<admin_pb::admin_server::AdminServer<Admin<S>>, AdminToken>;
+
 /// The admin service: explain, cache stats, flush.
 pub struct Admin<S> {
     authorizer: Arc<Authorizer<S>>,
@@ -22,15 +110,17 @@ pub struct Admin<S> {
 }
 
 impl<S: FactSource> Admin<S> {
-    /// A tonic service over `authorizer`.
+    /// A tonic service over `authorizer`, every call checked against `token`.
     pub fn server(
         authorizer: Arc<Authorizer<S>>,
         listener: tokio::sync::watch::Receiver<bool>,
-    ) -> admin_pb::admin_server::AdminServer<Admin<S>> {
-        admin_pb::admin_server::AdminServer::new(Admin {
+        token: AdminToken,
+    ) -> GuardedAdmin<S> {
+        let service = admin_pb::admin_server::AdminServer::new(Admin {
             authorizer,
             listener,
-        })
+        });
+        InterceptedService::new(service, token)
     }
 }
 
@@ -106,5 +196,41 @@ impl<S: FactSource> admin_pb::admin_server::Admin for Admin<S> {
         self.authorizer.flush_credentials();
         tracing::info!(epoch, "caches flushed by admin request");
         Ok(Response::new(admin_pb::FlushResponse { epoch }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "admin-token-0123456789abcdef0123456789";
+
+    fn with_auth(value: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut()
+            .insert("authorization", value.parse().expect("ascii"));
+        r
+    }
+
+    #[test]
+    fn admin_token_admits_only_the_bearer_token() {
+        let token = AdminToken::new(TOKEN.as_bytes());
+        assert!(token.check(with_auth(&format!("Bearer {TOKEN}"))).is_ok());
+        assert!(token.check(with_auth(&format!("bearer  {TOKEN}"))).is_ok());
+        for bad in [
+            String::new(),
+            TOKEN.to_owned(),
+            format!("Basic {TOKEN}"),
+            format!("Bearer {TOKEN}x"),
+            format!("Bearer {}", &TOKEN[1..]),
+            "Bearer ".to_owned(),
+        ] {
+            let status = token.check(with_auth(&bad)).expect_err(&bad);
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            assert!(!status.message().contains(TOKEN));
+        }
+        let status = token.check(Request::new(())).expect_err("no header");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(format!("{token:?}"), "AdminToken(***)");
     }
 }

@@ -87,7 +87,7 @@ impl SidecarOptions {
         );
         if let Some((_, prefix)) = &self.redis {
             y.push_str(&format!(
-                "redis:\n  key_prefix: \"{prefix}\"\n  timeout_ms: 100\n"
+                "redis:\n  key_prefix: \"{prefix}\"\n  timeout_ms: 100\n  hmac_key: \"cluster-test-l2-hmac-key-0123456789abcdef\"\n"
             ));
         }
         y.push_str(&format!(

@@ -1,6 +1,7 @@
 //! The sidecar's other faces through real sockets: gRPC health and reflection
-//! (v1 and v1alpha), the admin service, HTTP health/readiness/metrics, "cannot
-//! decide" as an RPC error, and dry-run mode.
+//! (v1 and v1alpha), the admin service (its own listener, token required),
+//! HTTP health/readiness/metrics, "cannot decide" as an RPC error, and dry-run
+//! mode.
 
 use std::time::Duration;
 
@@ -77,7 +78,6 @@ async fn grpc_health_and_reflection_v1_and_v1alpha_list_our_services(pool: PgPoo
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
-        "velro.authz.admin.v1.Admin",
     ];
     let v1 = list_services!(tonic_reflection::pb::v1, h.running.grpc_addr);
     let v1alpha = list_services!(tonic_reflection::pb::v1alpha, h.running.grpc_addr);
@@ -93,6 +93,10 @@ async fn grpc_health_and_reflection_v1_and_v1alpha_list_our_services(pool: PgPoo
                 .iter()
                 .any(|n| n.starts_with("envoy.service.ratelimit")),
             "only our services: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.starts_with("velro.authz.admin")),
+            "the admin service is not on the Check port: {names:?}"
         );
     }
 }
@@ -160,14 +164,66 @@ async fn metrics_addr_serves_health_and_metrics_but_no_decisions(pool: PgPool) {
     );
 }
 
+/// The admin token of these tests, in a file of its own per test.
+const ADMIN_TOKEN: &str = "integration-admin-token-0123456789abcdef";
+
+/// A config with the admin service on a free loopback port, its token in a
+/// fresh file (kept alive by the returned guard).
+fn admin_config() -> (velro_authz::config::Config, TokenFile) {
+    let path = std::env::temp_dir().join(format!(
+        "velro-authz-admin-token-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).expect("write token file");
+    let cfg = config(&format!(
+        "admin:\n  addr: 127.0.0.1:0\n  token_file: {}\n",
+        path.display()
+    ));
+    (cfg, TokenFile(path))
+}
+
+/// Removes the token file when the test ends.
+struct TokenFile(std::path::PathBuf);
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Puts an `authorization` value (or none) on every admin call.
+#[derive(Clone)]
+struct Authorization(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Authorization {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Guarded = AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Authorization>,
+>;
+
+/// An admin client sending `authorization` = `value` (none when `None`).
+async fn admin_client(addr: std::net::SocketAddr, value: Option<&str>) -> Guarded {
+    let value = value.map(|v| v.parse().expect("ascii"));
+    AdminClient::with_interceptor(channel(addr).await, Authorization(value))
+}
+
 #[sqlx::test(migrations = "./migrations")]
 async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
-    let h = start(pool).await;
-    let mut admin = AdminClient::connect(format!("http://{}", h.running.grpc_addr))
-        .await
-        .expect("connect");
+    let (cfg, _token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener");
+    assert_ne!(addr, h.running.grpc_addr);
+    assert!(addr.ip().is_loopback());
+    let mut admin = admin_client(addr, Some(&format!("Bearer {ADMIN_TOKEN}"))).await;
     let token = format!("Bearer {}", h.token(BOB));
-    let explain = |admin: &mut AdminClient<tonic::transport::Channel>| {
+    let explain = |admin: &mut Guarded| {
         let request = admin_pb::ExplainRequest {
             method: "GET".into(),
             path: format!("/api/v1/generations/{GEN_GRANDCHILD}"),
@@ -227,6 +283,88 @@ async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
     assert!(
         third.facts.iter().all(|f| f.source == "postgres"),
         "flushed"
+    );
+}
+
+/// No token, a wrong one, or another scheme: UNAUTHENTICATED for every
+/// method, before anything runs (the flush below does not happen), and the
+/// answer never echoes the token.
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_without_the_token_is_unauthenticated(pool: PgPool) {
+    let (cfg, _token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener");
+    let epoch = h.running.authorizer.facts().epoch();
+    for value in [
+        None,
+        Some("Bearer wrong-token-0123456789abcdef0123456789".to_owned()),
+        Some(format!("Bearer {ADMIN_TOKEN}x")),
+        Some(format!("Basic {ADMIN_TOKEN}")),
+        Some(ADMIN_TOKEN.to_owned()),
+    ] {
+        let mut admin = admin_client(addr, value.as_deref()).await;
+        let explain = admin
+            .explain(admin_pb::ExplainRequest {
+                method: "GET".into(),
+                path: format!("/api/v1/generations/{GEN_BOB}"),
+                headers: Default::default(),
+            })
+            .await
+            .expect_err("explain without the token");
+        let stats = admin
+            .cache_stats(admin_pb::CacheStatsRequest {})
+            .await
+            .expect_err("stats without the token");
+        let flush = admin
+            .flush(admin_pb::FlushRequest {})
+            .await
+            .expect_err("flush without the token");
+        for status in [explain, stats, flush] {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{value:?}");
+            assert!(!status.message().contains(ADMIN_TOKEN));
+        }
+    }
+    assert_eq!(
+        h.running.authorizer.facts().epoch(),
+        epoch,
+        "no flush went through"
+    );
+}
+
+/// The Check port serves no admin service (only Envoy reaches it, and Envoy
+/// must not be able to explain or flush); and without an `admin` section
+/// there is no admin listener at all.
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_is_off_by_default_and_never_on_the_check_port(pool: PgPool) {
+    let h = start(pool.clone()).await;
+    assert_eq!(h.running.admin_addr, None, "off unless configured");
+    let mut on_check_port =
+        admin_client(h.running.grpc_addr, Some(&format!("Bearer {ADMIN_TOKEN}"))).await;
+    let status = on_check_port
+        .cache_stats(admin_pb::CacheStatsRequest {})
+        .await
+        .expect_err("no admin service on the Check port");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    let Harness { running, .. } = h;
+    running.shutdown().await;
+
+    // Enabled: still not on the Check port.
+    let (cfg, _token_file) = admin_config();
+    let h = super::support::attach(pool, cfg).await;
+    let mut on_check_port =
+        admin_client(h.running.grpc_addr, Some(&format!("Bearer {ADMIN_TOKEN}"))).await;
+    let status = on_check_port
+        .flush(admin_pb::FlushRequest {})
+        .await
+        .expect_err("no admin service on the Check port");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    let names = list_services!(
+        tonic_reflection::pb::v1,
+        h.running.admin_addr.expect("admin listener")
+    );
+    assert!(
+        names.iter().any(|n| n == "velro.authz.admin.v1.Admin"),
+        "the admin listener lists its service: {names:?}"
     );
 }
 
@@ -327,4 +465,67 @@ async fn check_dry_run_allows_but_counts_would_be_denies(pool: PgPool) {
         .with_label_values(&["dry_run_allow", "401", "missing_credentials"])
         .get();
     assert_eq!(counted, 1);
+}
+
+/// `velro-authz admin` reaches the admin listener with the token file and
+/// needs nothing else of the configuration; without the right token it fails
+/// and never prints the token.
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_cli_calls_the_admin_listener_with_its_token_file(pool: PgPool) {
+    let (cfg, token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener").to_string();
+    let cli = |token_file: &std::path::Path, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"));
+        cmd.arg("admin")
+            .arg("--addr")
+            .arg(&addr)
+            .arg("--token-file")
+            .arg(token_file)
+            .args(args)
+            // No database, JWT keys or Redis: a client needs none of them.
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("VELRO_AUTHZ_CONFIG")
+            .env_remove("VELRO_AUTHZ_JWT_SECRET");
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().expect("run velro-authz admin"))
+                .await
+                .expect("join")
+        }
+    };
+    let out = cli(&token_file.0, &["cache-stats"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(stats["listener_connected"], true);
+
+    let bearer = h.token(ERIN);
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    let out = cli(&token_file.0, &["explain", "--token", &bearer, &path]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let explained: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(explained["reason"], "not_found");
+    assert!(explained["facts"].as_array().is_some_and(|f| !f.is_empty()));
+
+    let wrong = TokenFile(std::env::temp_dir().join(format!(
+        "velro-authz-wrong-token-{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    std::fs::write(&wrong.0, "wrong-token-0123456789abcdef0123456789\n").expect("write");
+    let out = cli(&wrong.0, &["flush"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-token") && !stderr.contains(ADMIN_TOKEN),
+        "{stderr}"
+    );
 }

@@ -144,7 +144,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
     let l2 = L2::new(
         client.clone(),
-        cfg.l2,
+        cfg.l2.clone(),
         cfg.freshness.max_silence,
         metrics.clone(),
     );
@@ -282,7 +282,7 @@ async fn l2_unreachable_redis_costs_nothing_but_speed(pool: PgPool) {
     // Nothing listens on port 1.
     let h = start_with(
         pool,
-        config("redis:\n  url: redis://127.0.0.1:1\n  timeout_ms: 50\nbreaker:\n  failures: 2\n  open_ms: 60000\n"),
+        config("redis:\n  url: redis://127.0.0.1:1\n  timeout_ms: 50\n  allow_unauthenticated_values: true\nbreaker:\n  failures: 2\n  open_ms: 60000\n"),
     )
     .await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
@@ -397,4 +397,197 @@ async fn l2_rolling_restart_keeps_entries_and_a_real_gap_voids_them(pool: PgPool
         "entries from before the gap are void"
     );
     assert_eq!(alone.check_as(BOB, "GET", &path).await.status, 404);
+}
+
+/// Deletes every key under `prefix`: Redis lost this fleet's data.
+async fn wipe(redis: &Client, prefix: &str) {
+    let keys: Vec<String> = redis
+        .custom(fred::cmd!("KEYS"), vec![format!("{prefix}*")])
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis.del(keys).await.expect("DEL");
+    }
+}
+
+fn rejected(h: &Harness, reason: &str) -> u64 {
+    h.running
+        .metrics
+        .l2_rejected
+        .with_label_values(&[reason])
+        .get()
+}
+
+/// Whoever can write to Redis, without the fleet's `redis.hmac_key`, cannot
+/// plant a fact: not a value of their own (untagged, as releases before tags
+/// wrote them, or with a made-up tag), nor an authentic value moved from
+/// another key. Each is a miss, counted, and the fill that follows puts the
+/// truth back.
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_planted_values_are_counted_misses_never_trusted(pool: PgPool) {
+    let prefix = unique_prefix("forge");
+    let h = start_with(pool, config(&redis_yaml(&prefix))).await;
+    until_usable(&[&h]).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    // Bob reads it as a member of its project's team; Erin has no role on it.
+    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(h.check_as(ERIN, "GET", &path).await.status, 404);
+
+    let redis = redis().await;
+    let erins = format!("{prefix}f:memberships:{ERIN}");
+    let bobs: Vec<u8> = redis
+        .get(format!("{prefix}f:memberships:{BOB}"))
+        .await
+        .expect("bob's memberships are in Redis");
+    let L2Get::Hit(bob_memberships) = l2_of(&h)
+        .get(&FactKey::Memberships(BOB.parse().expect("uuid")))
+        .await
+    else {
+        panic!("bob's memberships trusted in Redis");
+    };
+    let version: Option<String> = redis
+        .get(format!("{prefix}v:memberships:{ERIN}"))
+        .await
+        .expect("GET");
+    let epoch: String = redis.get(format!("{prefix}epoch")).await.expect("epoch");
+    // The body an attacker can make: Bob's team memberships, stamped with
+    // Erin's current version and the current epoch.
+    let body = postcard::to_allocvec(&(
+        version.unwrap_or_else(|| "0".to_owned()),
+        epoch,
+        &bob_memberships,
+    ))
+    .expect("postcard");
+    let untagged = [&[1u8][..], &body].concat();
+    let made_up_tag = [&[2u8][..], &[0u8; 32][..], &body].concat();
+    for (what, value, reason) in [
+        ("untagged", untagged, "unauthenticated"),
+        ("made-up tag", made_up_tag, "bad_mac"),
+        ("bob's authentic value moved to erin's key", bobs, "bad_mac"),
+    ] {
+        let before = rejected(&h, reason);
+        let _: () = redis
+            .set(&erins, value, None, None, false)
+            .await
+            .expect("SET");
+        // L1 forgets, so the next decision reads Redis.
+        h.running.authorizer.facts().flush_local();
+        assert_eq!(
+            h.check_as(ERIN, "GET", &path).await.status,
+            404,
+            "{what}: planted memberships were trusted"
+        );
+        assert_eq!(
+            rejected(&h, reason),
+            before + 1,
+            "{what}: counted as {reason}"
+        );
+    }
+    // The fill after the last rejection wrote the truth back, tagged.
+    assert!(matches!(
+        l2_of(&h)
+            .get(&FactKey::Memberships(ERIN.parse().expect("uuid")))
+            .await,
+        L2Get::Hit(Fact::Memberships(m)) if m.is_empty()
+    ));
+}
+
+/// A sidecar with another key reads the fleet's values as forgeries: every
+/// sidecar sharing a Redis needs the same `redis.hmac_key`.
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_sidecar_with_another_key_trusts_nothing_the_fleet_wrote(pool: PgPool) {
+    let prefix = unique_prefix("otherkey");
+    let a = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
+    let other = redis_yaml(&prefix).replace(
+        super::support::L2_HMAC_KEY,
+        "another-fleet-l2-hmac-key-0123456789abcdef",
+    );
+    let b = attach(pool, config(&other)).await;
+    until_usable(&[&a, &b]).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    let key = FactKey::Memberships(BOB.parse().expect("uuid"));
+    assert!(matches!(l2_of(&a).get(&key).await, L2Get::Hit(_)));
+    assert!(matches!(l2_of(&b).get(&key).await, L2Get::Miss(_)));
+    assert!(rejected(&b, "bad_mac") >= 1);
+}
+
+/// Redis loses its data (a restart without persistence, a FLUSH), and an old
+/// entry comes back (an old snapshot, or someone who kept a copy): the
+/// sidecar notices the missing epoch by itself (no reconnect, no listener
+/// gap), sets a fresh random one, and the restored entry, though authentic,
+/// is never trusted again. (With an epoch counter, the bump after the loss
+/// would restart it at the restored entry's value and trust it.)
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_wiped_redis_gets_a_fresh_epoch_and_never_trusts_a_restored_entry(pool: PgPool) {
+    let prefix = unique_prefix("wiped");
+    let h = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
+    until_usable(&[&h]).await;
+    let path = format!("/api/v1/generations/{GEN_CHILD}");
+    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
+    let key = FactKey::Memberships(BOB.parse().expect("uuid"));
+    let l2 = l2_of(&h);
+    assert!(matches!(l2.get(&key).await, L2Get::Hit(_)));
+
+    let redis = redis().await;
+    let (entry, version) = (
+        format!("{prefix}f:memberships:{BOB}"),
+        format!("{prefix}v:memberships:{BOB}"),
+    );
+    let old_value: Vec<u8> = redis.get(&entry).await.expect("entry");
+    let old_version: Option<String> = redis.get(&version).await.expect("version");
+    let old_epoch: String = redis.get(format!("{prefix}epoch")).await.expect("epoch");
+    // Bob leaves the team, unannounced (triggers off): only a trusted old
+    // entry could still let him in.
+    let mut conn = pool.acquire().await.expect("conn");
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .expect("replica role");
+    sqlx::query("DELETE FROM team_members WHERE user_id = $1")
+        .bind(BOB.parse::<Uuid>().expect("uuid"))
+        .execute(&mut *conn)
+        .await
+        .expect("silent delete");
+    drop(conn);
+    let bumps = h
+        .running
+        .metrics
+        .l2_trust
+        .with_label_values(&["bumped"])
+        .get();
+
+    wipe(&redis, &prefix).await;
+    let _: () = redis
+        .set(&entry, old_value, None, None, false)
+        .await
+        .expect("restore the entry");
+    if let Some(v) = old_version {
+        let _: () = redis
+            .set(&version, v, None, None, false)
+            .await
+            .expect("restore its version");
+    }
+
+    // The next read finds no epoch: nothing is trusted, and a bump follows.
+    assert!(matches!(l2.get(&key).await, L2Get::Unavailable));
+    h.eventually(Duration::from_secs(10), || {
+        let l2 = l2.clone();
+        let metrics = h.running.metrics.clone();
+        async move { l2.usable() && metrics.l2_trust.with_label_values(&["bumped"]).get() > bumps }
+    })
+    .await;
+    let new_epoch: String = redis
+        .get(format!("{prefix}epoch"))
+        .await
+        .expect("a fresh epoch");
+    assert_ne!(new_epoch, old_epoch, "an epoch never comes back");
+    let got = l2.get(&key).await;
+    assert!(
+        matches!(got, L2Get::Miss(_)),
+        "the restored entry is from before the loss: not trusted; got {got:?}"
+    );
+    // And the decision rests on Postgres, not on the restored membership.
+    h.running.authorizer.facts().flush_local();
+    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 404);
 }

@@ -57,11 +57,14 @@ pub fn redis_url() -> String {
         .expect("REDIS_URL must point at a running Redis (scripts/test.sh sets it)")
 }
 
+/// The key that authenticates the test sidecars' values in Redis.
+pub const L2_HMAC_KEY: &str = "integration-test-l2-hmac-key-0123456789abcdef";
+
 /// A `redis:` config section with a key prefix of its own, so tests sharing one
 /// Redis never see each other's keys.
 pub fn redis_yaml(prefix: &str) -> String {
     format!(
-        "redis:\n  url: {}\n  key_prefix: \"{prefix}\"\n",
+        "redis:\n  url: {}\n  key_prefix: \"{prefix}\"\n  hmac_key: \"{L2_HMAC_KEY}\"\n",
         redis_url()
     )
 }
