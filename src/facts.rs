@@ -230,17 +230,37 @@ impl<S: FactSource> Facts<S> {
     /// so an L1 refill in between goes to Postgres instead of picking the old
     /// value up from Redis.
     pub async fn invalidate_keys(&self, keys: &[FactKey]) {
-        let pending = self.l2.as_ref().map(|l2| l2.begin_invalidation());
+        self.invalidate_keys_now(keys).await;
+    }
+
+    /// [`Facts::invalidate_keys`] in two parts: L1 is voided before this
+    /// returns; the returned future carries the Redis side (this sidecar does
+    /// not use Redis until it completes), so a caller can let it run while it
+    /// applies the next change instead of waiting out a slow Redis.
+    pub fn invalidate_keys_now(
+        &self,
+        keys: &[FactKey],
+    ) -> impl std::future::Future<Output = ()> + Send + 'static + use<S> {
+        let pending = self
+            .l2
+            .as_ref()
+            .map(|l2| (l2.clone(), l2.begin_invalidation()));
         for key in keys {
             let value = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
             self.buckets[key.bucket()].fetch_max(value, Ordering::AcqRel);
-            // Freeing memory only: correctness comes from the bucket stamp.
-            self.cache.invalidate(key).await;
         }
-        if let Some(l2) = &self.l2 {
-            l2.invalidate(keys).await;
+        let keys = keys.to_vec();
+        let cache = self.cache.clone();
+        async move {
+            // Freeing memory only: correctness came from the bucket stamps.
+            for key in &keys {
+                cache.invalidate(key).await;
+            }
+            if let Some((l2, pending)) = pending {
+                l2.invalidate(&keys).await;
+                drop(pending);
+            }
         }
-        drop(pending);
     }
 
     /// Voids everything (listener gap, admin flush, TRUNCATE): L1 at once, and

@@ -218,10 +218,22 @@ fn key_of(table: &str, row: &serde_json::Map<String, serde_json::Value>) -> Opti
 const APPLY_QUEUE: usize = 65_536;
 /// Most notifications applied together (one Redis round trip for all).
 const MAX_BATCH: usize = 1_024;
+/// Batches whose Redis side may be in flight at once (a dead Redis answers
+/// each after its timeout; more than this and the applier waits).
+const MAX_REDIS_IN_FLIGHT: usize = 64;
 
 /// Applies a batch of invalidations: every key voided in Redis with one round
 /// trip, then in L1; a flush in the batch voids everything instead.
 pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, batch: Vec<Invalidation>) {
+    apply_l1(facts, metrics, batch).await;
+}
+
+/// [`apply`], L1 at once; the returned future is the Redis side.
+fn apply_l1<S: FactSource>(
+    facts: &Facts<S>,
+    metrics: &Metrics,
+    batch: Vec<Invalidation>,
+) -> impl std::future::Future<Output = ()> + Send + 'static + use<S> {
     let mut keys: Vec<FactKey> = Vec::new();
     let mut flush = false;
     let mut applied: Vec<(&'static str, Option<f64>)> = Vec::with_capacity(batch.len());
@@ -242,12 +254,13 @@ pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, batch: Ve
             Invalidation::Flush => flush = true,
         }
     }
-    if flush {
+    let redis_side = if flush {
         facts.flush();
         metrics.flushes.with_label_values(&["notification"]).inc();
+        None
     } else {
-        facts.invalidate_keys(&keys).await;
-    }
+        Some(facts.invalidate_keys_now(&keys))
+    };
     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
     for (table, changed_at) in applied {
         metrics.invalidations.with_label_values(&[table]).inc();
@@ -255,6 +268,11 @@ pub async fn apply<S: FactSource>(facts: &Facts<S>, metrics: &Metrics, batch: Ve
             metrics
                 .invalidation_lag_seconds
                 .observe((now - ts).max(0.0));
+        }
+    }
+    async move {
+        if let Some(redis_side) = redis_side {
+            redis_side.await;
         }
     }
 }
@@ -271,6 +289,7 @@ async fn applier<S: FactSource>(
     mut rx: mpsc::Receiver<Heard>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut redis_sides = tokio::task::JoinSet::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut changes = Vec::with_capacity(batch.len());
         let mut heartbeats = Vec::new();
@@ -281,7 +300,17 @@ async fn applier<S: FactSource>(
             }
         }
         if !changes.is_empty() {
-            apply(&facts, &metrics, changes).await;
+            // L1 now; the Redis side runs on while the next batch is applied,
+            // so a slow or dead Redis never delays the next change's L1.
+            redis_sides.spawn(apply_l1(&facts, &metrics, changes));
+            while redis_sides.len() > MAX_REDIS_IN_FLIGHT {
+                let _ = redis_sides.join_next().await;
+            }
+        }
+        if !heartbeats.is_empty() {
+            // A heartbeat vouches for everything heard before it, Redis
+            // included: wait for the Redis sides in flight.
+            while redis_sides.join_next().await.is_some() {}
         }
         for (seq, position) in heartbeats {
             let Some(sent_at) = sent.take(seq) else {

@@ -304,11 +304,11 @@ pub struct L2 {
 
 /// While alive, this sidecar does not use L2 (an invalidation's Redis side is
 /// in flight).
-pub struct Pending<'a>(&'a AtomicU64);
+pub struct Pending(Arc<L2>);
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -506,9 +506,9 @@ impl L2 {
 
     /// L2 is not used until the returned guard drops (an invalidation's
     /// Redis side is in flight).
-    pub fn begin_invalidation(&self) -> Pending<'_> {
+    pub fn begin_invalidation(self: &Arc<Self>) -> Pending {
         self.pending.fetch_add(1, Ordering::SeqCst);
-        Pending(&self.pending)
+        Pending(Arc::clone(self))
     }
 
     /// True while reads and fills may use Redis.
