@@ -320,6 +320,22 @@ pub async fn serve(pool: PgPool, config: Config) -> Running {
     running
 }
 
+/// The key fixtures' JWKS (`tests/fixtures/keys/jwks.json`) restricted to
+/// `kids`: what a JWKS file holds before and after a key rotation.
+pub fn fixture_jwks(kids: &[&str]) -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+    let all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("jwks fixture")).expect("json");
+    let keys: Vec<serde_json::Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string().into_bytes()
+}
+
 // ------------------------------------------------------------------ credentials
 
 /// A token to mint: for `user`, ten minutes, no session, no scope unless set.

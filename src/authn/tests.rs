@@ -287,24 +287,11 @@ proptest! {
 
 mod rotation {
     use jsonwebtoken::Algorithm;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::authn::jwt::tests::{AUD, ISS, TempFile, USER, read_fixture, sign};
+    use crate::authn::jwt::tests::{AUD, ISS, TempFile, USER, sign};
     use crate::authn::jwt::{JwtConfig, JwtVerifier};
-
-    /// The fixture JWKS restricted to `kids`.
-    fn jwks_with(kids: &[&str]) -> Vec<u8> {
-        let all: Value = serde_json::from_slice(&read_fixture("jwks.json")).expect("json");
-        let keys: Vec<Value> = all["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
-            .cloned()
-            .collect();
-        json!({ "keys": keys }).to_string().into_bytes()
-    }
 
     /// An authenticator over a JWKS file that only explicit reloads reread.
     fn authenticator(file: &TempFile) -> (Authenticator, Arc<JwtVerifier>) {
@@ -330,7 +317,10 @@ mod rotation {
 
     #[test]
     fn verify_token_cached_result_of_removed_kid_is_invalid_token_after_reload() {
-        let file = TempFile::new("cache-remove.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+        let file = TempFile::new(
+            "cache-remove.json",
+            &crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]),
+        );
         let (authn, jwt) = authenticator(&file);
         let ec = token(Algorithm::ES256, "ec-2025");
         let rsa = token(Algorithm::RS256, "rsa-2025");
@@ -339,7 +329,7 @@ mod rotation {
         authn.tokens.run_pending_tasks();
         assert_eq!(authn.cached_tokens(), 2, "both results are cached");
 
-        file.write(&jwks_with(&["rsa-2025"]));
+        file.write(&crate::testkit::fixture_jwks(&["rsa-2025"]));
         jwt.reload_jwks().expect("reload");
         assert_eq!(
             authn.verify_token(&ec).map(|_| ()),
@@ -351,14 +341,17 @@ mod rotation {
 
     #[test]
     fn verify_token_new_kid_verifies_after_reload() {
-        let file = TempFile::new("cache-add.json", &jwks_with(&["rsa-2025"]));
+        let file = TempFile::new(
+            "cache-add.json",
+            &crate::testkit::fixture_jwks(&["rsa-2025"]),
+        );
         let (authn, jwt) = authenticator(&file);
         let ed = token(Algorithm::EdDSA, "ed-2025");
         assert_eq!(
             authn.verify_token(&ed).map(|_| ()),
             Err(AuthnError::InvalidToken)
         );
-        file.write(&jwks_with(&["rsa-2025", "ed-2025"]));
+        file.write(&crate::testkit::fixture_jwks(&["rsa-2025", "ed-2025"]));
         jwt.reload_jwks().expect("reload");
         assert_eq!(
             authn.verify_token(&ed).map(|v| v.kid.clone()),

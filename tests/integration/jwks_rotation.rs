@@ -45,21 +45,6 @@ fn token(kid: &str, user: &str) -> String {
     encode(&header, &claims, &key).expect("sign")
 }
 
-/// The fixture JWKS restricted to `kids`.
-fn jwks_with(kids: &[&str]) -> Vec<u8> {
-    let all: Value =
-        serde_json::from_slice(&std::fs::read(Path::new(KEYS).join("jwks.json")).expect("jwks"))
-            .expect("json");
-    let keys: Vec<Value> = all["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
-        .cloned()
-        .collect();
-    json!({ "keys": keys }).to_string().into_bytes()
-}
-
 /// A directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -103,7 +88,7 @@ async fn status_and_reason(h: &Harness, kid: &str) -> (u16, String) {
 async fn jwks_rotation_reload_adds_new_kid_and_voids_cached_tokens_of_removed_kid(pool: PgPool) {
     let dir = TempDir::new("jwks-reload");
     let jwks = dir.0.join("jwks.json");
-    std::fs::write(&jwks, jwks_with(&["rsa-2025"])).expect("write jwks");
+    std::fs::write(&jwks, velro_authz::testkit::fixture_jwks(&["rsa-2025"])).expect("write jwks");
     let h = start_with(pool, config(&auth_yaml(&jwks, 0))).await;
 
     // Twice: the second answer comes from the verified-token cache.
@@ -115,7 +100,7 @@ async fn jwks_rotation_reload_adds_new_kid_and_voids_cached_tokens_of_removed_ki
         (401, "invalid_token".to_owned())
     );
 
-    std::fs::write(&jwks, jwks_with(&["ec-2025"])).expect("rewrite jwks");
+    std::fs::write(&jwks, velro_authz::testkit::fixture_jwks(&["ec-2025"])).expect("rewrite jwks");
     let reload = h.running.reload().expect("reload");
     assert_eq!(
         (reload.added, reload.removed),
@@ -138,11 +123,15 @@ async fn jwks_rotation_reload_adds_new_kid_and_voids_cached_tokens_of_removed_ki
 async fn jwks_rotation_timer_removes_kid_within_one_period(pool: PgPool) {
     let dir = TempDir::new("jwks-timer");
     let jwks = dir.0.join("jwks.json");
-    std::fs::write(&jwks, jwks_with(&["rsa-2025", "ed-2025"])).expect("write jwks");
+    std::fs::write(
+        &jwks,
+        velro_authz::testkit::fixture_jwks(&["rsa-2025", "ed-2025"]),
+    )
+    .expect("write jwks");
     let h = start_with(pool, config(&auth_yaml(&jwks, 1))).await;
     assert_eq!(status_and_reason(&h, "rsa-2025").await.0, 200);
 
-    std::fs::write(&jwks, jwks_with(&["ed-2025"])).expect("rewrite jwks");
+    std::fs::write(&jwks, velro_authz::testkit::fixture_jwks(&["ed-2025"])).expect("rewrite jwks");
     let started = Instant::now();
     loop {
         let (status, reason) = status_and_reason(&h, "rsa-2025").await;
@@ -199,7 +188,7 @@ async fn forward_answer(http: SocketAddr, kid: &str) -> (u16, String) {
 async fn serve_sighup_rereads_jwks_and_keeps_running() {
     let dir = TempDir::new("jwks-sighup");
     let jwks = dir.0.join("jwks.json");
-    std::fs::write(&jwks, jwks_with(&["rsa-2025"])).expect("write jwks");
+    std::fs::write(&jwks, velro_authz::testkit::fixture_jwks(&["rsa-2025"])).expect("write jwks");
     let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = dir.0.join("config.yaml");
@@ -247,7 +236,7 @@ async fn serve_sighup_rereads_jwks_and_keeps_running() {
         (401, "invalid_token".to_owned())
     );
 
-    std::fs::write(&jwks, jwks_with(&["ec-2025"])).expect("rewrite jwks");
+    std::fs::write(&jwks, velro_authz::testkit::fixture_jwks(&["ec-2025"])).expect("rewrite jwks");
     signal(pid, "HUP");
     let started = Instant::now();
     loop {

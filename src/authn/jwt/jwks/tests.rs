@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::authn::AuthnError;
 use crate::authn::jwt::tests::{
-    NOW, SECRET, TempFile, b64, claims, config, fixture, hs_key, read_fixture, sign, user, verifier,
+    NOW, SECRET, TempFile, b64, claims, config, fixture, hs_key, sign, user, verifier,
 };
 use crate::authn::jwt::{JwtConfig, JwtVerifier};
 
@@ -19,19 +19,6 @@ fn jwks_config(path: PathBuf, reload_secs: u64) -> JwtConfig {
         jwks_reload_min_interval_secs: reload_secs,
         ..config(Vec::new())
     }
-}
-
-/// The fixture JWKS restricted to the given kids.
-fn jwks_with(kids: &[&str]) -> Vec<u8> {
-    let all: Value = serde_json::from_slice(&read_fixture("jwks.json")).expect("jwks json");
-    let keys: Vec<Value> = all["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
-        .cloned()
-        .collect();
-    json!({ "keys": keys }).to_string().into_bytes()
 }
 
 // ---- valid tokens ----
@@ -72,7 +59,7 @@ fn verify_static_and_jwks_keys_together_are_both_used() {
 
 #[test]
 fn verify_no_kid_with_one_jwks_key_is_accepted() {
-    let file = TempFile::new("one.json", &jwks_with(&["ec-2025"]));
+    let file = TempFile::new("one.json", &crate::testkit::fixture_jwks(&["ec-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 10)).expect("valid");
     assert!(
         v.verify_at(&sign(Algorithm::ES256, None, &claims()), NOW)
@@ -89,20 +76,23 @@ fn verify_no_kid_with_several_jwks_keys_is_invalid_token() {
 
 #[test]
 fn verify_unknown_kid_rereads_jwks_file_and_finds_new_key() {
-    let file = TempFile::new("rotate.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new("rotate.json", &crate::testkit::fixture_jwks(&["rsa-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
     let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
     assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
 
-    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]));
     assert_eq!(v.verify_at(&token, NOW).map(|t| t.subject), Ok(user()));
 }
 
 #[test]
 fn verify_unknown_kid_within_reload_interval_does_not_reread() {
-    let file = TempFile::new("ratelimit.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new(
+        "ratelimit.json",
+        &crate::testkit::fixture_jwks(&["rsa-2025"]),
+    );
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
-    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]));
     let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
     assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
     // An explicit reload ignores the rate limit.
@@ -112,7 +102,7 @@ fn verify_unknown_kid_within_reload_interval_does_not_reread() {
 
 #[test]
 fn reload_jwks_broken_file_keeps_previous_keys() {
-    let file = TempFile::new("broken.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new("broken.json", &crate::testkit::fixture_jwks(&["rsa-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 0)).expect("valid");
     file.write(b"{ \"keys\": [ truncated");
     let problems = v.reload_jwks().expect_err("broken file");
@@ -144,7 +134,8 @@ fn new_jwks_file_problems_are_reported() {
         "{missing:?}"
     );
 
-    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let rsa = &serde_json::from_slice::<Value>(&crate::testkit::fixture_jwks(&["rsa-2025"]))
+        .expect("json")["keys"][0];
     let mut no_kid = rsa.clone();
     no_kid.as_object_mut().expect("object").remove("kid");
     let mut short_n = rsa.clone();
@@ -186,7 +177,8 @@ fn new_jwks_file_problems_are_reported() {
 
 #[test]
 fn new_jwks_entries_not_for_signing_are_skipped() {
-    let rsa = &serde_json::from_slice::<Value>(&jwks_with(&["rsa-2025"])).expect("json")["keys"][0];
+    let rsa = &serde_json::from_slice::<Value>(&crate::testkit::fixture_jwks(&["rsa-2025"]))
+        .expect("json")["keys"][0];
     let mut enc = rsa.clone();
     enc["use"] = json!("enc");
     enc["kid"] = json!("enc-key");
@@ -222,10 +214,10 @@ fn new_jwks_entries_not_for_signing_are_skipped() {
 
 #[test]
 fn reload_jwks_new_kid_is_reported_and_verifies_after_reload() {
-    let file = TempFile::new("add.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new("add.json", &crate::testkit::fixture_jwks(&["rsa-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     let token = sign(Algorithm::ES256, Some("ec-2025"), &claims());
-    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]));
     // The unknown-kid reread is rate-limited away: only the reload finds it.
     assert_eq!(v.verify_at(&token, NOW), Err(AuthnError::InvalidToken));
     let reload = v.reload_jwks().expect("reload");
@@ -239,7 +231,10 @@ fn reload_jwks_new_kid_is_reported_and_verifies_after_reload() {
 
 #[test]
 fn reload_jwks_removed_kid_voids_its_verifications_and_no_other() {
-    let file = TempFile::new("remove.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let file = TempFile::new(
+        "remove.json",
+        &crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]),
+    );
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     let ec = sign(Algorithm::ES256, Some("ec-2025"), &claims());
     let rsa = sign(Algorithm::RS256, Some("rsa-2025"), &claims());
@@ -247,7 +242,7 @@ fn reload_jwks_removed_kid_voids_its_verifications_and_no_other() {
     let rsa_verified = v.verify_at(&rsa, NOW).expect("valid");
     assert!(v.still_trusted(&ec_verified) && v.still_trusted(&rsa_verified));
 
-    file.write(&jwks_with(&["rsa-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025"]));
     let reload = v.reload_jwks().expect("reload");
     assert_eq!(reload.removed, vec!["ec-2025".to_owned()]);
     assert!(
@@ -261,13 +256,14 @@ fn reload_jwks_removed_kid_voids_its_verifications_and_no_other() {
 
 #[test]
 fn reload_jwks_replaced_key_under_same_kid_voids_its_verifications() {
-    let file = TempFile::new("replace.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new("replace.json", &crate::testkit::fixture_jwks(&["rsa-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     let verified = v
         .verify_at(&sign(Algorithm::RS256, Some("rsa-2025"), &claims()), NOW)
         .expect("valid");
     // The same kid now names the EC key.
-    let mut doc: Value = serde_json::from_slice(&jwks_with(&["ec-2025"])).expect("json");
+    let mut doc: Value =
+        serde_json::from_slice(&crate::testkit::fixture_jwks(&["ec-2025"])).expect("json");
     doc["keys"][0]["kid"] = json!("rsa-2025");
     file.write(doc.to_string().as_bytes());
     let reload = v.reload_jwks().expect("reload");
@@ -277,7 +273,10 @@ fn reload_jwks_replaced_key_under_same_kid_voids_its_verifications() {
 
 #[test]
 fn reload_jwks_unchanged_file_keeps_generation_and_results() {
-    let file = TempFile::new("same.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let file = TempFile::new(
+        "same.json",
+        &crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]),
+    );
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     let verified = v
         .verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
@@ -287,21 +286,24 @@ fn reload_jwks_unchanged_file_keeps_generation_and_results() {
     assert_eq!(reload.generation, 0);
     assert!(v.still_trusted(&verified));
     // A change elsewhere in the set leaves this kid's results alone.
-    file.write(&jwks_with(&["ec-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["ec-2025"]));
     assert_eq!(v.reload_jwks().expect("reload").generation, 1);
     assert!(v.still_trusted(&verified));
 }
 
 #[test]
 fn reload_jwks_kid_removed_then_restored_voids_results_from_before() {
-    let file = TempFile::new("restore.json", &jwks_with(&["rsa-2025", "ec-2025"]));
+    let file = TempFile::new(
+        "restore.json",
+        &crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]),
+    );
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     let verified = v
         .verify_at(&sign(Algorithm::ES256, Some("ec-2025"), &claims()), NOW)
         .expect("valid");
-    file.write(&jwks_with(&["rsa-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025"]));
     v.reload_jwks().expect("reload");
-    file.write(&jwks_with(&["rsa-2025", "ec-2025"]));
+    file.write(&crate::testkit::fixture_jwks(&["rsa-2025", "ec-2025"]));
     v.reload_jwks().expect("reload");
     // A result from before the removal is not revived; verifying again works.
     assert!(!v.still_trusted(&verified));
@@ -313,7 +315,7 @@ fn reload_jwks_kid_removed_then_restored_voids_results_from_before() {
 
 #[test]
 fn reload_jwks_empty_document_removes_every_key() {
-    let file = TempFile::new("empty.json", &jwks_with(&["rsa-2025"]));
+    let file = TempFile::new("empty.json", &crate::testkit::fixture_jwks(&["rsa-2025"]));
     let v = JwtVerifier::new(&jwks_config(file.0.clone(), 3600)).expect("valid");
     file.write(b"{\"keys\": []}");
     let reload = v.reload_jwks().expect("a valid, empty key set");
