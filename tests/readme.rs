@@ -217,6 +217,29 @@ async fn readme_commands_run_as_written_against_scripts_demo_sh() {
     );
 
     next_steps_are_the_readmes(&demo.stdout(), &run);
+    secrets_are_the_users_alone(checkout.path());
+}
+
+/// What README.md says of `.dev/`: readable by the user only; the key and
+/// the token are in files of their own, not in `demo.env`.
+fn secrets_are_the_users_alone(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for file in ["demo.env", "admin-token", "redis-hmac-key"] {
+        let path = dir.join(".dev").join(file);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+    }
+    let env = std::fs::read_to_string(dir.join(".dev/demo.env")).expect("demo.env");
+    for secret in ["admin-token", "redis-hmac-key"] {
+        let value = std::fs::read_to_string(dir.join(".dev").join(secret)).expect("secret");
+        assert!(
+            !env.contains(value.trim()),
+            "demo.env holds the {secret} itself"
+        );
+    }
 }
 
 /// `scripts/demo.sh` prints the next three things to try: numbered 1 to 3,
