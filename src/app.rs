@@ -279,14 +279,30 @@ impl App {
         }));
 
         // The admin service: its own listener, every call behind the token.
-        // Reflection there lists the admin API only (its schema is public).
+        // Reflection there lists the admin API only (its schema is public), in
+        // both versions, like the Check port: grpcurl 1.8.6 (the one the
+        // README's commands use) speaks only v1alpha.
         if let Some((listener, settings)) = admin {
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(ADMIN_DESCRIPTOR)
+            let admin_reflection = || {
+                tonic_reflection::server::Builder::configure()
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(ADMIN_DESCRIPTOR)
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    )
+            };
+            let reflection_v1 = admin_reflection()
                 .build_v1()
                 .map_err(std::io::Error::other)?;
+            let reflection_v1alpha = admin_reflection()
+                .build_v1alpha()
+                .map_err(std::io::Error::other)?;
             let admin_server = tonic::transport::Server::builder()
-                .add_service(reflection)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(Admin::server(
                     self.authorizer.clone(),
                     listener_rx.clone(),

@@ -215,6 +215,29 @@ async fn admin_client(addr: std::net::SocketAddr, value: Option<&str>) -> Guarde
 }
 
 #[sqlx::test(migrations = "./migrations")]
+async fn admin_listener_reflection_v1_and_v1alpha_list_the_admin_api_only(pool: PgPool) {
+    let (cfg, _token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener");
+    // grpcurl 1.8.6 asks v1alpha only: without it, `grpcurl … Admin/Explain`
+    // fails with "server does not support the reflection API".
+    let v1 = list_services!(tonic_reflection::pb::v1, addr);
+    let v1alpha = list_services!(tonic_reflection::pb::v1alpha, addr);
+    for names in [&v1, &v1alpha] {
+        assert!(
+            names.iter().any(|n| n == "velro.authz.admin.v1.Admin"),
+            "the admin API is listed: {names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("envoy.") || n.starts_with("grpc.health")),
+            "only the admin API (and reflection) on the admin listener: {names:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
 async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
     let (cfg, _token_file) = admin_config();
     let h = start_with(pool, cfg).await;
