@@ -100,10 +100,11 @@ fn heard(payload: &str) -> Heard {
         Invalidation::Flush => {
             assert!(
                 op == "FLUSH" || op == "TRUNCATE",
-                "a {op} payload the parser could not read: {payload}"
+                "a {op} payload read as a flush: {payload}"
             );
             Heard::Flush(op)
         }
+        Invalidation::Unreadable => panic!("a payload the parser could not read: {payload}"),
     }
 }
 
