@@ -15,6 +15,7 @@ use crate::authn::jwt::MintClaims;
 use crate::authz::AuthzRequest;
 use crate::config::{AdminClientSettings, Config, read_secret_file};
 use crate::metrics::Metrics;
+use crate::migrate::{self, ReaderRole};
 use crate::store::{self, DatabaseSettings, MIGRATOR, Store};
 use crate::{demo, telemetry};
 
@@ -35,8 +36,27 @@ pub enum Command {
     /// Serve ext_authz (gRPC) and health/metrics (HTTP). SIGINT/SIGTERM stop
     /// it; SIGHUP rereads the JWKS file.
     Serve,
-    /// Apply database migrations.
-    Migrate,
+    /// Apply database migrations; optionally create the sidecar's
+    /// least-privilege role.
+    Migrate {
+        /// Also create, or bring in line, a role NAME with only what the
+        /// sidecar needs (LOGIN, CONNECT, USAGE on the schema, SELECT on the
+        /// authorization tables); re-running gives the same grants. Serve with
+        /// it in `DATABASE_URL`.
+        #[arg(long, value_name = "NAME")]
+        create_reader_role: Option<String>,
+        /// File with that role's password (trailing newline ignored); else
+        /// `VELRO_AUTHZ_READER_PASSWORD`; else a new role gets no password
+        /// (trust or certificate authentication) and an existing one keeps
+        /// its own. Sent to Postgres only as a SCRAM verifier.
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "VELRO_AUTHZ_READER_PASSWORD_FILE",
+            requires = "create_reader_role"
+        )]
+        reader_password_file: Option<PathBuf>,
+    },
     /// Load the demo data set (idempotent) and print dev tokens for it.
     SeedDemo,
     /// Validate the configuration and exit.
@@ -148,15 +168,18 @@ pub fn run(command: Command, config: Config) -> ExitCode {
 }
 
 /// `migrate`, which needs only the database settings: a migration Job has no
-/// JWT keys, routes or Redis.
-pub fn migrate(database: &DatabaseSettings) -> ExitCode {
+/// JWT keys, routes or Redis. `reader`: the role to create as well.
+pub fn migrate(database: &DatabaseSettings, reader: Option<ReaderRole>) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    let result = runtime.block_on(apply_migrations(database));
+    let result = runtime.block_on(apply_migrations(database, reader.as_ref()));
     match result {
         Ok(()) => {
             println!("migrations applied");
+            if let Some(reader) = reader {
+                println!("reader role {} has exactly its grants", reader.name);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -291,10 +314,12 @@ async fn call_admin(settings: &AdminClientSettings, command: AdminCommand) -> an
     Ok(())
 }
 
-async fn apply_migrations(database: &DatabaseSettings) -> anyhow::Result<()> {
+async fn apply_migrations(
+    database: &DatabaseSettings,
+    reader: Option<&ReaderRole>,
+) -> anyhow::Result<()> {
     let pool = store::connect(database)?;
-    MIGRATOR.run(&pool).await?;
-    Ok(())
+    migrate::run(&pool, reader).await
 }
 
 fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
@@ -331,8 +356,15 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         // `main` runs `migrate` before the full configuration is loaded; this arm
         // is for a caller that already has it.
-        Command::Migrate => {
-            apply_migrations(&config.database).await?;
+        Command::Migrate {
+            create_reader_role,
+            reader_password_file,
+        } => {
+            let reader = migrate::reader_role(create_reader_role, reader_password_file, |name| {
+                std::env::var(name).ok()
+            })
+            .map_err(anyhow::Error::msg)?;
+            apply_migrations(&config.database, reader.as_ref()).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ids;
 pub mod invalidate;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod policy;
 pub mod ratelimit;

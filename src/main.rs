@@ -11,10 +11,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config.as_deref();
     let env = |name: &str| std::env::var(name).ok();
-    if let Command::Migrate = cli.command {
+    if let Command::Migrate {
+        create_reader_role,
+        reader_password_file,
+    } = cli.command
+    {
         // A migration Job has only the database settings: no JWT keys, routes or Redis.
+        let reader = match velro_authz::migrate::reader_role(
+            create_reader_role,
+            reader_password_file,
+            env,
+        ) {
+            Ok(reader) => reader,
+            Err(e) => {
+                eprintln!("velro-authz: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        };
         return match Config::load_database(path, env) {
-            Ok(database) => cli::migrate(&database),
+            Ok(database) => cli::migrate(&database, reader),
             Err(e) => bad_config(e),
         };
     }

@@ -26,8 +26,11 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     /// Commit (trigger time) to applied, seconds.
     pub invalidation_lag_seconds: Histogram,
-    /// Whole-cache flushes by cause (listener_gap | admin | truncate).
+    /// Whole-cache flushes by cause (listener_gap | notification | junk).
     pub flushes: IntCounterVec,
+    /// Notifications on the change channel that no trigger of ours sent in a
+    /// shape we read (each still flushes: see `invalidate::parse`).
+    pub invalidation_junk: IntCounter,
     /// 1 while the LISTEN connection is up.
     pub listener_connected: IntGauge,
     /// LISTEN reconnects after the first connect.
@@ -136,6 +139,11 @@ impl Metrics {
                     "Whole-cache flushes by cause.",
                 ),
                 &["cause"],
+            )
+            .expect("metric"),
+            invalidation_junk: IntCounter::new(
+                "velro_authz_invalidation_junk_total",
+                "Unreadable notifications on the change channel (each flushed the cache).",
             )
             .expect("metric"),
             listener_connected: IntGauge::new(
@@ -257,6 +265,7 @@ impl Metrics {
             Box::new(m.invalidations.clone()),
             Box::new(m.invalidation_lag_seconds.clone()),
             Box::new(m.flushes.clone()),
+            Box::new(m.invalidation_junk.clone()),
             Box::new(m.listener_connected.clone()),
             Box::new(m.listener_reconnects.clone()),
             Box::new(m.feed_trusted.clone()),

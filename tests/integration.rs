@@ -20,6 +20,7 @@ mod integration {
     mod nginx;
     mod race;
     mod ratelimit;
+    mod reader_role;
     mod routes;
     mod triggers;
 }
