@@ -238,9 +238,11 @@ impl HttpsClient {
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?;
         // Drives the connection; ends when the response is read and `sender`
-        // dropped, or with the fetch's timeout (the task then sees EOF).
+        // dropped, and in any case after one more timeout, so a server that
+        // never finishes cannot keep it open.
+        let bound = self.timeout;
         tokio::spawn(async move {
-            let _ = connection.await;
+            let _ = tokio::time::timeout(bound, connection).await;
         });
         let path = url.path_and_query().map_or("/", |p| p.as_str());
         let authority = url.authority().map_or(host.as_str(), |a| a.as_str());
