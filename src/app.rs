@@ -100,6 +100,9 @@ impl App {
         metrics: Metrics,
     ) -> Result<App, ConfigError> {
         let store = Store::new(pool);
+        if let Err(e) = config.jwt.metrics().register(&metrics.registry) {
+            tracing::warn!(error = %e, "JWKS metrics not registered");
+        }
         let redis = match &config.redis {
             Some(settings) => {
                 Some(Redis::new(settings, metrics.clone()).map_err(|e| ConfigError(vec![e]))?)
@@ -199,6 +202,8 @@ impl App {
                 }
             }));
         }
+        // Key sets over HTTPS: fetched now, then refreshed by their own tasks.
+        tasks.extend(self.config.jwt.spawn_key_refresh(&shutdown_rx));
         if self.authorizer.rate_limiter().is_some()
             || self.authorizer.failed_auth_limiter().is_some()
         {
@@ -220,9 +225,10 @@ impl App {
             }));
         }
 
-        // Started = LISTEN connected once: from then on the sidecar decides, from
-        // cache if it must, through any later outage (SPEC §5). gRPC health is
-        // NOT_SERVING until then; /readyz says what is degraded.
+        // Started = LISTEN connected once and every issuer's keys fetched once:
+        // from then on the sidecar decides, from cache if it must, through any
+        // later outage (SPEC §5; a key set kept after a failed fetch). gRPC
+        // health is NOT_SERVING until then; /readyz says what is degraded.
         let started = Arc::new(AtomicBool::new(false));
         let (reporter, health) = tonic_health::server::health_reporter();
         for service in ["", AUTHORIZATION_SERVICE] {
@@ -235,6 +241,7 @@ impl App {
             let mut shutdown = shutdown_rx.clone();
             let started = started.clone();
             let pool = self.store.pool().clone();
+            let jwt = self.config.jwt.clone();
             let (warm, within) = (
                 self.config.database.min_connections,
                 self.config.database.acquire_timeout,
@@ -246,6 +253,18 @@ impl App {
                 }
                 // Ready only once the first Check would not have to connect.
                 store::warm(&pool, warm, within).await;
+                // ...and every issuer has keys: until its key set is fetched,
+                // an issuer's tokens cannot be decided.
+                let waiting = jwt.issuers_without_keys();
+                if !waiting.is_empty() {
+                    tracing::info!(issuers = ?waiting, "not ready until these issuers' key sets are fetched");
+                    while !jwt.issuers_without_keys().is_empty() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        }
+                    }
+                }
                 started.store(true, Ordering::Release);
                 for service in ["", AUTHORIZATION_SERVICE] {
                     reporter

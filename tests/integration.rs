@@ -15,6 +15,7 @@ mod integration {
     mod forward;
     mod freshness;
     mod interfaces;
+    mod jwks_https;
     mod jwks_rotation;
     mod l2;
     mod nginx;
