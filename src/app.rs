@@ -247,12 +247,24 @@ impl App {
                 self.config.database.acquire_timeout,
             );
             tasks.push(tokio::spawn(async move {
+                // Ready once LISTEN is connected and the first Check would
+                // not have to connect: the pool warms while LISTEN connects
+                // (each connection is a TCP, TLS and auth handshake; one
+                // after the other they doubled the cold start).
+                // Postgres down at start: the warm-up gives up at the
+                // acquire timeout; once LISTEN is in, warm again.
+                let listening = async { listener.wait_for(|c| *c).await.is_ok() };
+                let both = async {
+                    let (connected, ()) = tokio::join!(listening, store::warm(&pool, warm, within));
+                    if connected && pool.size() < warm {
+                        store::warm(&pool, warm, within).await;
+                    }
+                    connected
+                };
                 tokio::select! {
-                    r = listener.wait_for(|c| *c) => if r.is_err() { return },
+                    connected = both => if !connected { return },
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
-                // Ready only once the first Check would not have to connect.
-                store::warm(&pool, warm, within).await;
                 // ...and every issuer has keys: until its key set is fetched,
                 // an issuer's tokens cannot be decided.
                 let waiting = jwt.issuers_without_keys();

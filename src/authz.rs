@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use uuid::Uuid;
 
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
@@ -36,6 +35,9 @@ pub struct DecisionSettings {
     pub dry_run: bool,
     /// Fraction of allows written to the decision log (denies are always logged).
     pub allow_log_sample: f64,
+    /// Checks decided at once, at most; one more is refused at once
+    /// ([`CheckError::Overloaded`]) instead of queueing behind the others.
+    pub max_in_flight: usize,
 }
 
 /// One request to decide, as the proxy described it.
@@ -76,8 +78,8 @@ impl Headers {
 
     /// Envoy's header map as sent (Envoy lower-cases names itself); names are
     /// kept as they are, so `headers_to_remove` echoes them exactly.
-    pub fn from_envoy(map: &HashMap<String, String>) -> Headers {
-        Headers(map.clone())
+    pub fn from_envoy(map: HashMap<String, String>) -> Headers {
+        Headers(map)
     }
 
     /// Adds one header line; the name is matched without regard to case.
@@ -189,6 +191,11 @@ pub enum CheckError {
     /// The decision outlived its deadline.
     #[error("decision deadline exceeded")]
     DeadlineExceeded,
+    /// `decision.max_in_flight` Checks were already being decided: this one
+    /// was refused before any work, so the proxy's failure mode applies now
+    /// rather than at the deadline.
+    #[error("overloaded: too many decisions in flight")]
+    Overloaded,
 }
 
 impl CheckError {
@@ -197,6 +204,7 @@ impl CheckError {
         match self {
             CheckError::Unavailable(_) => "store_unavailable",
             CheckError::DeadlineExceeded => "deadline_exceeded",
+            CheckError::Overloaded => "overloaded",
         }
     }
 }
@@ -226,6 +234,8 @@ pub struct Authorizer<S> {
     failed_auth: Option<FailedAuthLimiter>,
     /// Decision counters and latency.
     metrics: Metrics,
+    /// Checks being decided now (`settings.max_in_flight` bounds it).
+    in_flight: AtomicUsize,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -245,6 +255,7 @@ impl<S: FactSource> Authorizer<S> {
             limiter: None,
             failed_auth: None,
             metrics,
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -292,6 +303,10 @@ impl<S: FactSource> Authorizer<S> {
         req: &AuthzRequest<'_>,
         deadline: Option<Duration>,
     ) -> Result<Decision, CheckError> {
+        let Some(_slot) = Slot::take(&self.in_flight, self.settings.max_in_flight) else {
+            log::shed(&self.metrics);
+            return Err(CheckError::Overloaded);
+        };
         let started = Instant::now();
         let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
         let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
@@ -460,9 +475,32 @@ fn deny(reason: impl Into<DenyReason>) -> Outcome {
     Outcome::Deny(reason.into())
 }
 
-/// A fresh decision id: 32 hex digits.
+/// One of `max_in_flight` places for a Check being decided; given back on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// A place, unless `max` are taken. A count, not a lock: Relaxed is enough.
+    fn take(in_flight: &'a AtomicUsize, max: usize) -> Option<Slot<'a>> {
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(in_flight))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A fresh decision id: a random (version 4) UUID as 32 hex digits, from the
+/// thread's own CSPRNG rather than a `getrandom` system call per Check.
 fn new_decision_id() -> String {
-    Uuid::new_v4().simple().to_string()
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    uuid.simple().encode_lower(&mut buf).to_owned()
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ pub const ENV_ADMIN_ADDR: &str = "VELRO_AUTHZ_ADMIN_ADDR";
 pub const ENV_ADMIN_TOKEN_FILE: &str = "VELRO_AUTHZ_ADMIN_TOKEN_FILE";
 /// Where the admin service listens when enabled without an address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9192";
+/// `decision.max_in_flight` unless set: Checks decided at once before more are
+/// refused with UNAVAILABLE / 503.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -270,7 +273,11 @@ impl Config {
             deadline: ms(file.decision.deadline_ms, 500),
             dry_run,
             allow_log_sample: file.decision.allow_log_sample.unwrap_or(0.01),
+            max_in_flight: file.decision.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
         };
+        if decision.max_in_flight == 0 {
+            errors.push("decision.max_in_flight: must be at least 1".to_owned());
+        }
         if decision.deadline.is_zero() {
             errors.push("decision.deadline_ms: must be at least 1".to_owned());
         }

@@ -306,7 +306,7 @@ impl<S: FactSource> Facts<S> {
         }
         if let Some(entry) = self.cache.get(&key).await {
             if self.trusted(&key, &entry) {
-                self.lookup(kind, "hit");
+                self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
                 return Ok(entry.fact.clone());
             }

@@ -61,13 +61,15 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
                 .get("grpc-timeout")
                 .and_then(|v| v.to_str().ok()),
         );
-        let Some((method, path, headers)) = from_check(request.get_ref()) else {
+        let check = request.into_inner();
+        let client_addr = client_addr(&check);
+        let Some((method, path, headers)) = from_check(check) else {
             return Err(Status::invalid_argument(
                 "CheckRequest has no attributes.request.http",
             ));
         };
         let mut req = headers.request(&method, &path, &[]);
-        req.client_addr = client_addr(request.get_ref());
+        req.client_addr = client_addr;
         match self.authorizer.check(&req, deadline).await {
             Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
@@ -85,6 +87,7 @@ pub fn cannot_decide(e: &CheckError) -> Status {
         CheckError::DeadlineExceeded => {
             Status::deadline_exceeded("cannot decide: deadline exceeded")
         }
+        CheckError::Overloaded => Status::unavailable("cannot decide: overloaded"),
     }
 }
 
@@ -106,11 +109,12 @@ fn string_value(s: impl Into<String>) -> Value {
     }
 }
 
-/// The method, path and headers of a CheckRequest. Envoy sends `headers`, or
-/// `header_map` when `encode_raw_headers` is on.
-fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
-    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    let mut headers = Headers::from_envoy(&http.headers);
+/// The method, path and headers of a CheckRequest, moved out of it (no copy
+/// of the strings). Envoy sends `headers`, or `header_map` when
+/// `encode_raw_headers` is on.
+fn from_check(req: CheckRequest) -> Option<(String, String, Headers)> {
+    let http = req.attributes?.request?.http?;
+    let mut headers = Headers::from_envoy(http.headers);
     if let Some(map) = &http.header_map {
         for h in &map.headers {
             let value = if h.raw_value.is_empty() {
@@ -121,7 +125,7 @@ fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
             headers.add(&h.key, &value);
         }
     }
-    Some((http.method.clone(), http.path.clone(), headers))
+    Some((http.method, http.path, headers))
 }
 
 /// The downstream client's address: `attributes.source.address`, which Envoy

@@ -7,6 +7,18 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The fact kinds (`FactKey::kind()`), for the handles resolved at start.
+const FACT_KINDS: [&str; 8] = [
+    "user",
+    "team",
+    "memberships",
+    "project",
+    "generation",
+    "shares",
+    "api_key",
+    "session",
+];
+
 /// Every metric the sidecar exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,10 +26,18 @@ pub struct Metrics {
     pub registry: Registry,
     /// Decisions by outcome (allow | deny | dry_run_allow | error), HTTP status and reason code.
     pub decisions: IntCounterVec,
+    /// `decisions{outcome="allow",status="200",reason="ok"}`, resolved once:
+    /// the hot path counts without hashing labels.
+    pub decisions_allowed: IntCounter,
+    /// Checks refused at once because `decision.max_in_flight` were in flight.
+    pub decisions_shed: IntCounter,
     /// Decision latency, from request received to answer built.
     pub decision_seconds: Histogram,
     /// Cache lookups by tier (l1 | l2), fact kind and result (hit | miss | coalesced | error).
     pub cache_lookups: IntCounterVec,
+    /// `cache_lookups{tier="l1",result="hit"}` per fact kind, resolved once
+    /// (ten of them on a deep hot Check); see [`Metrics::l1_hit`].
+    l1_hits: Vec<(&'static str, IntCounter)>,
     /// Postgres fact queries by fact kind: proves what a cached Check does not touch.
     pub store_queries: IntCounterVec,
     /// Store query failures by fact kind.
@@ -71,13 +91,33 @@ impl Metrics {
     /// Creates and registers every metric on a fresh registry.
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "velro_authz_decisions_total",
+                "Decisions by outcome, status and reason.",
+            ),
+            &["outcome", "status", "reason"],
+        )
+        .expect("metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "velro_authz_cache_lookups_total",
+                "Cache lookups by tier, kind and result.",
+            ),
+            &["tier", "kind", "result"],
+        )
+        .expect("metric");
         let m = Metrics {
-            decisions: IntCounterVec::new(
-                Opts::new(
-                    "velro_authz_decisions_total",
-                    "Decisions by outcome, status and reason.",
-                ),
-                &["outcome", "status", "reason"],
+            decisions_allowed: decisions.with_label_values(&["allow", "200", "ok"]),
+            decisions,
+            l1_hits: FACT_KINDS
+                .iter()
+                .map(|&kind| (kind, cache_lookups.with_label_values(&["l1", kind, "hit"])))
+                .collect(),
+            cache_lookups,
+            decisions_shed: IntCounter::new(
+                "velro_authz_decisions_shed_total",
+                "Checks refused at once (UNAVAILABLE / 503) because decision.max_in_flight were in flight.",
             )
             .expect("metric"),
             decision_seconds: Histogram::with_opts(
@@ -89,14 +129,6 @@ impl Metrics {
                     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
                     0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 ]),
-            )
-            .expect("metric"),
-            cache_lookups: IntCounterVec::new(
-                Opts::new(
-                    "velro_authz_cache_lookups_total",
-                    "Cache lookups by tier, kind and result.",
-                ),
-                &["tier", "kind", "result"],
             )
             .expect("metric"),
             store_queries: IntCounterVec::new(
@@ -258,6 +290,7 @@ impl Metrics {
         let r = &m.registry;
         for c in [
             Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.decisions_shed.clone()),
             Box::new(m.decision_seconds.clone()),
             Box::new(m.cache_lookups.clone()),
             Box::new(m.store_queries.clone()),
@@ -290,6 +323,18 @@ impl Metrics {
         m
     }
 
+    /// Counts an L1 hit on a fact of `kind` (a `FactKey::kind()` name)
+    /// through a handle resolved at start, not a label lookup.
+    pub fn l1_hit(&self, kind: &'static str) {
+        match self.l1_hits.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .cache_lookups
+                .with_label_values(&["l1", kind, "hit"])
+                .inc(),
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -320,6 +365,34 @@ use prometheus::core::Collector as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_handles_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        m.decisions_allowed.inc();
+        assert_eq!(
+            m.decisions.with_label_values(&["allow", "200", "ok"]).get(),
+            1
+        );
+        for kind in FACT_KINDS {
+            m.l1_hit(kind);
+            m.l1_hit(kind);
+            assert_eq!(
+                m.cache_lookups
+                    .with_label_values(&["l1", kind, "hit"])
+                    .get(),
+                2,
+                "{kind}"
+            );
+        }
+        m.l1_hit("not_a_kind");
+        assert_eq!(
+            m.cache_lookups
+                .with_label_values(&["l1", "not_a_kind", "hit"])
+                .get(),
+            1
+        );
+    }
 
     #[test]
     fn metrics_render_has_prefix_and_build_info() {

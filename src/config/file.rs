@@ -102,6 +102,7 @@ pub(super) struct FileDecision {
     pub(super) deadline_ms: Option<u64>,
     pub(super) dry_run: Option<bool>,
     pub(super) allow_log_sample: Option<f64>,
+    pub(super) max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

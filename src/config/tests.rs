@@ -109,7 +109,7 @@ fn config_redis_is_off_without_url_and_on_with_redis_url() {
 
 #[test]
 fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
-    let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
+    let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\ndecision:\n  max_in_flight: 0\n";
     let err = Config::from_yaml(
         yaml,
         env(&[
@@ -125,6 +125,7 @@ fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
         "breaker.failures",
         "rate_limit.per_second",
         "rate_limit.burst",
+        "decision.max_in_flight",
     ] {
         assert!(text.contains(setting), "{setting} missing from {text}");
     }

@@ -132,6 +132,22 @@ async fn http_healthz_readyz_and_metrics_answer(pool: PgPool) {
     assert!(!body.contains(BOB), "no user id in metrics");
 }
 
+/// Ready means the first Checks find connections open: the pool warms while
+/// LISTEN connects, and readiness waits for both.
+#[sqlx::test(migrations = "./migrations")]
+async fn ready_only_once_the_pool_holds_min_connections(pool: PgPool) {
+    let mut config = config("");
+    config.database.min_connections = 3;
+    let h = start_with(pool, config).await;
+    let (status, body) = http_get(h.running.http_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        h.pool.size() >= 3,
+        "ready with {} connections open, 3 wanted",
+        h.pool.size()
+    );
+}
+
 /// `metrics_addr` is a listener of its own: health, readiness and metrics
 /// answer there, the decision endpoints do not (they stay on `http_addr`).
 #[sqlx::test(migrations = "./migrations")]
