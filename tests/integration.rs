@@ -20,6 +20,7 @@ mod integration {
     mod nginx;
     mod race;
     mod ratelimit;
+    mod reload;
     mod routes;
     mod triggers;
 }

@@ -228,6 +228,7 @@ async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
             method: "GET".into(),
             path: format!("/api/v1/generations/{GEN_GRANDCHILD}"),
             headers: [("authorization".to_owned(), token.clone())].into(),
+            ..Default::default()
         };
         let mut admin = admin.clone();
         async move { admin.explain(request).await.expect("explain").into_inner() }
@@ -307,7 +308,7 @@ async fn admin_without_the_token_is_unauthenticated(pool: PgPool) {
             .explain(admin_pb::ExplainRequest {
                 method: "GET".into(),
                 path: format!("/api/v1/generations/{GEN_BOB}"),
-                headers: Default::default(),
+                ..Default::default()
             })
             .await
             .expect_err("explain without the token");
