@@ -22,6 +22,9 @@ use crate::config::{Config, ConfigError};
 use crate::facts::FactSource;
 use crate::metrics::Metrics;
 
+/// An environment lookup: a variable's value, if set.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Where a reload reads the configuration: the file `serve` was started
 /// with and the process environment (which does not change).
 #[derive(Clone)]
@@ -29,7 +32,7 @@ pub struct ConfigSource {
     /// `--config` / `VELRO_AUTHZ_CONFIG`; `None` = defaults and environment.
     pub path: Option<PathBuf>,
     /// Environment lookup (the process environment, or a test's map).
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvLookup,
 }
 
 impl ConfigSource {
