@@ -115,7 +115,7 @@ pub struct Config {
 }
 
 /// Most `explain.recent_decisions`: a bound on the ring's memory (about
-/// 1 KiB per decision, docs/operations.md).
+/// 1 KiB per decision, docs/performance.md).
 pub const MAX_RECENT_DECISIONS: usize = 1_000_000;
 
 /// All configuration problems found, each naming its setting.
