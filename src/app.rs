@@ -10,9 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use crate::authn::Authenticator;
 use crate::authn::jwt::{JwksReload, JwtVerifier};
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, RecentDecisions};
 use crate::config::{Config, ConfigError};
 use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
@@ -24,6 +23,7 @@ use crate::invalidate;
 use crate::metrics::Metrics;
 use crate::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::redis::Redis;
+use crate::reload::{self, ConfigSource, ReloadError, Reloaded, Reloader};
 use crate::store::{self, Store};
 
 /// The decision path over Postgres.
@@ -42,6 +42,8 @@ pub struct App {
     /// Exported metrics.
     pub metrics: Metrics,
     config: Config,
+    /// Where a reload rereads the configuration.
+    source: ConfigSource,
 }
 
 /// A sidecar started by [`spawn`].
@@ -60,8 +62,8 @@ pub struct Running {
     pub metrics: Metrics,
     /// True while LISTEN is up.
     pub listener: watch::Receiver<bool>,
-    /// The JWT keys, for [`Running::reload`].
-    jwt: Arc<JwtVerifier>,
+    /// Reloads the configuration (SIGHUP, the file watch, tests).
+    pub reloader: Arc<Reloader<Store>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -72,7 +74,15 @@ impl Running {
     /// with a key that went stop working at once, cached or not. Errors (no
     /// JWKS file, an unreadable or broken file) keep the previous keys.
     pub fn reload(&self) -> Result<JwksReload, Vec<String>> {
-        reload_jwks(&self.jwt, "signal")
+        reload_jwks(self.authorizer.snapshot().authn.verifier(), "signal")
+    }
+
+    /// Rereads the whole configuration, as SIGHUP does: routes, JWT keys and
+    /// the JWKS file, dry run and log sampling go into force together, or,
+    /// if the new configuration is invalid or changes a restart-only
+    /// setting, nothing changes. Logged and counted either way.
+    pub fn reload_config(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload("signal")
     }
 
     /// Stops serving and waits for the tasks to end.
@@ -140,7 +150,15 @@ impl App {
             l2,
             metrics,
             config,
+            source: ConfigSource::process(None),
         })
+    }
+
+    /// Rereads the configuration from `source` on reload (the process
+    /// environment and no file unless set).
+    pub fn reload_from(mut self, source: ConfigSource) -> App {
+        self.source = source;
+        self
     }
 
     /// Binds the listeners (gRPC, HTTP, and the metrics one when configured)
@@ -184,8 +202,10 @@ impl App {
         }
         // The JWKS file on a timer, so a removed key stops working within one
         // period even with no SIGHUP and no unknown kid to trigger a reread.
+        // The period is the start-up configuration's; each tick rereads the
+        // file of the keys in force (a reload may have replaced them).
         if let Some(period) = self.config.jwt.jwks_refresh() {
-            let jwt = self.config.jwt.clone();
+            let authorizer = self.authorizer.clone();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tick =
@@ -197,7 +217,7 @@ impl App {
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     // A small local file, read off the async workers.
-                    let jwt = jwt.clone();
+                    let jwt = authorizer.snapshot().authn.verifier().clone();
                     let _ = tokio::task::spawn_blocking(move || reload_jwks(&jwt, "timer")).await;
                 }
             }));
@@ -378,6 +398,12 @@ impl App {
         }));
 
         tracing::info!(%grpc_addr, %http_addr, metrics_addr = ?metrics_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
+        let reloader = Arc::new(Reloader::new(
+            self.authorizer.clone(),
+            self.config,
+            self.source,
+            self.metrics.clone(),
+        ));
         Ok(Running {
             grpc_addr,
             http_addr,
@@ -386,7 +412,7 @@ impl App {
             authorizer: self.authorizer,
             metrics: self.metrics,
             listener: listener_rx,
-            jwt: self.config.jwt.clone(),
+            reloader,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -436,13 +462,16 @@ pub fn authorizer<S: FactSource>(
     redis: Option<Arc<Redis>>,
     metrics: &Metrics,
 ) -> Authorizer<S> {
-    let authorizer = Authorizer::new(
-        config.routes.clone(),
-        Authenticator::new(config.jwt.clone(), config.max_credentials),
-        facts,
-        config.decision,
-        metrics.clone(),
-    );
+    let reload::Snapshot {
+        routes,
+        authn,
+        settings,
+    } = reload::snapshot(config);
+    let authorizer = Authorizer::new(routes, authn, facts, settings, metrics.clone());
+    let authorizer = match config.recent_decisions {
+        0 => authorizer,
+        n => authorizer.with_recent_decisions(RecentDecisions::new(n)),
+    };
     let authorizer = match config.rate_limit {
         Some(limit) => {
             authorizer.with_rate_limiter(RateLimiter::new(limit, redis, metrics.clone()))

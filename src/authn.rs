@@ -94,6 +94,11 @@ impl Authenticator {
         }
     }
 
+    /// The JWT keys this authenticator verifies with.
+    pub fn verifier(&self) -> &Arc<JwtVerifier> {
+        &self.jwt
+    }
+
     /// Drops verified tokens (admin flush, key rotation).
     pub fn flush(&self) {
         self.tokens.invalidate_all();

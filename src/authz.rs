@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
 use crate::facts::{FactError, FactSource, Facts, Trace};
@@ -19,15 +21,17 @@ use crate::routes::{Need, RouteError, RouteTable};
 
 mod explain;
 pub mod log;
+pub mod recent;
 mod role;
 
-pub use explain::{Explanation, Summary};
+pub use explain::{Explanation, PrincipalView, Summary};
+pub use recent::{RecentDecisions, Recorded};
 
 /// Largest header value accepted (SPEC §9): larger → 400 `too_large`.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// Per-decision settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecisionSettings {
     /// Budget of one decision when the caller sets no sooner deadline.
     pub deadline: Duration,
@@ -218,16 +222,24 @@ struct Steps {
     rate_limit: Option<RateLimitInfo>,
 }
 
+/// What a configuration reload may change, swapped whole: each decision
+/// loads it once and finishes on it, whatever is swapped in meanwhile.
+pub struct Snapshot {
+    /// Step 1: (method, path) → what the request needs.
+    pub routes: RouteTable,
+    /// Step 2: credentials → principal (the JWT keys, verified tokens).
+    pub authn: Authenticator,
+    /// Deadline, dry run, log sampling.
+    pub settings: DecisionSettings,
+}
+
 /// Decides requests.
 pub struct Authorizer<S> {
-    /// Step 1: (method, path) → what the request needs.
-    routes: RouteTable,
-    /// Step 2: credentials → principal.
-    authn: Authenticator,
+    /// Routes, keys and decision settings in force; replaced whole by a
+    /// configuration reload ([`Authorizer::swap`]).
+    live: ArcSwap<Snapshot>,
     /// Steps 2–4 read their facts here (L1, then Redis, then Postgres).
     facts: Arc<Facts<S>>,
-    /// Deadline, dry run, log sampling.
-    settings: DecisionSettings,
     /// Step 2b, when configured.
     limiter: Option<RateLimiter>,
     /// Step 2, when configured: failed authentications per client address.
@@ -236,6 +248,9 @@ pub struct Authorizer<S> {
     metrics: Metrics,
     /// Checks being decided now (`settings.max_in_flight` bounds it).
     in_flight: AtomicUsize,
+    /// The decisions the decision log wrote, with their facts, for
+    /// explaining one later by its id; `None` = not kept.
+    recent: Option<RecentDecisions>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -248,15 +263,42 @@ impl<S: FactSource> Authorizer<S> {
         metrics: Metrics,
     ) -> Authorizer<S> {
         Authorizer {
-            routes,
-            authn,
+            live: ArcSwap::from_pointee(Snapshot {
+                routes,
+                authn,
+                settings,
+            }),
             facts,
-            settings,
             limiter: None,
             failed_auth: None,
             metrics,
             in_flight: AtomicUsize::new(0),
+            recent: None,
         }
+    }
+
+    /// Keeps the decisions the decision log writes (every deny, sampled
+    /// allows) in `recent`, with the facts each used.
+    pub fn with_recent_decisions(mut self, recent: RecentDecisions) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
+    /// The recent decisions, when kept.
+    pub fn recent_decisions(&self) -> Option<&RecentDecisions> {
+        self.recent.as_ref()
+    }
+
+    /// The routes, keys and settings in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Puts `next` in force for every decision that starts from now on;
+    /// decisions under way finish on the snapshot they started with.
+    /// Returns the one replaced.
+    pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
+        self.live.swap(Arc::new(next))
     }
 
     /// Limits failed authentications per client address.
@@ -288,12 +330,12 @@ impl<S: FactSource> Authorizer<S> {
 
     /// Drops verified credentials (admin flush, key rotation).
     pub fn flush_credentials(&self) {
-        self.authn.flush();
+        self.live.load().authn.flush();
     }
 
     /// Cached verified credentials.
     pub fn credential_entries(&self) -> u64 {
-        self.authn.cached_tokens()
+        self.live.load().authn.cached_tokens()
     }
 
     /// Decides one request within `deadline` (the caller's, capped by the
@@ -303,29 +345,63 @@ impl<S: FactSource> Authorizer<S> {
         req: &AuthzRequest<'_>,
         deadline: Option<Duration>,
     ) -> Result<Decision, CheckError> {
-        let Some(_slot) = Slot::take(&self.in_flight, self.settings.max_in_flight) else {
+        // One load per decision: a reload meanwhile does not change its course.
+        let snapshot = self.live.load_full();
+        let settings = snapshot.settings;
+        let Some(_slot) = Slot::take(&self.in_flight, settings.max_in_flight) else {
             log::shed(&self.metrics);
             return Err(CheckError::Overloaded);
         };
         let started = Instant::now();
-        let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
-        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CheckError::DeadlineExceeded),
+        let budget = deadline.map_or(settings.deadline, |d| d.min(settings.deadline));
+        // Facts are collected only when recent decisions are kept: a few
+        // clones of small values into one vector per decision.
+        let trace = match self.recent {
+            Some(_) => Trace::recording(),
+            None => Trace::off(),
         };
+        let result =
+            match tokio::time::timeout(budget, self.decide(&snapshot, req, &trace, true)).await {
+                Ok(r) => r,
+                Err(_) => Err(CheckError::DeadlineExceeded),
+            };
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
-        log::record(&self.metrics, self.settings.allow_log_sample, &result);
+        let logged = log::record(&self.metrics, settings.allow_log_sample, &result);
+        if logged
+            && let Some(recent) = &self.recent
+            && let Ok(decision) = &result
+        {
+            // The path's resource id, from the route table again (only for
+            // what is recorded); never the raw path.
+            let resource_id = snapshot
+                .routes
+                .resolve(req.method, req.path)
+                .ok()
+                .and_then(|m| m.id);
+            recent.push(Recorded::new(
+                decision,
+                req.method,
+                resource_id,
+                trace.into_uses(),
+            ));
+        }
         result
+    }
+
+    /// A decision recorded by [`Authorizer::check`], by its id, while it is
+    /// among the recent ones kept.
+    pub fn recorded(&self, decision_id: &str) -> Option<Arc<Recorded>> {
+        self.recent.as_ref()?.get(decision_id)
     }
 
     /// Decides one request and reports every fact used. Not for the hot path.
     pub async fn explain(&self, req: &AuthzRequest<'_>) -> Explanation {
         let trace = Trace::recording();
+        let snapshot = self.live.load_full();
         // Explaining never spends a principal's rate-limit allowance.
-        let decision = self.decide(req, &trace, false).await;
+        let decision = self.decide(&snapshot, req, &trace, false).await;
         Explanation {
             decision,
             facts: trace.into_uses(),
@@ -334,14 +410,17 @@ impl<S: FactSource> Authorizer<S> {
 
     async fn decide(
         &self,
+        snapshot: &Snapshot,
         req: &AuthzRequest<'_>,
         trace: &Trace,
         limit: bool,
     ) -> Result<Decision, CheckError> {
         let mut steps = Steps::default();
-        let outcome = self.steps(req, trace, limit, &mut steps).await?;
+        let outcome = self.steps(snapshot, req, trace, limit, &mut steps).await?;
         let (outcome, dry_run_deny) = match outcome {
-            Outcome::Deny(reason) if self.settings.dry_run => (Outcome::Allow(None), Some(reason)),
+            Outcome::Deny(reason) if snapshot.settings.dry_run => {
+                (Outcome::Allow(None), Some(reason))
+            }
             other => (other, None),
         };
         Ok(Decision {
@@ -358,6 +437,7 @@ impl<S: FactSource> Authorizer<S> {
     /// SPEC §4, steps 1–6.
     async fn steps(
         &self,
+        snapshot: &Snapshot,
         req: &AuthzRequest<'_>,
         trace: &Trace,
         limit: bool,
@@ -367,7 +447,7 @@ impl<S: FactSource> Authorizer<S> {
             return Ok(deny(RouteError::TooLarge));
         }
         // 1. Route.
-        let route = match self.routes.resolve(req.method, req.path) {
+        let route = match snapshot.routes.resolve(req.method, req.path) {
             Ok(m) => m,
             Err(e) => return Ok(deny(e)),
         };
@@ -385,12 +465,12 @@ impl<S: FactSource> Authorizer<S> {
             .zip(req.client_addr);
         if let Some((limiter, addr)) = failed_auth
             && let Some(verdict) = limiter.blocked(addr)
-            && !self.authn.recognizes(req.authorization, req.api_key)
+            && !snapshot.authn.recognizes(req.authorization, req.api_key)
         {
             steps.rate_limit = Some(verdict);
             return Ok(Outcome::Deny(DenyReason::RateLimited));
         }
-        let authenticated = self
+        let authenticated = snapshot
             .authn
             .authenticate(req.authorization, req.api_key, &self.facts, trace)
             .await?;

@@ -112,7 +112,14 @@ pub struct Config {
     pub failed_auth_per_minute: u32,
     /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
     pub forward_auth: ForwardAuthSettings,
+    /// How many recorded decisions (those the decision log writes) are kept
+    /// for explaining later by decision id; 0 = none.
+    pub recent_decisions: usize,
 }
+
+/// Most `explain.recent_decisions`: a bound on the ring's memory (about
+/// 1 KiB per decision, docs/performance.md).
+pub const MAX_RECENT_DECISIONS: usize = 1_000_000;
 
 /// All configuration problems found, each naming its setting.
 #[derive(Debug, thiserror::Error)]
@@ -469,6 +476,15 @@ impl Config {
             .failed_auth_per_minute
             .unwrap_or(DEFAULT_FAILED_AUTH_PER_MINUTE);
         let forward_auth = forward_auth(file.forward_auth, &mut errors);
+        let recent_decisions = file
+            .explain
+            .recent_decisions
+            .unwrap_or(crate::authz::recent::DEFAULT_RECENT_DECISIONS);
+        if recent_decisions > MAX_RECENT_DECISIONS {
+            errors.push(format!(
+                "explain.recent_decisions: at most {MAX_RECENT_DECISIONS} (got {recent_decisions})"
+            ));
+        }
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
             return Err(ConfigError(errors));
@@ -494,7 +510,51 @@ impl Config {
             rate_limit,
             failed_auth_per_minute,
             forward_auth,
+            recent_decisions,
         })
+    }
+
+    /// The settings that only a restart applies and that differ between this
+    /// (running) configuration and `next`, by name. A reload applies routes,
+    /// JWT keys, `decision.dry_run` and `decision.allow_log_sample`; anything
+    /// else needs the process restarted: listeners, connections and caches
+    /// are built once.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let same = [
+            ("grpc_addr", self.grpc_addr == next.grpc_addr),
+            ("http_addr", self.http_addr == next.http_addr),
+            ("metrics_addr", self.metrics_addr == next.metrics_addr),
+            ("admin", self.admin == next.admin),
+            ("database", self.database == next.database),
+            ("cache", self.cache == next.cache),
+            (
+                "cache.max_credentials",
+                self.max_credentials == next.max_credentials,
+            ),
+            (
+                "decision.deadline_ms",
+                self.decision.deadline == next.decision.deadline,
+            ),
+            ("listener", self.listener == next.listener),
+            ("freshness", self.freshness == next.freshness),
+            ("log_format", self.log_format == next.log_format),
+            ("redis", self.redis == next.redis && self.l2 == next.l2),
+            ("breaker", self.breaker == next.breaker),
+            ("rate_limit", self.rate_limit == next.rate_limit),
+            (
+                "rate_limit.failed_auth_per_minute",
+                self.failed_auth_per_minute == next.failed_auth_per_minute,
+            ),
+            ("forward_auth", self.forward_auth == next.forward_auth),
+            (
+                "explain.recent_decisions",
+                self.recent_decisions == next.recent_decisions,
+            ),
+        ];
+        same.into_iter()
+            .filter(|(_, same)| !same)
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 

@@ -48,7 +48,7 @@ pub const MAX_TEAM_DEPTH: usize = 64;
 const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// L1 cache settings (SPEC §5 defaults).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheSettings {
     /// Maximum cached facts.
     pub max_facts: u64,

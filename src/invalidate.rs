@@ -44,7 +44,7 @@ const LISTEN_SQL: &str = "LISTEN velro_authz_invalidate; LISTEN velro_authz_hear
      SELECT pg_current_wal_insert_lsn()::text";
 
 /// LISTEN connection settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ListenerSettings {
     /// First reconnect delay.
     pub reconnect_min: Duration,

@@ -24,6 +24,7 @@ pub mod model;
 pub mod policy;
 pub mod ratelimit;
 pub mod redis;
+pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod store;

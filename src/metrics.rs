@@ -85,6 +85,9 @@ pub struct Metrics {
     pub decision_log_dropped: IntCounter,
     /// Constant 1 with the build version.
     pub build_info: IntGaugeVec,
+    /// Configuration reloads by result (applied | error: the new configuration
+    /// is invalid | restart_required: it changes a restart-only setting).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -285,10 +288,33 @@ impl Metrics {
                 &["version"],
             )
             .expect("metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_config_reloads_total",
+                    "Configuration reloads by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
             registry,
         };
-        let r = &m.registry;
-        for c in [
+        for c in m.collectors() {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Every result from the start, so a dashboard sees 0 rather than nothing.
+        for result in ["applied", "error", "restart_required"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Every metric, once each (what [`Metrics::new`] registers).
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let m = self;
+        vec![
             Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.decisions_shed.clone()),
             Box::new(m.decision_seconds.clone()),
@@ -314,13 +340,20 @@ impl Metrics {
             Box::new(m.db_pool_connections.clone()),
             Box::new(m.decision_log_dropped.clone()),
             Box::new(m.build_info.clone()),
-        ] {
-            r.register(c).expect("unique metric names");
-        }
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        m
+            Box::new(m.config_reloads.clone()),
+        ]
+    }
+
+    /// The name and type of every metric family exported, whether or not it
+    /// has a series yet (a labelled family has none until first used, and
+    /// `/metrics` leaves it out until then): what dashboards and alert rules
+    /// may name, with `_bucket`, `_sum` and `_count` for histograms.
+    pub fn families(&self) -> Vec<(String, prometheus::proto::MetricType)> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .map(|f| (f.name().to_owned(), f.get_field_type()))
+            .collect()
     }
 
     /// Counts an L1 hit on a fact of `kind` (a `FactKey::kind()` name)

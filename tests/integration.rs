@@ -22,6 +22,7 @@ mod integration {
     mod race;
     mod ratelimit;
     mod reader_role;
+    mod reload;
     mod routes;
     mod triggers;
 }

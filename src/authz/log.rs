@@ -7,8 +7,13 @@ use crate::metrics::Metrics;
 use super::{CheckError, Decision};
 
 /// Counts `result` and writes its decision-log line (denies, errors, and a
-/// `allow_sample` fraction of allows).
-pub(super) fn record(metrics: &Metrics, allow_sample: f64, result: &Result<Decision, CheckError>) {
+/// `allow_sample` fraction of allows). True when a decision's line was
+/// written: that decision is also kept among the recent ones.
+pub(super) fn record(
+    metrics: &Metrics,
+    allow_sample: f64,
+    result: &Result<Decision, CheckError>,
+) -> bool {
     match result {
         Ok(d) => {
             let (outcome, status, reason) = match (&d.outcome, &d.dry_run_deny) {
@@ -43,6 +48,7 @@ pub(super) fn record(metrics: &Metrics, allow_sample: f64, result: &Result<Decis
                     "decision"
                 );
             }
+            outcome != "allow" || sampled
         }
         Err(e) => {
             metrics
@@ -50,6 +56,7 @@ pub(super) fn record(metrics: &Metrics, allow_sample: f64, result: &Result<Decis
                 .with_label_values(&["error", "503", e.reason()])
                 .inc();
             tracing::warn!(target: "velro_authz::decision", reason = e.reason(), error = %e, "cannot decide");
+            false
         }
     }
 }

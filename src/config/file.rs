@@ -39,6 +39,14 @@ pub(super) struct FileConfig {
     pub(super) rate_limit: FileRateLimit,
     #[serde(default)]
     pub(super) forward_auth: FileForwardAuth,
+    #[serde(default)]
+    pub(super) explain: FileExplain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileExplain {
+    pub(super) recent_decisions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

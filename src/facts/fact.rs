@@ -82,20 +82,78 @@ pub struct FactError {
     pub message: String,
 }
 
-/// One fact used by a decision, recorded for `--explain`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One fact used by a decision: which, from where, and what it said. Kept
+/// as values (cheap clones: ids, small rows, `Arc`ed lists), rendered to JSON
+/// only when someone asks ([`FactUse::to_json`]).
+#[derive(Debug, Clone)]
 pub struct FactUse {
-    /// Fact kind label.
-    pub kind: &'static str,
-    /// The key, rendered.
-    pub key: String,
+    /// The fact's identity.
+    pub key: FactKey,
     /// Where it came from.
     pub source: Source,
-    /// The value, rendered.
-    pub value: String,
+    /// Its value as the decision read it.
+    pub fact: Fact,
 }
 
-/// Collects the facts a decision used, when explaining.
+impl FactUse {
+    /// Fact kind label (`user`, `generation`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.key.kind()
+    }
+
+    /// The key as an operator reads it: a UUID, `generation/<uuid>` for
+    /// shares, `sha256:<first 12 hex>…` for an API key (never the whole hash).
+    pub fn key_text(&self) -> String {
+        self.key.render()
+    }
+
+    /// The value as typed JSON: the row's fields (`null` when there is no
+    /// row), a list for memberships and shares. An API key shows its hash
+    /// only as the same short prefix as its key.
+    pub fn value_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json, to_value};
+        let value = match &self.fact {
+            Fact::User(row) => to_value(row),
+            Fact::Team(row) => to_value(row),
+            Fact::Memberships(list) => to_value(list),
+            Fact::Project(row) => to_value(row),
+            Fact::Generation(row) => to_value(row),
+            Fact::Shares(list) => to_value(list),
+            Fact::Session(row) => to_value(row),
+            Fact::ApiKey(row) => Ok(row.as_ref().map_or(Value::Null, |k| {
+                json!({
+                    "id": k.id,
+                    "user_id": k.user_id,
+                    "key_hash": self.key.render(),
+                    "scopes": k.scopes,
+                    "expires_at": k.expires_at,
+                    "revoked_at": k.revoked_at,
+                })
+            })),
+        };
+        // Plain rows of ids, enums and timestamps always serialize.
+        value.unwrap_or(Value::Null)
+    }
+
+    /// `{"kind", "key", "source", "value"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "key": self.key_text(),
+            "source": self.source.as_str(),
+            "value": self.value_json(),
+        })
+    }
+}
+
+impl serde::Serialize for FactUse {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+/// Collects the facts a decision used: for `--explain`, and for the record of
+/// recent decisions. Per decision, so its lock is never contended.
 #[derive(Debug, Default)]
 pub struct Trace {
     uses: Option<Mutex<Vec<FactUse>>>,
@@ -109,7 +167,7 @@ impl Trace {
         }
     }
 
-    /// A trace that records nothing (the hot path).
+    /// A trace that records nothing.
     pub fn off() -> Trace {
         Trace { uses: None }
     }
@@ -118,10 +176,9 @@ impl Trace {
         if let Some(uses) = &self.uses {
             let mut uses = uses.lock().unwrap_or_else(|p| p.into_inner());
             uses.push(FactUse {
-                kind: key.kind(),
-                key: key.render(),
+                key: key.clone(),
                 source,
-                value: format!("{fact:?}"),
+                fact: fact.clone(),
             });
         }
     }
@@ -173,7 +230,7 @@ impl FactKey {
         }
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         match self {
             FactKey::User(id)
             | FactKey::Team(id)

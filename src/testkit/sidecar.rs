@@ -286,6 +286,22 @@ impl Sidecar {
         verdict(&self.client, check, timeout).await
     }
 
+    /// The config file it was started with (`--config`): a test may
+    /// rewrite it and send SIGHUP.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// Sends the process SIGHUP (`kill -HUP`): reload the configuration.
+    pub fn hangup(&self) {
+        run(
+            Command::new("kill")
+                .arg("-HUP")
+                .arg(self.child.id().to_string()),
+            "kill -HUP",
+        );
+    }
+
     /// The tail of stdout and stderr.
     pub fn logs(&self, lines: usize) -> String {
         format!(
