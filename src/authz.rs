@@ -17,6 +17,7 @@ use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
 use crate::ratelimit::{FailedAuthLimiter, LimitKey, RateLimiter};
 use crate::routes::{Need, RouteError, RouteTable};
+use crate::telemetry::traces::{DecisionAttributes, DecisionTracer};
 
 mod explain;
 pub mod log;
@@ -56,6 +57,10 @@ pub struct AuthzRequest<'a> {
     /// proxy appended); `None` when the door cannot know it, and then no
     /// per-address limit applies.
     pub client_addr: Option<IpAddr>,
+    /// Where the trace context (`traceparent`, `tracestate`) is read from,
+    /// only when tracing is on: the request's headers, or an adapter's own
+    /// source (Envoy's span of the Check call, in the gRPC metadata).
+    pub trace_headers: Option<&'a Headers>,
 }
 
 /// The original request's headers as every adapter hands them over: lower-case
@@ -126,6 +131,7 @@ impl Headers {
             api_key: self.get("x-api-key"),
             largest_header: self.largest(except),
             client_addr: None,
+            trace_headers: Some(self),
         }
     }
 }
@@ -226,6 +232,8 @@ pub struct Authorizer<S> {
     failed_auth: Option<FailedAuthLimiter>,
     /// Decision counters and latency.
     metrics: Metrics,
+    /// Decision spans, when tracing is on.
+    tracer: Option<DecisionTracer>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -245,7 +253,19 @@ impl<S: FactSource> Authorizer<S> {
             limiter: None,
             failed_auth: None,
             metrics,
+            tracer: None,
         }
+    }
+
+    /// Traces sampled decisions with `tracer`.
+    pub fn with_tracer(mut self, tracer: DecisionTracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// Whether decisions may be traced (adapters read trace context only then).
+    pub fn traced(&self) -> bool {
+        self.tracer.is_some()
     }
 
     /// Limits failed authentications per client address.
@@ -294,8 +314,11 @@ impl<S: FactSource> Authorizer<S> {
     ) -> Result<Decision, CheckError> {
         let started = Instant::now();
         let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
-        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
-        {
+        let trace = match &self.tracer {
+            None => Trace::off(),
+            Some(tracer) => traced(tracer, req),
+        };
+        let result = match tokio::time::timeout(budget, self.decide(req, &trace, true)).await {
             Ok(r) => r,
             Err(_) => Err(CheckError::DeadlineExceeded),
         };
@@ -303,6 +326,17 @@ impl<S: FactSource> Authorizer<S> {
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
         log::record(&self.metrics, self.settings.allow_log_sample, &result);
+        if let Some(span) = trace.into_span() {
+            let (outcome, status, reason) = log::labels(&result);
+            let decision = result.as_ref().ok();
+            span.end(DecisionAttributes {
+                route: decision.and_then(|d| d.route.as_deref()),
+                outcome,
+                status,
+                reason,
+                decision_id: decision.map(|d| d.decision_id.as_str()),
+            });
+        }
         result
     }
 
@@ -453,6 +487,17 @@ fn scope_grants(scopes: Option<Scopes>, scope: &str) -> bool {
     match scope.parse::<Action>() {
         Ok(action) => scopes.is_none_or(|s| s.allows(action)),
         Err(_) => scopes.is_some_and(Scopes::has_ops),
+    }
+}
+
+/// The fact trace of a decision: with a span when the request is sampled
+/// (its `traceparent`, else the ratio), else off.
+#[cold]
+fn traced(tracer: &DecisionTracer, req: &AuthzRequest<'_>) -> Trace {
+    let header = |name| req.trace_headers.and_then(|h| h.get(name));
+    match tracer.start(header("traceparent"), header("tracestate")) {
+        Some(span) => Trace::traced(span),
+        None => Trace::off(),
     }
 }
 

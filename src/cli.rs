@@ -374,6 +374,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .max(api_key.as_ref().map_or(0, String::len)),
                 // From this machine: no client address to limit.
                 client_addr: None,
+                trace_headers: None,
             };
             let summary = match app.authorizer.explain(&req).await.summary() {
                 Ok(s) => s,

@@ -11,13 +11,7 @@ use super::{CheckError, Decision};
 pub(super) fn record(metrics: &Metrics, allow_sample: f64, result: &Result<Decision, CheckError>) {
     match result {
         Ok(d) => {
-            let (outcome, status, reason) = match (&d.outcome, &d.dry_run_deny) {
-                (Outcome::Deny(reason), _) => ("deny", reason.status_label(), reason.code()),
-                (Outcome::Allow(_), Some(reason)) => {
-                    ("dry_run_allow", reason.status_label(), reason.code())
-                }
-                (Outcome::Allow(_), None) => ("allow", "200", "ok"),
-            };
+            let (outcome, status, reason) = labels(result);
             metrics
                 .decisions
                 .with_label_values(&[outcome, status, reason])
@@ -45,6 +39,23 @@ pub(super) fn record(metrics: &Metrics, allow_sample: f64, result: &Result<Decis
                 .inc();
             tracing::warn!(target: "velro_authz::decision", reason = e.reason(), error = %e, "cannot decide");
         }
+    }
+}
+
+/// Outcome, status and reason of a decision (or of "cannot decide"): the
+/// decision counter's labels, the log line's and the trace span's.
+pub(super) fn labels(
+    result: &Result<Decision, CheckError>,
+) -> (&'static str, &'static str, &'static str) {
+    match result {
+        Ok(d) => match (&d.outcome, &d.dry_run_deny) {
+            (Outcome::Deny(reason), _) => ("deny", reason.status_label(), reason.code()),
+            (Outcome::Allow(_), Some(reason)) => {
+                ("dry_run_allow", reason.status_label(), reason.code())
+            }
+            (Outcome::Allow(_), None) => ("allow", "200", "ok"),
+        },
+        Err(e) => ("error", "503", e.reason()),
     }
 }
 

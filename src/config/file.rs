@@ -39,6 +39,16 @@ pub(super) struct FileConfig {
     pub(super) rate_limit: FileRateLimit,
     #[serde(default)]
     pub(super) forward_auth: FileForwardAuth,
+    #[serde(default)]
+    pub(super) tracing: FileTracing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
