@@ -21,5 +21,6 @@ mod integration {
     mod race;
     mod ratelimit;
     mod routes;
+    mod traces;
     mod triggers;
 }
