@@ -25,6 +25,7 @@ use crate::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::redis::Redis;
 use crate::reload::{self, ConfigSource, ReloadError, Reloaded, Reloader};
 use crate::store::{self, Store};
+use crate::telemetry::traces::TracePipeline;
 
 /// The decision path over Postgres.
 pub type PgAuthorizer = Authorizer<Store>;
@@ -41,6 +42,8 @@ pub struct App {
     pub l2: Option<Arc<L2>>,
     /// Exported metrics.
     pub metrics: Metrics,
+    /// The decision-trace exporter, when tracing is on.
+    traces: Option<TracePipeline>,
     config: Config,
     /// Where a reload rereads the configuration.
     source: ConfigSource,
@@ -64,6 +67,8 @@ pub struct Running {
     pub listener: watch::Receiver<bool>,
     /// Reloads the configuration (SIGHUP, the file watch, tests).
     pub reloader: Arc<Reloader<Store>>,
+    /// Flushed at shutdown, after the last decision.
+    traces: Option<TracePipeline>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -85,18 +90,23 @@ impl Running {
         self.reloader.reload("signal")
     }
 
-    /// Stops serving and waits for the tasks to end.
+    /// Stops serving, waits for the tasks to end, then exports the decision
+    /// spans still queued.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        if let Some(traces) = self.traces {
+            traces.shutdown().await;
+        }
     }
 }
 
 impl App {
-    /// Builds the decision path (no I/O yet: the pool connects lazily, so start-up
-    /// never blocks on a dependency).
+    /// Builds the decision path (no I/O yet: the pool, Redis and the trace
+    /// collector connect lazily, so start-up never blocks on a dependency).
+    /// Needs a Tokio runtime.
     pub fn build(config: Config, metrics: Metrics) -> Result<App, ConfigError> {
         let pool = store::connect(&config.database)
             .map_err(|e| ConfigError(vec![format!("database.url / DATABASE_URL: {e}")]))?;
@@ -142,13 +152,23 @@ impl App {
             // running then is a failure; one abandoned sooner by its caller is not.
             .with_query_timeout(config.decision.deadline),
         );
-        let authorizer = authorizer(&config, facts, redis.clone(), &metrics);
+        let mut authorizer = authorizer(&config, facts, redis.clone(), &metrics);
+        let traces = match &config.tracing {
+            Some(settings) => {
+                let pipeline =
+                    TracePipeline::start(settings, &metrics).map_err(|e| ConfigError(vec![e]))?;
+                authorizer = authorizer.with_tracer(pipeline.tracer());
+                Some(pipeline)
+            }
+            None => None,
+        };
         Ok(App {
             authorizer: Arc::new(authorizer),
             store,
             redis,
             l2,
             metrics,
+            traces,
             config,
             source: ConfigSource::process(None),
         })
@@ -398,6 +418,9 @@ impl App {
         }));
 
         tracing::info!(%grpc_addr, %http_addr, metrics_addr = ?metrics_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
+        if let Some(t) = &self.config.tracing {
+            tracing::info!(otlp_endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, service_name = %t.service_name, "decision traces on (OTLP/gRPC, parent-based sampling)");
+        }
         let reloader = Arc::new(Reloader::new(
             self.authorizer.clone(),
             self.config,
@@ -413,6 +436,7 @@ impl App {
             metrics: self.metrics,
             listener: listener_rx,
             reloader,
+            traces: self.traces,
             shutdown: shutdown_tx,
             tasks,
         })

@@ -18,6 +18,7 @@ use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
 use crate::ratelimit::{FailedAuthLimiter, LimitKey, RateLimiter};
 use crate::routes::{Need, RouteError, RouteTable};
+use crate::telemetry::traces::{DecisionAttributes, DecisionTracer};
 
 mod explain;
 pub mod log;
@@ -62,6 +63,10 @@ pub struct AuthzRequest<'a> {
     /// proxy appended); `None` when the door cannot know it, and then no
     /// per-address limit applies.
     pub client_addr: Option<IpAddr>,
+    /// Where the trace context (`traceparent`, `tracestate`) is read from,
+    /// only when tracing is on: the request's headers, or an adapter's own
+    /// source (Envoy's span of the Check call, in the gRPC metadata).
+    pub trace_headers: Option<&'a Headers>,
 }
 
 /// The original request's headers as every adapter hands them over: lower-case
@@ -132,6 +137,7 @@ impl Headers {
             api_key: self.get("x-api-key"),
             largest_header: self.largest(except),
             client_addr: None,
+            trace_headers: Some(self),
         }
     }
 }
@@ -251,6 +257,8 @@ pub struct Authorizer<S> {
     /// The decisions the decision log wrote, with their facts, for
     /// explaining one later by its id; `None` = not kept.
     recent: Option<RecentDecisions>,
+    /// Decision spans, when tracing is on.
+    tracer: Option<DecisionTracer>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -274,6 +282,7 @@ impl<S: FactSource> Authorizer<S> {
             metrics,
             in_flight: AtomicUsize::new(0),
             recent: None,
+            tracer: None,
         }
     }
 
@@ -299,6 +308,17 @@ impl<S: FactSource> Authorizer<S> {
     /// Returns the one replaced.
     pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
         self.live.swap(Arc::new(next))
+    }
+
+    /// Traces sampled decisions with `tracer`.
+    pub fn with_tracer(mut self, tracer: DecisionTracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// Whether decisions may be traced (adapters read trace context only then).
+    pub fn traced(&self) -> bool {
+        self.tracer.is_some()
     }
 
     /// Limits failed authentications per client address.
@@ -354,11 +374,15 @@ impl<S: FactSource> Authorizer<S> {
         };
         let started = Instant::now();
         let budget = deadline.map_or(settings.deadline, |d| d.min(settings.deadline));
+        let trace = match &self.tracer {
+            None => Trace::off(),
+            Some(tracer) => traced(tracer, req),
+        };
         // Facts are collected only when recent decisions are kept: a few
         // clones of small values into one vector per decision.
         let trace = match self.recent {
-            Some(_) => Trace::recording(),
-            None => Trace::off(),
+            Some(_) => trace.and_recording(),
+            None => trace,
         };
         let result =
             match tokio::time::timeout(budget, self.decide(&snapshot, req, &trace, true)).await {
@@ -369,6 +393,18 @@ impl<S: FactSource> Authorizer<S> {
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
         let logged = log::record(&self.metrics, settings.allow_log_sample, &result);
+        let (uses, span) = trace.into_parts();
+        if let Some(span) = span {
+            let (outcome, status, reason) = log::labels(&result);
+            let decision = result.as_ref().ok();
+            span.end(DecisionAttributes {
+                route: decision.and_then(|d| d.route.as_deref()),
+                outcome,
+                status,
+                reason,
+                decision_id: decision.map(|d| d.decision_id.as_str()),
+            });
+        }
         if logged
             && let Some(recent) = &self.recent
             && let Ok(decision) = &result
@@ -380,12 +416,7 @@ impl<S: FactSource> Authorizer<S> {
                 .resolve(req.method, req.path)
                 .ok()
                 .and_then(|m| m.id);
-            recent.push(Recorded::new(
-                decision,
-                req.method,
-                resource_id,
-                trace.into_uses(),
-            ));
+            recent.push(Recorded::new(decision, req.method, resource_id, uses));
         }
         result
     }
@@ -548,6 +579,17 @@ fn scope_grants(scopes: Option<Scopes>, scope: &str) -> bool {
     match scope.parse::<Action>() {
         Ok(action) => scopes.is_none_or(|s| s.allows(action)),
         Err(_) => scopes.is_some_and(Scopes::has_ops),
+    }
+}
+
+/// The fact trace of a decision: with a span when the request is sampled
+/// (its `traceparent`, else the ratio), else off.
+#[cold]
+fn traced(tracer: &DecisionTracer, req: &AuthzRequest<'_>) -> Trace {
+    let header = |name| req.trace_headers.and_then(|h| h.get(name));
+    match tracer.start(header("traceparent"), header("tracestate")) {
+        Some(span) => Trace::traced(span),
+        None => Trace::off(),
     }
 }
 

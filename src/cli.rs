@@ -445,6 +445,7 @@ async fn execute_local(
                     .max(api_key.as_ref().map_or(0, String::len)),
                 // From this machine: no client address to limit.
                 client_addr: None,
+                trace_headers: None,
             };
             let summary = match app.authorizer.explain(&req).await.summary() {
                 Ok(s) => s,

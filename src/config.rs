@@ -25,6 +25,7 @@ use crate::redis::RedisSettings;
 use crate::routes::RouteTable;
 use crate::store::DatabaseSettings;
 use crate::telemetry::LogFormat;
+use crate::telemetry::traces::TraceSettings;
 
 /// `DATABASE_URL`: the Postgres URL, honoured as is.
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
@@ -54,6 +55,8 @@ pub const ENV_REDIS_HMAC_KEY_FILE: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY_FILE";
 pub const ENV_ADMIN_ADDR: &str = "VELRO_AUTHZ_ADMIN_ADDR";
 /// The file holding the admin bearer token.
 pub const ENV_ADMIN_TOKEN_FILE: &str = "VELRO_AUTHZ_ADMIN_TOKEN_FILE";
+/// The OTLP/gRPC collector decision traces go to; unset = tracing off.
+pub const ENV_OTLP_ENDPOINT: &str = "VELRO_AUTHZ_OTLP_ENDPOINT";
 /// Where the admin service listens when enabled without an address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9192";
 /// `decision.max_in_flight` unless set: Checks decided at once before more are
@@ -115,6 +118,8 @@ pub struct Config {
     /// How many recorded decisions (those the decision log writes) are kept
     /// for explaining later by decision id; 0 = none.
     pub recent_decisions: usize,
+    /// Decision traces over OTLP; `None` (no `tracing.otlp_endpoint`) = off.
+    pub tracing: Option<TraceSettings>,
 }
 
 /// Most `explain.recent_decisions`: a bound on the ring's memory (about
@@ -485,6 +490,7 @@ impl Config {
                 "explain.recent_decisions: at most {MAX_RECENT_DECISIONS} (got {recent_decisions})"
             ));
         }
+        let tracing = tracing(file.tracing, &env, &mut errors);
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
             return Err(ConfigError(errors));
@@ -511,6 +517,7 @@ impl Config {
             failed_auth_per_minute,
             forward_auth,
             recent_decisions,
+            tracing,
         })
     }
 
@@ -744,6 +751,55 @@ fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthS
             defaults.original_uri_header,
         ),
     }
+}
+
+/// The `tracing` section: off unless an OTLP endpoint is configured. The
+/// endpoint is plain `http://host:port` (a collector or agent on a trusted
+/// network), with no credentials in it: it is logged.
+fn tracing(
+    file: FileTracing,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<TraceSettings> {
+    const SETTING: &str = "tracing.otlp_endpoint / VELRO_AUTHZ_OTLP_ENDPOINT";
+    let sample_ratio = file.sample_ratio.unwrap_or(0.01);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        errors.push("tracing.sample_ratio: must be between 0 and 1".to_owned());
+    }
+    let service_name = file
+        .service_name
+        .unwrap_or_else(|| "velro-authz".to_owned());
+    if service_name.trim().is_empty() {
+        errors.push("tracing.service_name: must not be empty".to_owned());
+    }
+    let endpoint = env(ENV_OTLP_ENDPOINT)
+        .or(file.otlp_endpoint)
+        .filter(|e| !e.is_empty())?;
+    match endpoint.parse::<axum::http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && uri.port_u16().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() => {}
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            errors.push(format!(
+                "{SETTING}: must not carry credentials (user:password@)"
+            ));
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => errors.push(format!(
+            "{SETTING}: https is not supported; export to a collector or agent on a trusted \
+             network over http://host:port"
+        )),
+        _ => errors.push(format!(
+            "{SETTING}: expected http://host:port (OTLP over gRPC, usually port 4317)"
+        )),
+    }
+    Some(TraceSettings {
+        otlp_endpoint: endpoint,
+        sample_ratio,
+        service_name,
+    })
 }
 
 /// With no `auth.jwt` section: HS256 with issuer/audience `velro`, the secret

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
+use crate::telemetry::traces::Fetch;
 
 mod fact;
 pub mod freshness;
@@ -322,7 +323,9 @@ impl<S: FactSource> Facts<S> {
                     let (stamp, epoch) = self.stamps(&key);
                     // Boxed: the Redis and Postgres futures are large, and
                     // inline they would make every L1 hit's future as big.
-                    let (fact, source) = Box::pin(self.fill(&key)).await.map_err(Fill::Failed)?;
+                    let (fact, source) = Box::pin(self.fill(&key, trace))
+                        .await
+                        .map_err(Fill::Failed)?;
                     if !fact.cacheable() {
                         // Answers this fill's waiters only; moka keeps no entry.
                         return Err(Fill::Uncached(fact, source));
@@ -356,7 +359,7 @@ impl<S: FactSource> Facts<S> {
         }
         // Invalidations keep landing on this key: answer from a fresh read
         // without caching it.
-        let fact = self.query(&key).await?;
+        let fact = self.query(&key, trace).await?;
         trace.record(&key, Source::Postgres, &fact);
         Ok(fact)
     }
@@ -380,7 +383,7 @@ impl<S: FactSource> Facts<S> {
             None
         };
         let fresh = match &stale {
-            Some(_) => tokio::time::timeout(STALE_PROBE, self.query(&key))
+            Some(_) => tokio::time::timeout(STALE_PROBE, self.query(&key, trace))
                 .await
                 .unwrap_or_else(|_| {
                     Err(FactError {
@@ -388,7 +391,7 @@ impl<S: FactSource> Facts<S> {
                         message: format!("no answer within {STALE_PROBE:?}"),
                     })
                 }),
-            None => self.query(&key).await,
+            None => self.query(&key, trace).await,
         };
         match (fresh, stale) {
             (Ok(fact), _) => {
@@ -411,28 +414,34 @@ impl<S: FactSource> Facts<S> {
     /// entry per guess). L1 keeps them, bounded by `cache.max_facts` and
     /// `cache.negative_ttl`, where a deleted key retried by a client still
     /// costs one query per sidecar per negative TTL.
-    async fn fill(&self, key: &FactKey) -> Result<(Fact, Source), FactError> {
+    async fn fill(&self, key: &FactKey, trace: &Trace) -> Result<(Fact, Source), FactError> {
         let Some(l2) = &self.l2 else {
-            return Ok((self.query(key).await?, Source::Postgres));
+            return Ok((self.query(key, trace).await?, Source::Postgres));
         };
         let kind = key.kind();
-        match l2.get(key).await {
-            L2Get::Hit(fact) => {
-                self.count("l2", kind, "hit");
-                Ok((fact, Source::L2))
-            }
+        let mut span = trace.fetch(Fetch::RedisGet, key);
+        let got = l2.get(key).await;
+        let result = match &got {
+            L2Get::Hit(_) => "hit",
+            L2Get::Miss(_) => "miss",
+            L2Get::Unavailable => "error",
+        };
+        if let Some(span) = &mut span {
+            span.result(result);
+        }
+        drop(span);
+        self.count("l2", kind, result);
+        match got {
+            L2Get::Hit(fact) => Ok((fact, Source::L2)),
             L2Get::Miss(ticket) => {
-                self.count("l2", kind, "miss");
-                let fact = self.query(key).await?;
+                let fact = self.query(key, trace).await?;
                 if !matches!(fact, Fact::ApiKey(None)) {
+                    let _span = trace.fetch(Fetch::RedisPut, key);
                     l2.put(key, ticket, &fact).await;
                 }
                 Ok((fact, Source::Postgres))
             }
-            L2Get::Unavailable => {
-                self.count("l2", kind, "error");
-                Ok((self.query(key).await?, Source::Postgres))
-            }
+            L2Get::Unavailable => Ok((self.query(key, trace).await?, Source::Postgres)),
         }
     }
 
@@ -444,7 +453,16 @@ impl<S: FactSource> Facts<S> {
     /// is abandoned and counts, so a hung server still opens the breaker; an
     /// error from Postgres (including its `statement_timeout`, or the pool's
     /// acquire timeout) counts when it is transient.
-    async fn query(&self, key: &FactKey) -> Result<Fact, FactError> {
+    async fn query(&self, key: &FactKey, trace: &Trace) -> Result<Fact, FactError> {
+        let mut span = trace.fetch(Fetch::PostgresQuery, key);
+        let result = self.query_untraced(key).await;
+        if let (Some(span), Err(_)) = (&mut span, &result) {
+            span.failed("store_unavailable");
+        }
+        result
+    }
+
+    async fn query_untraced(&self, key: &FactKey) -> Result<Fact, FactError> {
         let kind = key.kind();
         if !self.breaker.allow() {
             self.metrics.store_errors.with_label_values(&[kind]).inc();

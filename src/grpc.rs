@@ -61,6 +61,13 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
                 .get("grpc-timeout")
                 .and_then(|v| v.to_str().ok()),
         );
+        // With tracing on, Envoy's own span of this call is the closer parent:
+        // its gRPC client puts that context in the call's metadata.
+        let envoy_span = if self.authorizer.traced() {
+            trace_metadata(request.metadata())
+        } else {
+            None
+        };
         let check = request.into_inner();
         let client_addr = client_addr(&check);
         let Some((method, path, headers)) = from_check(check) else {
@@ -70,6 +77,9 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
         };
         let mut req = headers.request(&method, &path, &[]);
         req.client_addr = client_addr;
+        if let Some(context) = &envoy_span {
+            req.trace_headers = Some(context);
+        }
         match self.authorizer.check(&req, deadline).await {
             Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
@@ -126,6 +136,18 @@ fn from_check(req: CheckRequest) -> Option<(String, String, Headers)> {
         }
     }
     Some((http.method, http.path, headers))
+}
+
+/// The W3C trace context of the Check call itself (`traceparent`, and
+/// `tracestate` if any), which Envoy's gRPC client sends as metadata when
+/// it traces; `None` without a `traceparent` there.
+fn trace_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<Headers> {
+    let traceparent = metadata.get("traceparent")?.to_str().ok()?;
+    let mut context = Headers::from_pairs([("traceparent", traceparent)]);
+    if let Some(state) = metadata.get("tracestate").and_then(|v| v.to_str().ok()) {
+        context.add("tracestate", state);
+    }
+    Some(context)
 }
 
 /// The downstream client's address: `attributes.source.address`, which Envoy

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// Decision log lines dropped because the writer fell behind.
     pub decision_log_dropped: IntCounter,
+    /// Decision-trace spans handed to the OTLP exporter, by result (exported |
+    /// failed: the collector refused them or could not be reached).
+    pub trace_spans: IntCounterVec,
     /// Constant 1 with the build version.
     pub build_info: IntGaugeVec,
     /// Configuration reloads by result (applied | error: the new configuration
@@ -283,6 +286,14 @@ impl Metrics {
                 "Decision log lines dropped rather than slow a decision.",
             )
             .expect("metric"),
+            trace_spans: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_trace_spans_total",
+                    "Decision-trace spans sent to the OTLP collector, by result (exported | failed).",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
             build_info: IntGaugeVec::new(
                 Opts::new("velro_authz_build_info", "Build information."),
                 &["version"],
@@ -339,6 +350,7 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.db_pool_connections.clone()),
             Box::new(m.decision_log_dropped.clone()),
+            Box::new(m.trace_spans.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.config_reloads.clone()),
         ]

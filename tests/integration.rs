@@ -24,5 +24,6 @@ mod integration {
     mod reader_role;
     mod reload;
     mod routes;
+    mod traces;
     mod triggers;
 }

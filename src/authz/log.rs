@@ -16,13 +16,7 @@ pub(super) fn record(
 ) -> bool {
     match result {
         Ok(d) => {
-            let (outcome, status, reason) = match (&d.outcome, &d.dry_run_deny) {
-                (Outcome::Deny(reason), _) => ("deny", reason.status_label(), reason.code()),
-                (Outcome::Allow(_), Some(reason)) => {
-                    ("dry_run_allow", reason.status_label(), reason.code())
-                }
-                (Outcome::Allow(_), None) => ("allow", "200", "ok"),
-            };
+            let (outcome, status, reason) = labels(result);
             if outcome == "allow" {
                 // The hot path: a handle resolved once, no label lookup.
                 metrics.decisions_allowed.inc();
@@ -70,6 +64,23 @@ pub(super) fn shed(metrics: &Metrics) {
         .decisions
         .with_label_values(&["error", "503", "overloaded"])
         .inc();
+}
+
+/// Outcome, status and reason of a decision (or of "cannot decide"): the
+/// decision counter's labels, the log line's and the trace span's.
+pub(super) fn labels(
+    result: &Result<Decision, CheckError>,
+) -> (&'static str, &'static str, &'static str) {
+    match result {
+        Ok(d) => match (&d.outcome, &d.dry_run_deny) {
+            (Outcome::Deny(reason), _) => ("deny", reason.status_label(), reason.code()),
+            (Outcome::Allow(_), Some(reason)) => {
+                ("dry_run_allow", reason.status_label(), reason.code())
+            }
+            (Outcome::Allow(_), None) => ("allow", "200", "ok"),
+        },
+        Err(e) => ("error", "503", e.reason()),
+    }
 }
 
 /// A deny that an adapter decided before the core: the same log line.

@@ -41,12 +41,22 @@ pub(super) struct FileConfig {
     pub(super) forward_auth: FileForwardAuth,
     #[serde(default)]
     pub(super) explain: FileExplain,
+    #[serde(default)]
+    pub(super) tracing: FileTracing,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileExplain {
     pub(super) recent_decisions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

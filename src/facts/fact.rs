@@ -1,6 +1,6 @@
 //! The fact vocabulary: what a fact is ([`FactKey`], [`Fact`]), where it
 //! comes from ([`FactSource`], [`Source`]), and how a decision's use of facts
-//! is recorded for `--explain` ([`Trace`]).
+//! is recorded for `--explain` and for decision traces ([`Trace`]).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
 use crate::store::{Store, StoreError};
+use crate::telemetry::traces::{DecisionSpan, Fetch, FetchSpan, Tier};
 
 /// Number of invalidation buckets; a collision only costs a spurious refill.
 pub(super) const BUCKETS: usize = 1 << 16;
@@ -152,11 +153,25 @@ impl serde::Serialize for FactUse {
     }
 }
 
-/// Collects the facts a decision used: for `--explain`, and for the record of
-/// recent decisions. Per decision, so its lock is never contended.
-#[derive(Debug, Default)]
+/// What one decision's use of facts is recorded into: the facts themselves
+/// when explaining or keeping recent decisions (per decision, so its lock is
+/// never contended), the tiers and fetches when the decision is traced;
+/// nothing on the hot path.
+#[derive(Default)]
 pub struct Trace {
+    /// The facts used, when explaining.
     uses: Option<Mutex<Vec<FactUse>>>,
+    /// The decision's span, when this decision is sampled for tracing.
+    span: Option<DecisionSpan>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("uses", &self.uses)
+            .field("traced", &self.span.is_some())
+            .finish()
+    }
 }
 
 impl Trace {
@@ -164,15 +179,57 @@ impl Trace {
     pub fn recording() -> Trace {
         Trace {
             uses: Some(Mutex::new(Vec::new())),
+            span: None,
         }
     }
 
     /// A trace that records nothing.
     pub fn off() -> Trace {
-        Trace { uses: None }
+        Trace {
+            uses: None,
+            span: None,
+        }
+    }
+
+    /// Records into the decision span `span`: the tiers that answered, and a
+    /// child span per fetch on a miss.
+    pub fn traced(span: DecisionSpan) -> Trace {
+        Trace {
+            uses: None,
+            span: Some(span),
+        }
+    }
+
+    /// This trace, also recording the facts used.
+    pub fn and_recording(mut self) -> Trace {
+        self.uses = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The recorded uses and the decision span (to end it).
+    pub fn into_parts(self) -> (Vec<FactUse>, Option<DecisionSpan>) {
+        let uses = self
+            .uses
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_default();
+        (uses, self.span)
+    }
+
+    /// A child span for a fetch of `key` from Redis or Postgres, when traced.
+    pub(super) fn fetch(&self, fetch: Fetch, key: &FactKey) -> Option<FetchSpan> {
+        self.span.as_ref().map(|s| s.fetch(fetch, key.kind()))
     }
 
     pub(super) fn record(&self, key: &FactKey, source: Source, fact: &Fact) {
+        if let Some(span) = &self.span {
+            span.tier(match source {
+                Source::L1 => Tier::L1,
+                Source::L2 => Tier::L2,
+                Source::Postgres => Tier::Postgres,
+                Source::Coalesced => Tier::Coalesced,
+                Source::Stale => Tier::Stale,
+            });
+        }
         if let Some(uses) = &self.uses {
             let mut uses = uses.lock().unwrap_or_else(|p| p.into_inner());
             uses.push(FactUse {
@@ -185,9 +242,7 @@ impl Trace {
 
     /// The recorded uses.
     pub fn into_uses(self) -> Vec<FactUse> {
-        self.uses
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or_default()
+        self.into_parts().0
     }
 }
 
