@@ -69,6 +69,8 @@ async fn l2_facts_filled_by_one_sidecar_serve_another_without_postgres(pool: PgP
 
     let path = format!("/api/v1/generations/{GEN_CHILD}");
     assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    // A writes Redis after its answer.
+    a.running.authorizer.facts().fills_settled().await;
     let before = queries(&b);
     let answer = b.check_as(BOB, "GET", &path).await;
     assert_eq!(answer.status, 200);
@@ -168,9 +170,9 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     let token = Token::new(BOB).bearer(&cfg.jwt);
     let path = format!("/api/v1/generations/{GEN_CHILD}");
 
-    // 1. A's fill misses Redis (taking the version), reads bob's membership
-    //    from Postgres, and is held there.
-    let hold = source.hold_next("memberships");
+    // 1. A's decision misses Redis (taking the versions), reads bob's
+    //    membership from Postgres with its other facts, and is held there.
+    let hold = source.hold_next("decision");
     let first = tokio::spawn(decide_get(authorizer.clone(), token, path.clone()));
     tokio::time::timeout(Duration::from_secs(10), hold.reached())
         .await
@@ -198,13 +200,15 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     })
     .await;
 
-    // 3. A's fill resumes with the old row and tries to write it to Redis.
+    // 3. A's read resumes with the old row; after the answer, A tries to
+    //    write it to Redis.
     hold.release();
     let outcome = first.await.expect("join");
     assert!(
         matches!(outcome, Outcome::Allow(_)),
         "the decision in flight started before the change: {outcome:?}"
     );
+    facts.fills_settled().await;
     let raw: Option<Vec<u8>> = redis()
         .await
         .get(format!("{prefix}f:memberships:{BOB}"))
