@@ -245,6 +245,8 @@ impl<S: FactSource> FactSource for Held<S> {
         Ok(fact)
     }
 
+    const LOADS_DECISIONS: bool = S::LOADS_DECISIONS;
+
     /// Held as kind `"decision"`.
     async fn load_decision(
         &self,

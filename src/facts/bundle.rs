@@ -363,7 +363,7 @@ impl<S: FactSource> Gather<'_, S> {
         if let Some(bundle) = self.bundle.get() {
             return self.from_bundle(bundle, key).await;
         }
-        let Some(target) = self.target else {
+        let Some(target) = self.target.filter(|_| S::LOADS_DECISIONS) else {
             return self.facts.get(key, self.trace).await;
         };
         if !self.facts.freshness.trusted() {

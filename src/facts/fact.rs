@@ -143,6 +143,10 @@ pub trait FactSource: Send + Sync + 'static {
         key: &FactKey,
     ) -> impl std::future::Future<Output = Result<Fact, StoreError>> + Send;
 
+    /// Whether [`FactSource::load_decision`] reads anything: when not, a
+    /// decision reads its facts one by one, from each tier.
+    const LOADS_DECISIONS: bool = false;
+
     /// Loads, in one round trip, the facts a decision on `target` for `user`
     /// may rest on (negative ones included), as the walk in `authz::role`
     /// would ask for them. `None`: this source has no such query, and each
@@ -172,6 +176,8 @@ impl FactSource for Store {
             FactKey::Session(id) => Fact::Session(self.session(*id).await?),
         })
     }
+
+    const LOADS_DECISIONS: bool = true;
 
     async fn load_decision(
         &self,

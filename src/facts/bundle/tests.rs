@@ -172,4 +172,5 @@ async fn source_without_the_statement_reads_fact_by_fact() {
     assert!(gather.generation(GEN_CHILD).await.expect("gen").is_some());
     assert!(gather.memberships(BOB).await.expect("m").is_empty());
     assert_eq!(source.loads(), 3);
+    assert_eq!(queries(&metrics, "decision"), 0);
 }
