@@ -361,7 +361,7 @@ impl<S: FactSource> Gather<'_, S> {
     /// One fact: L1, else the bundle (loaded now if not yet), else on its own.
     pub async fn get(&self, key: FactKey) -> Result<Fact, FactError> {
         if let Some(bundle) = self.bundle.get() {
-            return self.from_bundle(bundle, key).await;
+            return self.bundled(bundle, key).await;
         }
         let Some(target) = self.target.filter(|_| S::LOADS_DECISIONS) else {
             return self.facts.get(key, self.trace).await;
@@ -379,10 +379,10 @@ impl<S: FactSource> Gather<'_, S> {
             .bundle
             .get_or_try_init(|| Box::pin(self.facts.load_bundle(self.user, target)))
             .await?;
-        self.from_bundle(bundle, key).await
+        self.bundled(bundle, key).await
     }
 
-    async fn from_bundle(&self, bundle: &Bundle, key: FactKey) -> Result<Fact, FactError> {
+    async fn bundled(&self, bundle: &Bundle, key: FactKey) -> Result<Fact, FactError> {
         match bundle.facts.get(&key) {
             Some((fact, source)) => {
                 self.trace.record(&key, *source, fact);

@@ -114,7 +114,7 @@ async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
     let path = format!("/api/v1/generations/{GEN_BOB}");
     // Both sidecars hold carol's facts in L1, and Redis holds them too.
     for h in [&a, &b] {
-        assert_eq!(check(&h, CAROL, &path).await, 200);
+        assert_eq!(check(h, CAROL, &path).await, 200);
     }
     let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
     assert!(matches!(l2_of(&a).get(&key).await, L2Get::Hit(_)));
@@ -126,7 +126,7 @@ async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
         .expect("delete");
     for h in [&a, &b] {
         h.eventually(Duration::from_secs(1), || async {
-            check(&h, CAROL, &path).await == 404
+            check(h, CAROL, &path).await == 404
         })
         .await;
     }
