@@ -1,30 +1,92 @@
-//! Decision latency and throughput, against a real Postgres.
+//! The decision's cost, in one run on one machine, against a real Postgres:
 //!
-//!     scripts/bench.sh            (starts Postgres, runs this in release mode)
+//!     scripts/bench.sh            (starts Postgres, runs this in release mode,
+//!                                  writes the figures into docs/performance.md)
 //!
-//! Measures, in one run on one machine:
-//! 1. in-process `Authorizer::check` with every fact in L1 (the hot path);
-//! 2. the same decision with L1 flushed before each call (every fact read from
-//!    Postgres): the baseline the hot path is quoted against;
-//! 3. Checks over the real gRPC socket from concurrent clients: throughput and
-//!    client-observed latency.
+//! 1. In process: `Authorizer::check` with every fact in L1 (the hot path),
+//!    with L1 flushed before each call (every fact from Postgres), and with
+//!    Redis as the only warm tier when REDIS_URL is set.
+//! 2. Cold start: `velro-authz serve` (the release binary) from spawn to its
+//!    first `/readyz` 200, Postgres up, five times.
+//! 3. Over gRPC, process against process: the sidecar and the floor (a no-op
+//!    ext_authz server, `check/floor.rs`, its own process) under the same load
+//!    client (`check/load.rs`: N connections × M streams), 1×1 and 16×16,
+//!    rounds alternating between the two; throughput, latency percentiles and
+//!    server CPU per Check from `/proc/<pid>/stat`, and the ratios to the floor.
+//! 4. Overload: 100 connections × 100 streams against the sidecar for 60 s:
+//!    errors by code, mean and max latency, RSS before and after.
+//! 5. Instructions per hot Check (callgrind, when valgrind is installed):
+//!    the sidecar and the floor each run under callgrind for two counts of
+//!    sequential Checks; the difference over the difference in Checks is the
+//!    stable figure (wall-clock numbers on a shared 2-core machine are not).
+//!
+//! The decision measured everywhere: the deepest of the demo data,
+//! `GET /api/v1/generations/…07` as bob (10 facts, one verified HS256 token),
+//! all of it — JWT, route, policy — on every Check.
+//!
+//! Settings: `VELRO_BENCH_SECONDS` (each 1×1 / 16×16 run, default 10),
+//! `VELRO_BENCH_ROUNDS` (default 3), `VELRO_BENCH_SOAK_SECONDS` (default 60),
+//! `VELRO_BENCH_CALLGRIND=0` to skip step 5. The last lines printed are a
+//! Markdown section between `<!-- bench:check -->` markers, which
+//! scripts/bench.sh puts into docs/performance.md.
 //!
 //! Each run creates and drops its own database, so it never touches real data.
 
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use sqlx::{Connection, PgConnection};
 use velro_authz::answer::Outcome;
 use velro_authz::app::App;
 use velro_authz::authz::AuthzRequest;
 use velro_authz::metrics::Metrics;
-use velro_authz::testkit::procs::percentiles;
+use velro_authz::testkit::procs::{TempDir, TestDb, percentiles};
+use velro_authz::testkit::sidecar::{Sidecar, SidecarOptions, jwt};
 use velro_authz::testkit::{Check, Token, config};
 
+#[path = "check/floor.rs"]
+mod floor;
+#[path = "check/load.rs"]
+mod load;
+
+use load::Shape;
+
+/// The sidecar binary measured.
+const BIN: &str = env!("CARGO_BIN_EXE_velro-authz");
 const BOB: &str = "10000000-0000-4000-8000-000000000002";
 /// Generation 07: two parent hops, a team project, shares: the deepest demo decision.
 const PATH: &str = "/api/v1/generations/40000000-0000-4000-8000-000000000007";
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("floor") {
+        return floor::serve();
+    }
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // targets too (in debug, without it): measure nothing there.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("benchmark: run it with `cargo bench --bench check` (scripts/bench.sh)");
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+fn setting(name: &str, default: u64) -> Result<u64, BoxError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(v
+            .parse()
+            .map_err(|_| format!("{name}: not a whole number: {v:?}"))?),
+        Err(_) => Ok(default),
+    }
+}
 
 fn p50(samples: &[Duration]) -> Duration {
     let mut s = samples.to_vec();
@@ -32,37 +94,208 @@ fn p50(samples: &[Duration]) -> Duration {
     s[s.len() / 2]
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
-    // targets too (in debug, without it): measure nothing there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark: run it with `cargo bench --bench check` (scripts/bench.sh)");
-        return Ok(());
-    }
-    let base = std::env::var("DATABASE_URL")
-        .map_err(|_| "DATABASE_URL must be set (scripts/bench.sh sets it)")?;
-    let db = format!("velro_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&base).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await?;
-    let url = match base.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{db}"),
-        None => return Err("DATABASE_URL has no database part".into()),
-    };
-    let result = run(&url).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    result
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
-async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn bench() -> Result<(), BoxError> {
+    let seconds = setting("VELRO_BENCH_SECONDS", 10)?;
+    let rounds = setting("VELRO_BENCH_ROUNDS", 3)?;
+    let soak = setting("VELRO_BENCH_SOAK_SECONDS", 60)?;
+    let callgrind = setting("VELRO_BENCH_CALLGRIND", 1)? == 1;
+    let db = TestDb::from_env("bench").await;
+    let mut doc = String::new();
+
+    println!(
+        "machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n",
+        std::thread::available_parallelism()?
+    );
+    let inproc = in_process(&db.url).await?;
+    doc.push_str(&inproc);
+
+    // 2. Cold start to ready, Postgres up (migrated and seeded by step 1).
+    let mut options = SidecarOptions::new(BIN, "bench", &db.url);
+    options.max_in_flight = std::env::var("VELRO_BENCH_MAX_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        let sidecar = Sidecar::start(&options).await;
+        starts.push(sidecar.ready_in);
+    }
+    starts.sort();
+    println!(
+        "cold start to ready (spawn → /readyz 200, 5 starts): min {:.0} ms, median {:.0} ms, max {:.0} ms\n",
+        ms(starts[0]),
+        ms(starts[2]),
+        ms(starts[4])
+    );
+
+    // 3. Sidecar and floor, process against process, rounds alternating.
+    let sidecar = Sidecar::start(&options).await;
+    let floor = Floor::start(None)?;
+    let authorization = Token::new(BOB)
+        .ttl(Duration::from_secs(24 * 3600))
+        .bearer(&jwt());
+    let check = Check::new("GET", PATH)
+        .header("authorization", &authorization)
+        .request();
+    let duration = Duration::from_secs(seconds);
+    let mut table = Vec::new();
+    for (conns, streams) in [(1usize, 1usize), (16, 16)] {
+        let shape = Shape {
+            conns,
+            streams,
+            duration,
+            warmup: Duration::from_secs(1),
+        };
+        let (mut ours, mut floors) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let f = load::run(floor.addr, floor.pid(), &check, shape).await?;
+            println!(
+                "{conns:>2}×{streams:<2} round {round} floor:   {}",
+                f.line()
+            );
+            let s = load::run(sidecar.grpc_addr, sidecar.pid(), &check, shape).await?;
+            println!(
+                "{conns:>2}×{streams:<2} round {round} sidecar: {}",
+                s.line()
+            );
+            floors.push(f);
+            ours.push(s);
+        }
+        table.push(((conns, streams), floors, ours));
+    }
+
+    // 4. 10,000 streams at once.
+    let shape = Shape {
+        conns: 100,
+        streams: 100,
+        duration: Duration::from_secs(soak),
+        warmup: Duration::from_secs(2),
+    };
+    let before = sidecar.metrics().await;
+    let overload = load::run(sidecar.grpc_addr, sidecar.pid(), &check, shape).await?;
+    let after = sidecar.metrics().await;
+    // Time inside the decision (from the handler's start) vs the client's:
+    // what is left is waiting to be scheduled, in the kernel and in h2.
+    let histogram = |scrape: &velro_authz::testkit::sidecar::Scrape, le: Option<&str>| {
+        match le {
+            Some(le) => scrape.sum(
+                "velro_authz_decision_duration_seconds_bucket",
+                &[("le", le)],
+            ),
+            None => scrape.sum("velro_authz_decision_duration_seconds_count", &[]),
+        }
+        .unwrap_or(0.0)
+    };
+    let decided = histogram(&after, None) - histogram(&before, None);
+    let within_1ms = histogram(&after, Some("0.001")) - histogram(&before, Some("0.001"));
+    let slow_decisions = decided - within_1ms;
+    println!("  decisions in the handler over 1 ms: {slow_decisions:.0} of {decided:.0}");
+    println!(
+        "100×100 sidecar, {soak} s: {}\n  RSS {:.0} MB → {:.0} MB",
+        overload.line(),
+        overload.server_rss.0 as f64 / 1e6,
+        overload.server_rss.1 as f64 / 1e6
+    );
+    let shed = after.sum("velro_authz_decisions_shed_total", &[]);
+    drop(sidecar);
+    drop(floor);
+
+    // 5. Instructions per Check.
+    let per_check = if callgrind && valgrind_installed() {
+        Some(instructions(&options, &check).await?)
+    } else {
+        println!("callgrind: skipped (VELRO_BENCH_CALLGRIND=0 or no valgrind)");
+        None
+    };
+
+    // The doc section.
+    writeln!(
+        doc,
+        "| cold start to ready (spawn → `/readyz` 200, Postgres up, 5 starts) | {:.0} ms median ({:.0}–{:.0} ms) |",
+        ms(starts[2]),
+        ms(starts[0]),
+        ms(starts[4])
+    )?;
+    if let Some((ours, floor)) = per_check {
+        writeln!(
+            doc,
+            "| instructions per hot gRPC Check (callgrind, whole server process) | **{:.0}k** (floor {:.0}k: **{:.2}×**) |",
+            ours / 1e3,
+            floor / 1e3,
+            ours / floor
+        )?;
+    }
+    writeln!(doc)?;
+    writeln!(
+        doc,
+        "gRPC, process against process, {seconds} s per run after 1 s of warm-up, {rounds} rounds alternating floor / sidecar:\n"
+    )?;
+    writeln!(
+        doc,
+        "| load | floor Checks/s | sidecar Checks/s | **ratio** | floor CPU/Check | sidecar CPU/Check | **ratio** | sidecar p50 / p99 | errors |"
+    )?;
+    writeln!(doc, "|---|---|---|---|---|---|---|---|---|")?;
+    for ((conns, streams), floors, ours) in &table {
+        let best = |runs: &[load::Run]| runs.iter().map(load::Run::rate).fold(f64::MIN, f64::max);
+        let cpu = |runs: &[load::Run]| {
+            runs.iter()
+                .map(|r| us(r.cpu_per_check()))
+                .fold(f64::MAX, f64::min)
+        };
+        let range = |runs: &[load::Run]| {
+            let lo = runs.iter().map(load::Run::rate).fold(f64::MAX, f64::min);
+            format!("{lo:.0}–{:.0}", best(runs))
+        };
+        let errors: u64 = ours.iter().map(|r| r.failures.values().sum::<u64>()).sum();
+        let median = &ours[ours.len() / 2];
+        writeln!(
+            doc,
+            "| {conns}×{streams} | {} | {} | **{:.2}×** | {:.1} µs | {:.1} µs | **{:.2}×** | {:.0} / {:.0} µs | {errors} |",
+            range(floors),
+            range(ours),
+            best(ours) / best(floors),
+            cpu(floors),
+            cpu(ours),
+            cpu(ours) / cpu(floors),
+            us(median.at(0.5)),
+            us(median.at(0.99)),
+        )?;
+    }
+    writeln!(doc)?;
+    writeln!(
+        doc,
+        "100 connections × 100 streams (10,000 Checks in flight), {soak} s: {:.0} Checks/s, {}, mean {:.0} ms, p99 {:.0} ms, max {:.0} ms ({:.1}× the mean), server RSS {:.0} → {:.0} MB, shed (`velro_authz_decisions_shed_total`) {}; decisions that took over 1 ms inside the handler: {slow_decisions:.0} of {decided:.0}.",
+        overload.rate(),
+        if overload.failures.is_empty() {
+            "**0 errors**".to_owned()
+        } else {
+            format!("errors {:?}", overload.failures)
+        },
+        ms(overload.mean()),
+        ms(overload.at(0.99)),
+        ms(overload.max()),
+        overload.max().as_secs_f64() / overload.mean().as_secs_f64().max(1e-9),
+        overload.server_rss.0 as f64 / 1e6,
+        overload.server_rss.1 as f64 / 1e6,
+        shed.unwrap_or(0.0)
+    )?;
+    println!("\n<!-- bench:check -->\n{doc}<!-- /bench:check -->");
+    Ok(())
+}
+
+/// Step 1; returns the doc's table rows.
+async fn in_process(url: &str) -> Result<String, BoxError> {
     let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-    let mut yaml = "decision:\n  allow_log_sample: 0\n".to_owned();
+    // A long deadline: on a busy machine a decision reading ten facts from
+    // Postgres can take longer than the default 500 ms, and this measures it.
+    let mut yaml = "decision:\n  allow_log_sample: 0\n  deadline_ms: 10000\n".to_owned();
     if let Some(url) = &redis {
         yaml.push_str(&format!(
             "redis:\n  url: {url}\n  key_prefix: \"bench:{}:\"\n  hmac_key: \"bench-l2-hmac-key-0123456789abcdef0123\"\n",
@@ -95,13 +328,9 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         matches!(decision.outcome, Outcome::Allow(Some(_))),
         "bench decision must be an allow"
     );
+    let mut doc = String::new();
 
-    println!(
-        "machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n",
-        std::thread::available_parallelism()?
-    );
-
-    // 1. Hot path: every fact and the verified token in L1.
+    // Hot path: every fact and the verified token in L1.
     for _ in 0..10_000 {
         authorizer.check(&req, None).await?;
     }
@@ -112,8 +341,15 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         hot.push(t.elapsed());
     }
     println!("in-process, L1 hot:          {}", percentiles(&hot));
+    hot.sort();
+    writeln!(
+        doc,
+        "| hot decision in process, all facts in L1 (200,000 calls) | p50 {:.1} µs, p99 {:.1} µs |",
+        us(hot[hot.len() / 2]),
+        us(hot[hot.len() * 99 / 100])
+    )?;
 
-    // 2. Baseline: L1 flushed before every decision, so every fact comes from Postgres.
+    // Baseline: L1 flushed before every decision, so every fact comes from Postgres.
     let mut cold = Vec::with_capacity(2_000);
     for _ in 0..2_000 {
         authorizer.facts().flush();
@@ -126,8 +362,13 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         "hot path p50 is {:.0}x faster than the Postgres path p50\n",
         p50(&cold).as_secs_f64() / p50(&hot).as_secs_f64()
     );
+    writeln!(
+        doc,
+        "| same decision, L1 flushed before each call (every fact from Postgres) | p50 {:.2} ms |",
+        ms(p50(&cold))
+    )?;
 
-    // 2b. With Redis: L1 dropped before every decision, facts from the shared tier.
+    // With Redis: L1 dropped before every decision, facts from the shared tier.
     if let Some(l2) = authorizer.facts().l2().cloned() {
         while !l2.usable() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -142,50 +383,145 @@ async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
             warm.push(t.elapsed());
         }
         println!("in-process, L1 flushed (Redis): {}", percentiles(&warm));
-        println!(
-            "Redis path p50 is {:.1}x faster than the Postgres path p50\n",
-            p50(&cold).as_secs_f64() / p50(&warm).as_secs_f64()
-        );
-    }
-
-    // 3. Over the gRPC socket: C concurrent clients on their own HTTP/2 connections.
-    let endpoint = format!("http://{}", running.grpc_addr);
-    let check = Check::new("GET", PATH)
-        .header("authorization", &authorization)
-        .request();
-    for clients in [1usize, 16, 64] {
-        let duration = Duration::from_secs(5);
-        let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let mut client = AuthorizationClient::connect(endpoint.clone()).await?;
-            let check = check.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let end = Instant::now() + duration;
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let r = client.check(check.clone()).await.expect("check rpc");
-                    assert_eq!(r.get_ref().status.as_ref().map(|s| s.code), Some(0));
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await?);
-        }
-        println!(
-            "gRPC, {clients:>2} clients, {:?}: {:>8.0} checks/s  {}",
-            duration,
-            all.len() as f64 / duration.as_secs_f64(),
-            percentiles(&all)
-        );
+        writeln!(
+            doc,
+            "| same decision, L1 flushed before each call, facts from Redis | p50 {:.2} ms |",
+            ms(p50(&warm))
+        )?;
     }
     let queries = running.metrics.store_queries_total();
     println!(
-        "\nPostgres fact queries during the run: {queries} (all from the flushed baseline and warm-up)"
+        "Postgres fact queries in process: {queries} (all from the flushed baseline and the first call)\n"
     );
     running.shutdown().await;
-    Ok(())
+    Ok(doc)
+}
+
+/// The floor server, as its own process.
+struct Floor {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Floor {
+    /// Starts this bench binary as `check floor`, under `wrap` when given.
+    fn start(wrap: Option<&[String]>) -> Result<Floor, BoxError> {
+        let me = std::env::current_exe()?;
+        let mut cmd = match wrap {
+            Some(wrap) => {
+                let mut cmd = Command::new(&wrap[0]);
+                cmd.args(&wrap[1..]).arg(&me);
+                cmd
+            }
+            None => Command::new(&me),
+        };
+        let mut child = cmd
+            .arg("floor")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("floor: no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("floor said {line:?}"))?
+            .parse()?;
+        Ok(Floor { addr, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (callgrind writes its output), then wait.
+    fn terminate(mut self) -> Result<(), BoxError> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn valgrind_installed() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The instruction total callgrind wrote to `file`.
+fn callgrind_total(file: &Path) -> Result<f64, BoxError> {
+    let text = std::fs::read_to_string(file)?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("{}: no summary line", file.display()).into())
+}
+
+/// Step 5: instructions per Check for the sidecar and the floor, each the
+/// difference between a run of `MANY` and one of `FEW` sequential Checks
+/// (start-up, readiness and shutdown cancel out).
+async fn instructions(
+    options: &SidecarOptions,
+    check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+) -> Result<(f64, f64), BoxError> {
+    const FEW: usize = 1_000;
+    const MANY: usize = 5_000;
+    let dir = TempDir::new("callgrind");
+    let wrap = |name: &str| {
+        vec![
+            "valgrind".to_owned(),
+            "--tool=callgrind".to_owned(),
+            format!("--callgrind-out-file={}", dir.path().join(name).display()),
+        ]
+    };
+    let mut totals = Vec::new();
+    for (what, n) in [
+        ("sidecar", FEW),
+        ("sidecar", MANY),
+        ("floor", FEW),
+        ("floor", MANY),
+    ] {
+        let name = format!("{what}-{n}.out");
+        if what == "sidecar" {
+            let mut options = options.clone();
+            options.wrap = wrap(&name);
+            options.ready_within = Duration::from_secs(300);
+            // Under valgrind a Check runs ~50× slower: no deadline may cut it.
+            options.deadline_ms = 60_000;
+            let sidecar = Sidecar::start(&options).await;
+            load::sequential(sidecar.grpc_addr, check, n).await?;
+            sidecar.terminate()?;
+        } else {
+            let floor = Floor::start(Some(&wrap(&name)))?;
+            load::sequential(floor.addr, check, n).await?;
+            floor.terminate()?;
+        }
+        let total = callgrind_total(&dir.path().join(&name))?;
+        println!("callgrind {what}, {n} Checks: {total:.0} instructions in all");
+        totals.push(total);
+    }
+    let per = |few: f64, many: f64| (many - few) / (MANY - FEW) as f64;
+    let (ours, floor) = (per(totals[0], totals[1]), per(totals[2], totals[3]));
+    println!(
+        "instructions per hot Check: sidecar {ours:.0}, floor {floor:.0} ({:.2}×)\n",
+        ours / floor
+    );
+    Ok((ours, floor))
 }

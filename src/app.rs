@@ -10,9 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use crate::authn::Authenticator;
 use crate::authn::jwt::{JwksReload, JwtVerifier};
-use crate::authz::Authorizer;
+use crate::authz::{Authorizer, RecentDecisions};
 use crate::config::{Config, ConfigError};
 use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
@@ -24,7 +23,9 @@ use crate::invalidate;
 use crate::metrics::Metrics;
 use crate::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::redis::Redis;
+use crate::reload::{self, ConfigSource, ReloadError, Reloaded, Reloader};
 use crate::store::{self, Store};
+use crate::telemetry::traces::TracePipeline;
 
 /// The decision path over Postgres.
 pub type PgAuthorizer = Authorizer<Store>;
@@ -41,7 +42,11 @@ pub struct App {
     pub l2: Option<Arc<L2>>,
     /// Exported metrics.
     pub metrics: Metrics,
+    /// The decision-trace exporter, when tracing is on.
+    traces: Option<TracePipeline>,
     config: Config,
+    /// Where a reload rereads the configuration.
+    source: ConfigSource,
 }
 
 /// A sidecar started by [`spawn`].
@@ -60,8 +65,10 @@ pub struct Running {
     pub metrics: Metrics,
     /// True while LISTEN is up.
     pub listener: watch::Receiver<bool>,
-    /// The JWT keys, for [`Running::reload`].
-    jwt: Arc<JwtVerifier>,
+    /// Reloads the configuration (SIGHUP, the file watch, tests).
+    pub reloader: Arc<Reloader<Store>>,
+    /// Flushed at shutdown, after the last decision.
+    traces: Option<TracePipeline>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -72,21 +79,34 @@ impl Running {
     /// with a key that went stop working at once, cached or not. Errors (no
     /// JWKS file, an unreadable or broken file) keep the previous keys.
     pub fn reload(&self) -> Result<JwksReload, Vec<String>> {
-        reload_jwks(&self.jwt, "signal")
+        reload_jwks(self.authorizer.snapshot().authn.verifier(), "signal")
     }
 
-    /// Stops serving and waits for the tasks to end.
+    /// Rereads the whole configuration, as SIGHUP does: routes, JWT keys and
+    /// the JWKS file, dry run and log sampling go into force together, or,
+    /// if the new configuration is invalid or changes a restart-only
+    /// setting, nothing changes. Logged and counted either way.
+    pub fn reload_config(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload("signal")
+    }
+
+    /// Stops serving, waits for the tasks to end, then exports the decision
+    /// spans still queued.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        if let Some(traces) = self.traces {
+            traces.shutdown().await;
+        }
     }
 }
 
 impl App {
-    /// Builds the decision path (no I/O yet: the pool connects lazily, so start-up
-    /// never blocks on a dependency).
+    /// Builds the decision path (no I/O yet: the pool, Redis and the trace
+    /// collector connect lazily, so start-up never blocks on a dependency).
+    /// Needs a Tokio runtime.
     pub fn build(config: Config, metrics: Metrics) -> Result<App, ConfigError> {
         let pool = store::connect(&config.database)
             .map_err(|e| ConfigError(vec![format!("database.url / DATABASE_URL: {e}")]))?;
@@ -100,6 +120,9 @@ impl App {
         metrics: Metrics,
     ) -> Result<App, ConfigError> {
         let store = Store::new(pool);
+        if let Err(e) = config.jwt.metrics().register(&metrics.registry) {
+            tracing::warn!(error = %e, "JWKS metrics not registered");
+        }
         let redis = match &config.redis {
             Some(settings) => {
                 Some(Redis::new(settings, metrics.clone()).map_err(|e| ConfigError(vec![e]))?)
@@ -129,15 +152,33 @@ impl App {
             // running then is a failure; one abandoned sooner by its caller is not.
             .with_query_timeout(config.decision.deadline),
         );
-        let authorizer = authorizer(&config, facts, redis.clone(), &metrics);
+        let mut authorizer = authorizer(&config, facts, redis.clone(), &metrics);
+        let traces = match &config.tracing {
+            Some(settings) => {
+                let pipeline =
+                    TracePipeline::start(settings, &metrics).map_err(|e| ConfigError(vec![e]))?;
+                authorizer = authorizer.with_tracer(pipeline.tracer());
+                Some(pipeline)
+            }
+            None => None,
+        };
         Ok(App {
             authorizer: Arc::new(authorizer),
             store,
             redis,
             l2,
             metrics,
+            traces,
             config,
+            source: ConfigSource::process(None),
         })
+    }
+
+    /// Rereads the configuration from `source` on reload (the process
+    /// environment and no file unless set).
+    pub fn reload_from(mut self, source: ConfigSource) -> App {
+        self.source = source;
+        self
     }
 
     /// Binds the listeners (gRPC, HTTP, and the metrics one when configured)
@@ -181,8 +222,10 @@ impl App {
         }
         // The JWKS file on a timer, so a removed key stops working within one
         // period even with no SIGHUP and no unknown kid to trigger a reread.
+        // The period is the start-up configuration's; each tick rereads the
+        // file of the keys in force (a reload may have replaced them).
         if let Some(period) = self.config.jwt.jwks_refresh() {
-            let jwt = self.config.jwt.clone();
+            let authorizer = self.authorizer.clone();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tick =
@@ -194,11 +237,13 @@ impl App {
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     // A small local file, read off the async workers.
-                    let jwt = jwt.clone();
+                    let jwt = authorizer.snapshot().authn.verifier().clone();
                     let _ = tokio::task::spawn_blocking(move || reload_jwks(&jwt, "timer")).await;
                 }
             }));
         }
+        // Key sets over HTTPS: fetched now, then refreshed by their own tasks.
+        tasks.extend(self.config.jwt.spawn_key_refresh(&shutdown_rx));
         if self.authorizer.rate_limiter().is_some()
             || self.authorizer.failed_auth_limiter().is_some()
         {
@@ -220,9 +265,10 @@ impl App {
             }));
         }
 
-        // Started = LISTEN connected once: from then on the sidecar decides, from
-        // cache if it must, through any later outage (SPEC §5). gRPC health is
-        // NOT_SERVING until then; /readyz says what is degraded.
+        // Started = LISTEN connected once and every issuer's keys fetched once:
+        // from then on the sidecar decides, from cache if it must, through any
+        // later outage (SPEC §5; a key set kept after a failed fetch). gRPC
+        // health is NOT_SERVING until then; /readyz says what is degraded.
         let started = Arc::new(AtomicBool::new(false));
         let (reporter, health) = tonic_health::server::health_reporter();
         for service in ["", AUTHORIZATION_SERVICE] {
@@ -235,17 +281,42 @@ impl App {
             let mut shutdown = shutdown_rx.clone();
             let started = started.clone();
             let pool = self.store.pool().clone();
+            let jwt = self.config.jwt.clone();
             let (warm, within) = (
                 self.config.database.min_connections,
                 self.config.database.acquire_timeout,
             );
             tasks.push(tokio::spawn(async move {
+                // Ready once LISTEN is connected and the first Check would
+                // not have to connect: the pool warms while LISTEN connects
+                // (each connection is a TCP, TLS and auth handshake; one
+                // after the other they doubled the cold start).
+                // Postgres down at start: the warm-up gives up at the
+                // acquire timeout; once LISTEN is in, warm again.
+                let listening = async { listener.wait_for(|c| *c).await.is_ok() };
+                let both = async {
+                    let (connected, ()) = tokio::join!(listening, store::warm(&pool, warm, within));
+                    if connected && pool.size() < warm {
+                        store::warm(&pool, warm, within).await;
+                    }
+                    connected
+                };
                 tokio::select! {
-                    r = listener.wait_for(|c| *c) => if r.is_err() { return },
+                    connected = both => if !connected { return },
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
-                // Ready only once the first Check would not have to connect.
-                store::warm(&pool, warm, within).await;
+                // ...and every issuer has keys: until its key set is fetched,
+                // an issuer's tokens cannot be decided.
+                let waiting = jwt.issuers_without_keys();
+                if !waiting.is_empty() {
+                    tracing::info!(issuers = ?waiting, "not ready until these issuers' key sets are fetched");
+                    while !jwt.issuers_without_keys().is_empty() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        }
+                    }
+                }
                 started.store(true, Ordering::Release);
                 for service in ["", AUTHORIZATION_SERVICE] {
                     reporter
@@ -279,14 +350,30 @@ impl App {
         }));
 
         // The admin service: its own listener, every call behind the token.
-        // Reflection there lists the admin API only (its schema is public).
+        // Reflection there lists the admin API only (its schema is public), in
+        // both versions, like the Check port: grpcurl 1.8.6 (the one the
+        // README's commands use) speaks only v1alpha.
         if let Some((listener, settings)) = admin {
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(ADMIN_DESCRIPTOR)
+            let admin_reflection = || {
+                tonic_reflection::server::Builder::configure()
+                    .include_reflection_service(false)
+                    .register_encoded_file_descriptor_set(ADMIN_DESCRIPTOR)
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    )
+                    .register_encoded_file_descriptor_set(
+                        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                    )
+            };
+            let reflection_v1 = admin_reflection()
                 .build_v1()
                 .map_err(std::io::Error::other)?;
+            let reflection_v1alpha = admin_reflection()
+                .build_v1alpha()
+                .map_err(std::io::Error::other)?;
             let admin_server = tonic::transport::Server::builder()
-                .add_service(reflection)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(Admin::server(
                     self.authorizer.clone(),
                     listener_rx.clone(),
@@ -331,6 +418,15 @@ impl App {
         }));
 
         tracing::info!(%grpc_addr, %http_addr, metrics_addr = ?metrics_addr, routes = %self.config.routes_source, dry_run = self.config.decision.dry_run, "velro-authz serving");
+        if let Some(t) = &self.config.tracing {
+            tracing::info!(otlp_endpoint = %t.otlp_endpoint, sample_ratio = t.sample_ratio, service_name = %t.service_name, "decision traces on (OTLP/gRPC, parent-based sampling)");
+        }
+        let reloader = Arc::new(Reloader::new(
+            self.authorizer.clone(),
+            self.config,
+            self.source,
+            self.metrics.clone(),
+        ));
         Ok(Running {
             grpc_addr,
             http_addr,
@@ -339,7 +435,8 @@ impl App {
             authorizer: self.authorizer,
             metrics: self.metrics,
             listener: listener_rx,
-            jwt: self.config.jwt.clone(),
+            reloader,
+            traces: self.traces,
             shutdown: shutdown_tx,
             tasks,
         })
@@ -389,13 +486,16 @@ pub fn authorizer<S: FactSource>(
     redis: Option<Arc<Redis>>,
     metrics: &Metrics,
 ) -> Authorizer<S> {
-    let authorizer = Authorizer::new(
-        config.routes.clone(),
-        Authenticator::new(config.jwt.clone(), config.max_credentials),
-        facts,
-        config.decision,
-        metrics.clone(),
-    );
+    let reload::Snapshot {
+        routes,
+        authn,
+        settings,
+    } = reload::snapshot(config);
+    let authorizer = Authorizer::new(routes, authn, facts, settings, metrics.clone());
+    let authorizer = match config.recent_decisions {
+        0 => authorizer,
+        n => authorizer.with_recent_decisions(RecentDecisions::new(n)),
+    };
     let authorizer = match config.rate_limit {
         Some(limit) => {
             authorizer.with_rate_limiter(RateLimiter::new(limit, redis, metrics.clone()))

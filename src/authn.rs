@@ -94,6 +94,11 @@ impl Authenticator {
         }
     }
 
+    /// The JWT keys this authenticator verifies with.
+    pub fn verifier(&self) -> &Arc<JwtVerifier> {
+        &self.jwt
+    }
+
     /// Drops verified tokens (admin flush, key rotation).
     pub fn flush(&self) {
         self.tokens.invalidate_all();
@@ -140,7 +145,7 @@ impl Authenticator {
         };
         match credential {
             Credential::Bearer(token) => {
-                let verified = match self.verify_token(token) {
+                let verified = match self.verify_token(token).await? {
                     Ok(v) => v,
                     Err(e) => return Ok(Err(e)),
                 };
@@ -183,19 +188,33 @@ impl Authenticator {
     }
 
     /// Signature and claims checks are pure and costly; their result is cached
-    /// by a hash of the token until it expires, or until its key leaves the
-    /// JWKS file: such an entry is verified again (and fails) on its next use.
-    fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>, AuthnError> {
+    /// by a hash of the token until it expires, or until its key leaves its
+    /// key set: such an entry is verified again (and fails) on its next use.
+    /// `Err` (cannot decide) only while the token's issuer has no key set
+    /// yet ([`JwtVerifier::verify_fetching`]).
+    async fn verify_token(
+        &self,
+        token: &str,
+    ) -> Result<Result<Arc<VerifiedToken>, AuthnError>, FactError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(v) = self.tokens.get(&key) {
             if v.expires_at > Utc::now().timestamp() && self.jwt.still_trusted(&v) {
-                return Ok(v);
+                return Ok(Ok(v));
             }
             self.tokens.invalidate(&key);
         }
-        let verified = Arc::new(self.jwt.verify(token)?);
+        let verified = match self.jwt.verify_fetching(token).await {
+            Ok(Ok(v)) => Arc::new(v),
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(e) => {
+                return Err(FactError {
+                    kind: "jwks",
+                    message: e.to_string(),
+                });
+            }
+        };
         self.tokens.insert(key, verified.clone());
-        Ok(verified)
+        Ok(Ok(verified))
     }
 }
 

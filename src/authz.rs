@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
+use arc_swap::ArcSwap;
 
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
@@ -17,18 +18,21 @@ use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
 use crate::ratelimit::{FailedAuthLimiter, LimitKey, RateLimiter};
 use crate::routes::{Need, RouteError, RouteTable};
+use crate::telemetry::traces::{DecisionAttributes, DecisionTracer};
 
 mod explain;
 pub mod log;
+pub mod recent;
 mod role;
 
-pub use explain::{Explanation, Summary};
+pub use explain::{Explanation, PrincipalView, Summary};
+pub use recent::{RecentDecisions, Recorded};
 
 /// Largest header value accepted (SPEC §9): larger → 400 `too_large`.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// Per-decision settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecisionSettings {
     /// Budget of one decision when the caller sets no sooner deadline.
     pub deadline: Duration,
@@ -36,6 +40,9 @@ pub struct DecisionSettings {
     pub dry_run: bool,
     /// Fraction of allows written to the decision log (denies are always logged).
     pub allow_log_sample: f64,
+    /// Checks decided at once, at most; one more is refused at once
+    /// ([`CheckError::Overloaded`]) instead of queueing behind the others.
+    pub max_in_flight: usize,
 }
 
 /// One request to decide, as the proxy described it.
@@ -56,6 +63,10 @@ pub struct AuthzRequest<'a> {
     /// proxy appended); `None` when the door cannot know it, and then no
     /// per-address limit applies.
     pub client_addr: Option<IpAddr>,
+    /// Where the trace context (`traceparent`, `tracestate`) is read from,
+    /// only when tracing is on: the request's headers, or an adapter's own
+    /// source (Envoy's span of the Check call, in the gRPC metadata).
+    pub trace_headers: Option<&'a Headers>,
 }
 
 /// The original request's headers as every adapter hands them over: lower-case
@@ -76,8 +87,8 @@ impl Headers {
 
     /// Envoy's header map as sent (Envoy lower-cases names itself); names are
     /// kept as they are, so `headers_to_remove` echoes them exactly.
-    pub fn from_envoy(map: &HashMap<String, String>) -> Headers {
-        Headers(map.clone())
+    pub fn from_envoy(map: HashMap<String, String>) -> Headers {
+        Headers(map)
     }
 
     /// Adds one header line; the name is matched without regard to case.
@@ -126,6 +137,7 @@ impl Headers {
             api_key: self.get("x-api-key"),
             largest_header: self.largest(except),
             client_addr: None,
+            trace_headers: Some(self),
         }
     }
 }
@@ -189,6 +201,11 @@ pub enum CheckError {
     /// The decision outlived its deadline.
     #[error("decision deadline exceeded")]
     DeadlineExceeded,
+    /// `decision.max_in_flight` Checks were already being decided: this one
+    /// was refused before any work, so the proxy's failure mode applies now
+    /// rather than at the deadline.
+    #[error("overloaded: too many decisions in flight")]
+    Overloaded,
 }
 
 impl CheckError {
@@ -197,6 +214,7 @@ impl CheckError {
         match self {
             CheckError::Unavailable(_) => "store_unavailable",
             CheckError::DeadlineExceeded => "deadline_exceeded",
+            CheckError::Overloaded => "overloaded",
         }
     }
 }
@@ -210,22 +228,37 @@ struct Steps {
     rate_limit: Option<RateLimitInfo>,
 }
 
+/// What a configuration reload may change, swapped whole: each decision
+/// loads it once and finishes on it, whatever is swapped in meanwhile.
+pub struct Snapshot {
+    /// Step 1: (method, path) → what the request needs.
+    pub routes: RouteTable,
+    /// Step 2: credentials → principal (the JWT keys, verified tokens).
+    pub authn: Authenticator,
+    /// Deadline, dry run, log sampling.
+    pub settings: DecisionSettings,
+}
+
 /// Decides requests.
 pub struct Authorizer<S> {
-    /// Step 1: (method, path) → what the request needs.
-    routes: RouteTable,
-    /// Step 2: credentials → principal.
-    authn: Authenticator,
+    /// Routes, keys and decision settings in force; replaced whole by a
+    /// configuration reload ([`Authorizer::swap`]).
+    live: ArcSwap<Snapshot>,
     /// Steps 2–4 read their facts here (L1, then Redis, then Postgres).
     facts: Arc<Facts<S>>,
-    /// Deadline, dry run, log sampling.
-    settings: DecisionSettings,
     /// Step 2b, when configured.
     limiter: Option<RateLimiter>,
     /// Step 2, when configured: failed authentications per client address.
     failed_auth: Option<FailedAuthLimiter>,
     /// Decision counters and latency.
     metrics: Metrics,
+    /// Checks being decided now (`settings.max_in_flight` bounds it).
+    in_flight: AtomicUsize,
+    /// The decisions the decision log wrote, with their facts, for
+    /// explaining one later by its id; `None` = not kept.
+    recent: Option<RecentDecisions>,
+    /// Decision spans, when tracing is on.
+    tracer: Option<DecisionTracer>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -238,14 +271,54 @@ impl<S: FactSource> Authorizer<S> {
         metrics: Metrics,
     ) -> Authorizer<S> {
         Authorizer {
-            routes,
-            authn,
+            live: ArcSwap::from_pointee(Snapshot {
+                routes,
+                authn,
+                settings,
+            }),
             facts,
-            settings,
             limiter: None,
             failed_auth: None,
             metrics,
+            in_flight: AtomicUsize::new(0),
+            recent: None,
+            tracer: None,
         }
+    }
+
+    /// Keeps the decisions the decision log writes (every deny, sampled
+    /// allows) in `recent`, with the facts each used.
+    pub fn with_recent_decisions(mut self, recent: RecentDecisions) -> Self {
+        self.recent = Some(recent);
+        self
+    }
+
+    /// The recent decisions, when kept.
+    pub fn recent_decisions(&self) -> Option<&RecentDecisions> {
+        self.recent.as_ref()
+    }
+
+    /// The routes, keys and settings in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Puts `next` in force for every decision that starts from now on;
+    /// decisions under way finish on the snapshot they started with.
+    /// Returns the one replaced.
+    pub fn swap(&self, next: Snapshot) -> Arc<Snapshot> {
+        self.live.swap(Arc::new(next))
+    }
+
+    /// Traces sampled decisions with `tracer`.
+    pub fn with_tracer(mut self, tracer: DecisionTracer) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
+    /// Whether decisions may be traced (adapters read trace context only then).
+    pub fn traced(&self) -> bool {
+        self.tracer.is_some()
     }
 
     /// Limits failed authentications per client address.
@@ -277,12 +350,12 @@ impl<S: FactSource> Authorizer<S> {
 
     /// Drops verified credentials (admin flush, key rotation).
     pub fn flush_credentials(&self) {
-        self.authn.flush();
+        self.live.load().authn.flush();
     }
 
     /// Cached verified credentials.
     pub fn credential_entries(&self) -> u64 {
-        self.authn.cached_tokens()
+        self.live.load().authn.cached_tokens()
     }
 
     /// Decides one request within `deadline` (the caller's, capped by the
@@ -292,25 +365,74 @@ impl<S: FactSource> Authorizer<S> {
         req: &AuthzRequest<'_>,
         deadline: Option<Duration>,
     ) -> Result<Decision, CheckError> {
-        let started = Instant::now();
-        let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
-        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CheckError::DeadlineExceeded),
+        // One load per decision: a reload meanwhile does not change its course.
+        let snapshot = self.live.load_full();
+        let settings = snapshot.settings;
+        let Some(_slot) = Slot::take(&self.in_flight, settings.max_in_flight) else {
+            log::shed(&self.metrics);
+            return Err(CheckError::Overloaded);
         };
+        let started = Instant::now();
+        let budget = deadline.map_or(settings.deadline, |d| d.min(settings.deadline));
+        let trace = match &self.tracer {
+            None => Trace::off(),
+            Some(tracer) => traced(tracer, req),
+        };
+        // Facts are collected only when recent decisions are kept: a few
+        // clones of small values into one vector per decision.
+        let trace = match self.recent {
+            Some(_) => trace.and_recording(),
+            None => trace,
+        };
+        let result =
+            match tokio::time::timeout(budget, self.decide(&snapshot, req, &trace, true)).await {
+                Ok(r) => r,
+                Err(_) => Err(CheckError::DeadlineExceeded),
+            };
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
-        log::record(&self.metrics, self.settings.allow_log_sample, &result);
+        let logged = log::record(&self.metrics, settings.allow_log_sample, &result);
+        let (uses, span) = trace.into_parts();
+        if let Some(span) = span {
+            let (outcome, status, reason) = log::labels(&result);
+            let decision = result.as_ref().ok();
+            span.end(DecisionAttributes {
+                route: decision.and_then(|d| d.route.as_deref()),
+                outcome,
+                status,
+                reason,
+                decision_id: decision.map(|d| d.decision_id.as_str()),
+            });
+        }
+        if logged
+            && let Some(recent) = &self.recent
+            && let Ok(decision) = &result
+        {
+            // The path's resource id, from the route table again (only for
+            // what is recorded); never the raw path.
+            let resource_id = snapshot
+                .routes
+                .resolve(req.method, req.path)
+                .ok()
+                .and_then(|m| m.id);
+            recent.push(Recorded::new(decision, req.method, resource_id, uses));
+        }
         result
+    }
+
+    /// A decision recorded by [`Authorizer::check`], by its id, while it is
+    /// among the recent ones kept.
+    pub fn recorded(&self, decision_id: &str) -> Option<Arc<Recorded>> {
+        self.recent.as_ref()?.get(decision_id)
     }
 
     /// Decides one request and reports every fact used. Not for the hot path.
     pub async fn explain(&self, req: &AuthzRequest<'_>) -> Explanation {
         let trace = Trace::recording();
+        let snapshot = self.live.load_full();
         // Explaining never spends a principal's rate-limit allowance.
-        let decision = self.decide(req, &trace, false).await;
+        let decision = self.decide(&snapshot, req, &trace, false).await;
         Explanation {
             decision,
             facts: trace.into_uses(),
@@ -319,14 +441,17 @@ impl<S: FactSource> Authorizer<S> {
 
     async fn decide(
         &self,
+        snapshot: &Snapshot,
         req: &AuthzRequest<'_>,
         trace: &Trace,
         limit: bool,
     ) -> Result<Decision, CheckError> {
         let mut steps = Steps::default();
-        let outcome = self.steps(req, trace, limit, &mut steps).await?;
+        let outcome = self.steps(snapshot, req, trace, limit, &mut steps).await?;
         let (outcome, dry_run_deny) = match outcome {
-            Outcome::Deny(reason) if self.settings.dry_run => (Outcome::Allow(None), Some(reason)),
+            Outcome::Deny(reason) if snapshot.settings.dry_run => {
+                (Outcome::Allow(None), Some(reason))
+            }
             other => (other, None),
         };
         Ok(Decision {
@@ -343,6 +468,7 @@ impl<S: FactSource> Authorizer<S> {
     /// SPEC §4, steps 1–6.
     async fn steps(
         &self,
+        snapshot: &Snapshot,
         req: &AuthzRequest<'_>,
         trace: &Trace,
         limit: bool,
@@ -352,7 +478,7 @@ impl<S: FactSource> Authorizer<S> {
             return Ok(deny(RouteError::TooLarge));
         }
         // 1. Route.
-        let route = match self.routes.resolve(req.method, req.path) {
+        let route = match snapshot.routes.resolve(req.method, req.path) {
             Ok(m) => m,
             Err(e) => return Ok(deny(e)),
         };
@@ -370,12 +496,12 @@ impl<S: FactSource> Authorizer<S> {
             .zip(req.client_addr);
         if let Some((limiter, addr)) = failed_auth
             && let Some(verdict) = limiter.blocked(addr)
-            && !self.authn.recognizes(req.authorization, req.api_key)
+            && !snapshot.authn.recognizes(req.authorization, req.api_key)
         {
             steps.rate_limit = Some(verdict);
             return Ok(Outcome::Deny(DenyReason::RateLimited));
         }
-        let authenticated = self
+        let authenticated = snapshot
             .authn
             .authenticate(req.authorization, req.api_key, &self.facts, trace)
             .await?;
@@ -462,13 +588,47 @@ fn scope_grants(scopes: Option<Scopes>, scope: &str) -> bool {
     }
 }
 
+/// The fact trace of a decision: with a span when the request is sampled
+/// (its `traceparent`, else the ratio), else off.
+#[cold]
+fn traced(tracer: &DecisionTracer, req: &AuthzRequest<'_>) -> Trace {
+    let header = |name| req.trace_headers.and_then(|h| h.get(name));
+    match tracer.start(header("traceparent"), header("tracestate")) {
+        Some(span) => Trace::traced(span),
+        None => Trace::off(),
+    }
+}
+
 fn deny(reason: impl Into<DenyReason>) -> Outcome {
     Outcome::Deny(reason.into())
 }
 
-/// A fresh decision id: 32 hex digits.
+/// One of `max_in_flight` places for a Check being decided; given back on drop.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// A place, unless `max` are taken. A count, not a lock: Relaxed is enough.
+    fn take(in_flight: &'a AtomicUsize, max: usize) -> Option<Slot<'a>> {
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(in_flight))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A fresh decision id: a random (version 4) UUID as 32 hex digits, from the
+/// thread's own CSPRNG rather than a `getrandom` system call per Check.
 fn new_decision_id() -> String {
-    Uuid::new_v4().simple().to_string()
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    uuid.simple().encode_lower(&mut buf).to_owned()
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::authn::jwt::MintClaims;
 use crate::authz::AuthzRequest;
 use crate::config::{AdminClientSettings, Config, read_secret_file};
 use crate::metrics::Metrics;
+use crate::migrate::{self, ReaderRole};
+use crate::reload::ConfigSource;
 use crate::store::{self, DatabaseSettings, MIGRATOR, Store};
 use crate::{demo, telemetry};
 
@@ -33,10 +35,31 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve ext_authz (gRPC) and health/metrics (HTTP). SIGINT/SIGTERM stop
-    /// it; SIGHUP rereads the JWKS file.
+    /// it; SIGHUP reloads the configuration (routes, JWT keys and the JWKS
+    /// file, dry run, log sampling), keeping the running one if the new one
+    /// is not valid in full.
     Serve,
-    /// Apply database migrations.
-    Migrate,
+    /// Apply database migrations; optionally create the sidecar's
+    /// least-privilege role.
+    Migrate {
+        /// Also create, or bring in line, a role NAME with only what the
+        /// sidecar needs (LOGIN, CONNECT, USAGE on the schema, SELECT on the
+        /// authorization tables); re-running gives the same grants. Serve with
+        /// it in `DATABASE_URL`.
+        #[arg(long, value_name = "NAME")]
+        create_reader_role: Option<String>,
+        /// File with that role's password (trailing newline ignored); else
+        /// `VELRO_AUTHZ_READER_PASSWORD`; else a new role gets no password
+        /// (trust or certificate authentication) and an existing one keeps
+        /// its own. Sent to Postgres only as a SCRAM verifier.
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "VELRO_AUTHZ_READER_PASSWORD_FILE",
+            requires = "create_reader_role"
+        )]
+        reader_password_file: Option<PathBuf>,
+    },
     /// Load the demo data set (idempotent) and print dev tokens for it.
     SeedDemo,
     /// Validate the configuration and exit.
@@ -78,6 +101,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Explain a decision in a running sidecar: a past one by its id
+    /// (`--decision`), or a request decided now. The same as `admin explain`.
+    Explain {
+        /// The admin address (default: `admin.addr`, else 127.0.0.1:9192).
+        #[arg(long)]
+        addr: Option<String>,
+        /// File holding the admin token (default: `admin.token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// What to explain.
+        #[command(flatten)]
+        what: ExplainArgs,
+    },
     /// Call a running sidecar's admin service (`admin.addr`), with the token
     /// from `admin.token_file`. Needs only the `admin` section of the config.
     Admin {
@@ -93,23 +129,33 @@ pub enum Command {
     },
 }
 
+/// What `explain` explains: a past decision by id, or a request now.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExplainArgs {
+    /// A past decision's id (`x-velro-decision-id`, the decision log's
+    /// `decision_id`), as it was decided then.
+    #[arg(long, conflicts_with_all = ["path", "token", "api_key"])]
+    pub decision: Option<String>,
+    /// HTTP method of the request to decide now.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Path of the request to decide now.
+    #[arg(required_unless_present = "decision")]
+    pub path: Option<String>,
+    /// The request's bearer token (sent as `Authorization: Bearer …`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The request's API key (sent as `x-api-key`).
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Decide a request in the running sidecar (not enforced) and print the
-    /// route, principal and every fact used, with where each came from.
-    Explain {
-        /// HTTP method.
-        #[arg(long, default_value = "GET")]
-        method: String,
-        /// Request path.
-        path: String,
-        /// The request's bearer token (sent as `Authorization: Bearer …`).
-        #[arg(long)]
-        token: Option<String>,
-        /// The request's API key (sent as `x-api-key`).
-        #[arg(long)]
-        api_key: Option<String>,
-    },
+    /// Explain a decision in the running sidecar and print it as JSON: a
+    /// request decided now (not enforced), or a past one by `--decision`;
+    /// the route, principal and every fact used, with where each came from.
+    Explain(ExplainArgs),
     /// Cache statistics.
     CacheStats,
     /// Flush this sidecar's caches and void the shared Redis tier for every sidecar.
@@ -132,13 +178,14 @@ pub enum ApikeyCommand {
     },
 }
 
-/// Runs every command but `migrate` with the loaded configuration, on a
+/// Runs every command but `migrate` with the loaded configuration (read
+/// from `config_path`, if any, which `serve` rereads on SIGHUP), on a
 /// multi-threaded runtime; returns the process exit code.
-pub fn run(command: Command, config: Config) -> ExitCode {
+pub fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(execute(command, config)) {
+    match runtime.block_on(execute(command, config, config_path)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("velro-authz: {e:#}");
@@ -148,15 +195,18 @@ pub fn run(command: Command, config: Config) -> ExitCode {
 }
 
 /// `migrate`, which needs only the database settings: a migration Job has no
-/// JWT keys, routes or Redis.
-pub fn migrate(database: &DatabaseSettings) -> ExitCode {
+/// JWT keys, routes or Redis. `reader`: the role to create as well.
+pub fn migrate(database: &DatabaseSettings, reader: Option<ReaderRole>) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    let result = runtime.block_on(apply_migrations(database));
+    let result = runtime.block_on(apply_migrations(database, reader.as_ref()));
     match result {
         Ok(()) => {
             println!("migrations applied");
+            if let Some(reader) = reader {
+                println!("reader role {} has exactly its grants", reader.name);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -225,41 +275,31 @@ async fn call_admin(settings: &AdminClientSettings, command: AdminCommand) -> an
     });
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     let out = match command {
-        AdminCommand::Explain {
-            method,
-            path,
-            token,
-            api_key,
-        } => {
-            let mut headers = std::collections::HashMap::new();
-            if let Some(t) = token {
-                headers.insert("authorization".to_owned(), format!("Bearer {t}"));
-            }
-            if let Some(k) = api_key {
-                headers.insert("x-api-key".to_owned(), k);
-            }
-            let r = client
-                .explain(admin_pb::ExplainRequest {
-                    method,
-                    path,
-                    headers,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
-            serde_json::json!({
-                "allowed": r.allowed,
-                "status": r.http_status,
-                "reason": r.reason,
-                "decision_id": r.decision_id,
-                "route": r.route,
-                "principal": r.principal,
-                "role": r.role,
-                "headers": r.headers,
-                "facts": r.facts.iter().map(|f| serde_json::json!({
-                    "kind": f.kind, "key": f.key, "source": f.source, "value": f.value,
-                })).collect::<Vec<_>>(),
-            })
+        AdminCommand::Explain(what) => {
+            let request = match what.decision {
+                Some(decision_id) => admin_pb::ExplainRequest {
+                    decision_id,
+                    ..Default::default()
+                },
+                None => {
+                    let mut headers = std::collections::HashMap::new();
+                    if let Some(t) = what.token {
+                        headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+                    }
+                    if let Some(k) = what.api_key {
+                        headers.insert("x-api-key".to_owned(), k);
+                    }
+                    admin_pb::ExplainRequest {
+                        method: what.method,
+                        path: what.path.unwrap_or_default(),
+                        headers,
+                        decision_id: String::new(),
+                    }
+                }
+            };
+            let r = client.explain(request).await.map_err(status)?.into_inner();
+            serde_json::from_str(&r.json)
+                .map_err(|e| anyhow::anyhow!("the sidecar's explanation is not JSON: {e}"))?
         }
         AdminCommand::CacheStats => {
             let r = client
@@ -291,10 +331,12 @@ async fn call_admin(settings: &AdminClientSettings, command: AdminCommand) -> an
     Ok(())
 }
 
-async fn apply_migrations(database: &DatabaseSettings) -> anyhow::Result<()> {
+async fn apply_migrations(
+    database: &DatabaseSettings,
+    reader: Option<&ReaderRole>,
+) -> anyhow::Result<()> {
     let pool = store::connect(database)?;
-    MIGRATOR.run(&pool).await?;
-    Ok(())
+    migrate::run(&pool, reader).await
 }
 
 fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
@@ -305,34 +347,63 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runti
         .ok()
 }
 
-async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Serve => serve(config).await,
-        Command::Validate => {
-            println!("configuration OK ({:?})", config.routes_source);
-            Ok(ExitCode::SUCCESS)
-        }
-        // `main` calls [`admin`] before the full configuration is loaded; this
-        // arm is for a caller that already has it.
+async fn execute(
+    command: Command,
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let (addr, token_file, admin_command) = match command {
         Command::Admin {
             addr,
             token_file,
             command,
-        } => {
-            let configured = config.admin.as_ref();
-            let settings = AdminClientSettings {
-                addr: addr
-                    .or_else(|| configured.map(|a| a.addr.to_string()))
-                    .unwrap_or_else(|| crate::config::DEFAULT_ADMIN_ADDR.to_owned()),
-                token_file: token_file.or_else(|| configured.map(|a| a.token_file.clone())),
-            };
-            call_admin(&settings, command).await?;
+        } => (addr, token_file, command),
+        Command::Explain {
+            addr,
+            token_file,
+            what,
+        } => (addr, token_file, AdminCommand::Explain(what)),
+        other => return execute_local(other, config, config_path).await,
+    };
+    // `main` calls [`admin`] before the full configuration is loaded; this
+    // is for a caller that already has it.
+    let configured = config.admin.as_ref();
+    let settings = AdminClientSettings {
+        addr: addr
+            .or_else(|| configured.map(|a| a.addr.to_string()))
+            .unwrap_or_else(|| crate::config::DEFAULT_ADMIN_ADDR.to_owned()),
+        token_file: token_file.or_else(|| configured.map(|a| a.token_file.clone())),
+    };
+    call_admin(&settings, admin_command).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The commands that run here rather than ask a running sidecar.
+async fn execute_local(
+    command: Command,
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => serve(config, config_path).await,
+        Command::Validate => {
+            println!("configuration OK ({:?})", config.routes_source);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { .. } | Command::Explain { .. } => {
+            anyhow::bail!("admin commands ask a running sidecar (see `execute`)")
         }
         // `main` runs `migrate` before the full configuration is loaded; this arm
         // is for a caller that already has it.
-        Command::Migrate => {
-            apply_migrations(&config.database).await?;
+        Command::Migrate {
+            create_reader_role,
+            reader_password_file,
+        } => {
+            let reader = migrate::reader_role(create_reader_role, reader_password_file, |name| {
+                std::env::var(name).ok()
+            })
+            .map_err(anyhow::Error::msg)?;
+            apply_migrations(&config.database, reader.as_ref()).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
@@ -374,6 +445,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .max(api_key.as_ref().map_or(0, String::len)),
                 // From this machine: no client address to limit.
                 client_addr: None,
+                trace_headers: None,
             };
             let summary = match app.authorizer.explain(&req).await.summary() {
                 Ok(s) => s,
@@ -385,19 +457,17 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(3));
                 }
             };
-            let mut out = serde_json::json!({
-                "allowed": summary.allowed,
-                "status": summary.status,
-                "reason": summary.reason,
-                "decision_id": summary.decision_id,
-                "headers": summary.headers,
-            });
-            if explain {
-                out["route"] = summary.route.into();
-                out["principal"] = summary.principal.into();
-                out["role"] = summary.role.into();
-                out["facts"] = serde_json::to_value(&summary.facts)?;
-            }
+            let out = if explain {
+                summary.to_json()
+            } else {
+                serde_json::json!({
+                    "allowed": summary.allowed,
+                    "status": summary.status,
+                    "reason": summary.reason,
+                    "decision_id": summary.decision_id,
+                    "headers": summary.headers,
+                })
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(if summary.allowed {
                 ExitCode::SUCCESS
@@ -464,13 +534,13 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let telemetry = telemetry::init(config.log_format);
-    // Before anything else: from here on SIGHUP rereads the JWKS file instead
-    // of ending the process (its default action).
+    // Before anything else: from here on SIGHUP reloads the configuration
+    // instead of ending the process (its default action).
     let mut hangup = Hangup::install();
     let dropped = telemetry.dropped.clone();
-    let app = App::build(config, Metrics::new())?;
+    let app = App::build(config, Metrics::new())?.reload_from(ConfigSource::process(config_path));
     let running = app
         .spawn(Some(Arc::new(move || dropped.dropped_lines() as u64)))
         .await?;
@@ -480,8 +550,10 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         tokio::select! {
             () = &mut shutdown => break,
             () = hangup.next() => {
-                // `reload` logs the outcome; an error keeps the previous keys.
-                let _ = running.reload();
+                // Files are read off the async workers; `reload` logs and
+                // counts the outcome, and an error keeps the running config.
+                let reloader = running.reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload("signal")).await;
             }
         }
     }
@@ -491,7 +563,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP, which `serve` answers by rereading the JWKS file.
+/// SIGHUP, which `serve` answers by reloading the configuration.
 struct Hangup {
     /// The installed handler; `None` where there is no SIGHUP (or installing
     /// it failed, which is logged).

@@ -25,6 +25,7 @@ use crate::redis::RedisSettings;
 use crate::routes::RouteTable;
 use crate::store::DatabaseSettings;
 use crate::telemetry::LogFormat;
+use crate::telemetry::traces::TraceSettings;
 
 /// `DATABASE_URL`: the Postgres URL, honoured as is.
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
@@ -54,8 +55,13 @@ pub const ENV_REDIS_HMAC_KEY_FILE: &str = "VELRO_AUTHZ_REDIS_HMAC_KEY_FILE";
 pub const ENV_ADMIN_ADDR: &str = "VELRO_AUTHZ_ADMIN_ADDR";
 /// The file holding the admin bearer token.
 pub const ENV_ADMIN_TOKEN_FILE: &str = "VELRO_AUTHZ_ADMIN_TOKEN_FILE";
+/// The OTLP/gRPC collector decision traces go to; unset = tracing off.
+pub const ENV_OTLP_ENDPOINT: &str = "VELRO_AUTHZ_OTLP_ENDPOINT";
 /// Where the admin service listens when enabled without an address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9192";
+/// `decision.max_in_flight` unless set: Checks decided at once before more are
+/// refused with UNAVAILABLE / 503.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
 
 /// Exit code for bad configuration (`EX_CONFIG` is 78; linkerd and sysexits use 64 = usage).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -109,7 +115,16 @@ pub struct Config {
     pub failed_auth_per_minute: u32,
     /// HTTP forward-auth (`/v1/auth`): where nginx puts the original request.
     pub forward_auth: ForwardAuthSettings,
+    /// How many recorded decisions (those the decision log writes) are kept
+    /// for explaining later by decision id; 0 = none.
+    pub recent_decisions: usize,
+    /// Decision traces over OTLP; `None` (no `tracing.otlp_endpoint`) = off.
+    pub tracing: Option<TraceSettings>,
 }
+
+/// Most `explain.recent_decisions`: a bound on the ring's memory (about
+/// 1 KiB per decision, docs/performance.md).
+pub const MAX_RECENT_DECISIONS: usize = 1_000_000;
 
 /// All configuration problems found, each naming its setting.
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +285,11 @@ impl Config {
             deadline: ms(file.decision.deadline_ms, 500),
             dry_run,
             allow_log_sample: file.decision.allow_log_sample.unwrap_or(0.01),
+            max_in_flight: file.decision.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
         };
+        if decision.max_in_flight == 0 {
+            errors.push("decision.max_in_flight: must be at least 1".to_owned());
+        }
         if decision.deadline.is_zero() {
             errors.push("decision.deadline_ms: must be at least 1".to_owned());
         }
@@ -462,6 +481,16 @@ impl Config {
             .failed_auth_per_minute
             .unwrap_or(DEFAULT_FAILED_AUTH_PER_MINUTE);
         let forward_auth = forward_auth(file.forward_auth, &mut errors);
+        let recent_decisions = file
+            .explain
+            .recent_decisions
+            .unwrap_or(crate::authz::recent::DEFAULT_RECENT_DECISIONS);
+        if recent_decisions > MAX_RECENT_DECISIONS {
+            errors.push(format!(
+                "explain.recent_decisions: at most {MAX_RECENT_DECISIONS} (got {recent_decisions})"
+            ));
+        }
+        let tracing = tracing(file.tracing, &env, &mut errors);
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
             return Err(ConfigError(errors));
@@ -487,7 +516,52 @@ impl Config {
             rate_limit,
             failed_auth_per_minute,
             forward_auth,
+            recent_decisions,
+            tracing,
         })
+    }
+
+    /// The settings that only a restart applies and that differ between this
+    /// (running) configuration and `next`, by name. A reload applies routes,
+    /// JWT keys, `decision.dry_run` and `decision.allow_log_sample`; anything
+    /// else needs the process restarted: listeners, connections and caches
+    /// are built once.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let same = [
+            ("grpc_addr", self.grpc_addr == next.grpc_addr),
+            ("http_addr", self.http_addr == next.http_addr),
+            ("metrics_addr", self.metrics_addr == next.metrics_addr),
+            ("admin", self.admin == next.admin),
+            ("database", self.database == next.database),
+            ("cache", self.cache == next.cache),
+            (
+                "cache.max_credentials",
+                self.max_credentials == next.max_credentials,
+            ),
+            (
+                "decision.deadline_ms",
+                self.decision.deadline == next.decision.deadline,
+            ),
+            ("listener", self.listener == next.listener),
+            ("freshness", self.freshness == next.freshness),
+            ("log_format", self.log_format == next.log_format),
+            ("redis", self.redis == next.redis && self.l2 == next.l2),
+            ("breaker", self.breaker == next.breaker),
+            ("rate_limit", self.rate_limit == next.rate_limit),
+            (
+                "rate_limit.failed_auth_per_minute",
+                self.failed_auth_per_minute == next.failed_auth_per_minute,
+            ),
+            ("forward_auth", self.forward_auth == next.forward_auth),
+            (
+                "explain.recent_decisions",
+                self.recent_decisions == next.recent_decisions,
+            ),
+        ];
+        same.into_iter()
+            .filter(|(_, same)| !same)
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
@@ -677,6 +751,55 @@ fn forward_auth(file: FileForwardAuth, errors: &mut Vec<String>) -> ForwardAuthS
             defaults.original_uri_header,
         ),
     }
+}
+
+/// The `tracing` section: off unless an OTLP endpoint is configured. The
+/// endpoint is plain `http://host:port` (a collector or agent on a trusted
+/// network), with no credentials in it: it is logged.
+fn tracing(
+    file: FileTracing,
+    env: &impl Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<TraceSettings> {
+    const SETTING: &str = "tracing.otlp_endpoint / VELRO_AUTHZ_OTLP_ENDPOINT";
+    let sample_ratio = file.sample_ratio.unwrap_or(0.01);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        errors.push("tracing.sample_ratio: must be between 0 and 1".to_owned());
+    }
+    let service_name = file
+        .service_name
+        .unwrap_or_else(|| "velro-authz".to_owned());
+    if service_name.trim().is_empty() {
+        errors.push("tracing.service_name: must not be empty".to_owned());
+    }
+    let endpoint = env(ENV_OTLP_ENDPOINT)
+        .or(file.otlp_endpoint)
+        .filter(|e| !e.is_empty())?;
+    match endpoint.parse::<axum::http::Uri>() {
+        Ok(uri)
+            if uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && uri.port_u16().is_some()
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none() => {}
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            errors.push(format!(
+                "{SETTING}: must not carry credentials (user:password@)"
+            ));
+        }
+        Ok(uri) if uri.scheme_str() == Some("https") => errors.push(format!(
+            "{SETTING}: https is not supported; export to a collector or agent on a trusted \
+             network over http://host:port"
+        )),
+        _ => errors.push(format!(
+            "{SETTING}: expected http://host:port (OTLP over gRPC, usually port 4317)"
+        )),
+    }
+    Some(TraceSettings {
+        otlp_endpoint: endpoint,
+        sample_ratio,
+        service_name,
+    })
 }
 
 /// With no `auth.jwt` section: HS256 with issuer/audience `velro`, the secret

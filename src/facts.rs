@@ -26,6 +26,7 @@ use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
 use crate::store::StoreError;
+use crate::telemetry::traces::Fetch;
 
 mod bundle;
 mod fact;
@@ -51,7 +52,7 @@ pub const MAX_TEAM_DEPTH: usize = 64;
 const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// L1 cache settings (SPEC §5 defaults).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheSettings {
     /// Maximum cached facts.
     pub max_facts: u64,
@@ -353,7 +354,7 @@ impl<S: FactSource> Facts<S> {
         }
         if let Some(entry) = self.cache.get(&key).await {
             if self.trusted(&key, &entry) {
-                self.lookup(kind, "hit");
+                self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
                 return Ok(entry.fact.clone());
             }
@@ -369,7 +370,9 @@ impl<S: FactSource> Facts<S> {
                     let (stamp, epoch) = self.stamps(&key);
                     // Boxed: the Redis and Postgres futures are large, and
                     // inline they would make every L1 hit's future as big.
-                    let (fact, source) = Box::pin(self.fill(&key)).await.map_err(Fill::Failed)?;
+                    let (fact, source) = Box::pin(self.fill(&key, trace))
+                        .await
+                        .map_err(Fill::Failed)?;
                     if !fact.cacheable() {
                         // Answers this fill's waiters only; moka keeps no entry.
                         return Err(Fill::Uncached(fact, source));
@@ -403,7 +406,7 @@ impl<S: FactSource> Facts<S> {
         }
         // Invalidations keep landing on this key: answer from a fresh read
         // without caching it.
-        let fact = self.query(&key).await?;
+        let fact = self.query(&key, trace).await?;
         trace.record(&key, Source::Postgres, &fact);
         Ok(fact)
     }
@@ -427,7 +430,7 @@ impl<S: FactSource> Facts<S> {
             None
         };
         let fresh = match &stale {
-            Some(_) => tokio::time::timeout(STALE_PROBE, self.query(&key))
+            Some(_) => tokio::time::timeout(STALE_PROBE, self.query(&key, trace))
                 .await
                 .unwrap_or_else(|_| {
                     Err(FactError {
@@ -435,7 +438,7 @@ impl<S: FactSource> Facts<S> {
                         message: format!("no answer within {STALE_PROBE:?}"),
                     })
                 }),
-            None => self.query(&key).await,
+            None => self.query(&key, trace).await,
         };
         match (fresh, stale) {
             (Ok(fact), _) => {
@@ -458,28 +461,34 @@ impl<S: FactSource> Facts<S> {
     /// entry per guess). L1 keeps them, bounded by `cache.max_facts` and
     /// `cache.negative_ttl`, where a deleted key retried by a client still
     /// costs one query per sidecar per negative TTL.
-    async fn fill(&self, key: &FactKey) -> Result<(Fact, Source), FactError> {
+    async fn fill(&self, key: &FactKey, trace: &Trace) -> Result<(Fact, Source), FactError> {
         let Some(l2) = &self.l2 else {
-            return Ok((self.query(key).await?, Source::Postgres));
+            return Ok((self.query(key, trace).await?, Source::Postgres));
         };
         let kind = key.kind();
-        match l2.get(key).await {
-            L2Get::Hit(fact) => {
-                self.count("l2", kind, "hit");
-                Ok((fact, Source::L2))
-            }
+        let mut span = trace.fetch(Fetch::RedisGet, key);
+        let got = l2.get(key).await;
+        let result = match &got {
+            L2Get::Hit(_) => "hit",
+            L2Get::Miss(_) => "miss",
+            L2Get::Unavailable => "error",
+        };
+        if let Some(span) = &mut span {
+            span.result(result);
+        }
+        drop(span);
+        self.count("l2", kind, result);
+        match got {
+            L2Get::Hit(fact) => Ok((fact, Source::L2)),
             L2Get::Miss(ticket) => {
-                self.count("l2", kind, "miss");
-                let fact = self.query(key).await?;
+                let fact = self.query(key, trace).await?;
                 if !matches!(fact, Fact::ApiKey(None)) {
+                    let _span = trace.fetch(Fetch::RedisPut, key);
                     l2.put(key, ticket, &fact).await;
                 }
                 Ok((fact, Source::Postgres))
             }
-            L2Get::Unavailable => {
-                self.count("l2", kind, "error");
-                Ok((self.query(key).await?, Source::Postgres))
-            }
+            L2Get::Unavailable => Ok((self.query(key, trace).await?, Source::Postgres)),
         }
     }
 
@@ -491,7 +500,16 @@ impl<S: FactSource> Facts<S> {
     /// is abandoned and counts, so a hung server still opens the breaker; an
     /// error from Postgres (including its `statement_timeout`, or the pool's
     /// acquire timeout) counts when it is transient.
-    async fn query(&self, key: &FactKey) -> Result<Fact, FactError> {
+    async fn query(&self, key: &FactKey, trace: &Trace) -> Result<Fact, FactError> {
+        let mut span = trace.fetch(Fetch::PostgresQuery, key);
+        let result = self.query_untraced(key).await;
+        if let (Some(span), Err(_)) = (&mut span, &result) {
+            span.failed("store_unavailable");
+        }
+        result
+    }
+
+    async fn query_untraced(&self, key: &FactKey) -> Result<Fact, FactError> {
         let (source, key) = (self.source.clone(), key.clone());
         let kind = key.kind();
         self.run(kind, async move { source.load(&key).await }).await

@@ -61,13 +61,25 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
                 .get("grpc-timeout")
                 .and_then(|v| v.to_str().ok()),
         );
-        let Some((method, path, headers)) = from_check(request.get_ref()) else {
+        // With tracing on, Envoy's own span of this call is the closer parent:
+        // its gRPC client puts that context in the call's metadata.
+        let envoy_span = if self.authorizer.traced() {
+            trace_metadata(request.metadata())
+        } else {
+            None
+        };
+        let check = request.into_inner();
+        let client_addr = client_addr(&check);
+        let Some((method, path, headers)) = from_check(check) else {
             return Err(Status::invalid_argument(
                 "CheckRequest has no attributes.request.http",
             ));
         };
         let mut req = headers.request(&method, &path, &[]);
-        req.client_addr = client_addr(request.get_ref());
+        req.client_addr = client_addr;
+        if let Some(context) = &envoy_span {
+            req.trace_headers = Some(context);
+        }
         match self.authorizer.check(&req, deadline).await {
             Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
@@ -85,6 +97,7 @@ pub fn cannot_decide(e: &CheckError) -> Status {
         CheckError::DeadlineExceeded => {
             Status::deadline_exceeded("cannot decide: deadline exceeded")
         }
+        CheckError::Overloaded => Status::unavailable("cannot decide: overloaded"),
     }
 }
 
@@ -106,11 +119,12 @@ fn string_value(s: impl Into<String>) -> Value {
     }
 }
 
-/// The method, path and headers of a CheckRequest. Envoy sends `headers`, or
-/// `header_map` when `encode_raw_headers` is on.
-fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
-    let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-    let mut headers = Headers::from_envoy(&http.headers);
+/// The method, path and headers of a CheckRequest, moved out of it (no copy
+/// of the strings). Envoy sends `headers`, or `header_map` when
+/// `encode_raw_headers` is on.
+fn from_check(req: CheckRequest) -> Option<(String, String, Headers)> {
+    let http = req.attributes?.request?.http?;
+    let mut headers = Headers::from_envoy(http.headers);
     if let Some(map) = &http.header_map {
         for h in &map.headers {
             let value = if h.raw_value.is_empty() {
@@ -121,7 +135,19 @@ fn from_check(req: &CheckRequest) -> Option<(String, String, Headers)> {
             headers.add(&h.key, &value);
         }
     }
-    Some((http.method.clone(), http.path.clone(), headers))
+    Some((http.method, http.path, headers))
+}
+
+/// The W3C trace context of the Check call itself (`traceparent`, and
+/// `tracestate` if any), which Envoy's gRPC client sends as metadata when
+/// it traces; `None` without a `traceparent` there.
+fn trace_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<Headers> {
+    let traceparent = metadata.get("traceparent")?.to_str().ok()?;
+    let mut context = Headers::from_pairs([("traceparent", traceparent)]);
+    if let Some(state) = metadata.get("tracestate").and_then(|v| v.to_str().ok()) {
+        context.add("tracestate", state);
+    }
+    Some(context)
 }
 
 /// The downstream client's address: `attributes.source.address`, which Envoy

@@ -44,7 +44,7 @@ const LISTEN_SQL: &str = "LISTEN velro_authz_invalidate; LISTEN velro_authz_hear
      SELECT pg_current_wal_insert_lsn()::text";
 
 /// LISTEN connection settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ListenerSettings {
     /// First reconnect delay.
     pub reconnect_min: Duration,
@@ -64,8 +64,13 @@ pub enum Invalidation {
         /// Seconds since the Unix epoch when the change was made, if sent.
         changed_at: Option<f64>,
     },
-    /// Void everything: a TRUNCATE, or a payload we cannot read (safe default).
+    /// Void everything: a TRUNCATE, or a statement that changed more keys than
+    /// one notification can name (the trigger says `FLUSH`).
     Flush,
+    /// A payload on the channel that no trigger of ours sends in a shape we
+    /// read. Counted apart (`velro_authz_invalidation_junk_total`) and then
+    /// treated as a flush: see [`parse`].
+    Unreadable,
 }
 
 /// What the reader hands the applier, in the order heard.
@@ -148,11 +153,21 @@ struct Payload {
     keys: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
-/// Parses a notification payload. Anything unreadable becomes a flush: losing
-/// an invalidation is the one thing we must never do.
+/// Parses a notification payload.
+///
+/// Anything we cannot read is [`Invalidation::Unreadable`], which the applier
+/// counts as junk *and still applies as a flush*. Postgres has no privilege on
+/// NOTIFY channels: any role that can connect to the database can send junk
+/// here and void every sidecar's cache (README, Security). Ignoring junk would
+/// stop that, but an unreadable payload is also what a newer trigger's format
+/// looks like to an older sidecar (migrations/0003 changed the format once, and
+/// a migration can run before the sidecars are upgraded): dropping it could
+/// lose a real invalidation, which is the one thing we must never do. A flush
+/// costs refills; a lost invalidation is a wrong answer. So junk flushes, is
+/// counted on its own, and the defence is who may connect (`REVOKE CONNECT`).
 pub fn parse(payload: &str) -> Invalidation {
     let Ok(p) = serde_json::from_str::<Payload>(payload) else {
-        return Invalidation::Flush;
+        return Invalidation::Unreadable;
     };
     // FLUSH: a statement changed more keys than one notification can carry.
     // The table is named, but there is no per-table flush: void everything.
@@ -168,7 +183,7 @@ pub fn parse(payload: &str) -> Invalidation {
         "shares" => "shares",
         "api_keys" => "api_keys",
         "sessions" => "sessions",
-        _ => return Invalidation::Flush,
+        _ => return Invalidation::Unreadable,
     };
     let rows = [p.old.as_ref(), p.new.as_ref()]
         .into_iter()
@@ -182,11 +197,11 @@ pub fn parse(payload: &str) -> Invalidation {
                     keys.push(key);
                 }
             }
-            None => return Invalidation::Flush,
+            None => return Invalidation::Unreadable,
         }
     }
     if keys.is_empty() {
-        return Invalidation::Flush;
+        return Invalidation::Unreadable;
     }
     Invalidation::Keys {
         table,
@@ -236,6 +251,7 @@ fn apply_l1<S: FactSource>(
 ) -> impl std::future::Future<Output = ()> + Send + 'static + use<S> {
     let mut keys: Vec<FactKey> = Vec::new();
     let mut flush = false;
+    let mut junk = 0;
     let mut applied: Vec<(&'static str, Option<f64>)> = Vec::with_capacity(batch.len());
     for inv in batch {
         match inv {
@@ -252,11 +268,17 @@ fn apply_l1<S: FactSource>(
                 applied.push((table, changed_at));
             }
             Invalidation::Flush => flush = true,
+            Invalidation::Unreadable => junk += 1,
         }
     }
-    let redis_side = if flush {
+    if junk > 0 {
+        metrics.invalidation_junk.inc_by(junk);
+    }
+    let redis_side = if flush || junk > 0 {
         facts.flush();
-        metrics.flushes.with_label_values(&["notification"]).inc();
+        // One flush for the batch; "junk" only when nothing but junk asked.
+        let cause = if flush { "notification" } else { "junk" };
+        metrics.flushes.with_label_values(&[cause]).inc();
         None
     } else {
         Some(facts.invalidate_keys_now(&keys))

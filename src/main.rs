@@ -1,38 +1,61 @@
 //! `velro-authz`: parse the command line, load the configuration, run the
 //! command (see `velro_authz::cli`), exit with its code.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use velro_authz::cli::{self, Cli, Command};
+use velro_authz::cli::{self, AdminCommand, Cli, Command};
 use velro_authz::config::{Config, ConfigError, EXIT_BAD_CONFIG};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config.as_deref();
     let env = |name: &str| std::env::var(name).ok();
-    if let Command::Migrate = cli.command {
-        // A migration Job has only the database settings: no JWT keys, routes or Redis.
-        return match Config::load_database(path, env) {
-            Ok(database) => cli::migrate(&database),
-            Err(e) => bad_config(e),
-        };
-    }
-    if let Command::Admin {
-        addr,
-        token_file,
-        command,
+    if let Command::Migrate {
+        create_reader_role,
+        reader_password_file,
     } = cli.command
     {
-        // A client of a running sidecar: it needs where the admin service is and
-        // its token, not the database, keys or routes.
-        return match Config::load_admin_client(path, env) {
-            Ok(settings) => cli::admin(addr, token_file, command, settings),
+        // A migration Job has only the database settings: no JWT keys, routes or Redis.
+        let reader = match velro_authz::migrate::reader_role(
+            create_reader_role,
+            reader_password_file,
+            env,
+        ) {
+            Ok(reader) => reader,
+            Err(e) => {
+                eprintln!("velro-authz: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        };
+        return match Config::load_database(path, env) {
+            Ok(database) => cli::migrate(&database, reader),
             Err(e) => bad_config(e),
         };
     }
-    match Config::load(path, env) {
-        Ok(config) => cli::run(cli.command, config),
+    // Clients of a running sidecar need where the admin service is and its
+    // token, not the database, keys or routes.
+    let (addr, token_file, command) = match cli.command {
+        Command::Admin {
+            addr,
+            token_file,
+            command,
+        } => (addr, token_file, command),
+        Command::Explain {
+            addr,
+            token_file,
+            what,
+        } => (addr, token_file, AdminCommand::Explain(what)),
+        command => {
+            return match Config::load(path, env) {
+                Ok(config) => cli::run(command, config, path.map(Path::to_path_buf)),
+                Err(e) => bad_config(e),
+            };
+        }
+    };
+    match Config::load_admin_client(path, env) {
+        Ok(settings) => cli::admin(addr, token_file, command, settings),
         Err(e) => bad_config(e),
     }
 }

@@ -7,6 +7,18 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// The fact kinds (`FactKey::kind()`), for the handles resolved at start.
+const FACT_KINDS: [&str; 8] = [
+    "user",
+    "team",
+    "memberships",
+    "project",
+    "generation",
+    "shares",
+    "api_key",
+    "session",
+];
+
 /// Every metric the sidecar exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -14,10 +26,18 @@ pub struct Metrics {
     pub registry: Registry,
     /// Decisions by outcome (allow | deny | dry_run_allow | error), HTTP status and reason code.
     pub decisions: IntCounterVec,
+    /// `decisions{outcome="allow",status="200",reason="ok"}`, resolved once:
+    /// the hot path counts without hashing labels.
+    pub decisions_allowed: IntCounter,
+    /// Checks refused at once because `decision.max_in_flight` were in flight.
+    pub decisions_shed: IntCounter,
     /// Decision latency, from request received to answer built.
     pub decision_seconds: Histogram,
     /// Cache lookups by tier (l1 | l2), fact kind and result (hit | miss | coalesced | error).
     pub cache_lookups: IntCounterVec,
+    /// `cache_lookups{tier="l1",result="hit"}` per fact kind, resolved once
+    /// (ten of them on a deep hot Check); see [`Metrics::l1_hit`].
+    l1_hits: Vec<(&'static str, IntCounter)>,
     /// Postgres fact queries by fact kind: proves what a cached Check does not touch.
     pub store_queries: IntCounterVec,
     /// Store query failures by fact kind.
@@ -26,8 +46,11 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     /// Commit (trigger time) to applied, seconds.
     pub invalidation_lag_seconds: Histogram,
-    /// Whole-cache flushes by cause (listener_gap | admin | truncate).
+    /// Whole-cache flushes by cause (listener_gap | notification | junk).
     pub flushes: IntCounterVec,
+    /// Notifications on the change channel that no trigger of ours sent in a
+    /// shape we read (each still flushes: see `invalidate::parse`).
+    pub invalidation_junk: IntCounter,
     /// 1 while the LISTEN connection is up.
     pub listener_connected: IntGauge,
     /// LISTEN reconnects after the first connect.
@@ -60,21 +83,47 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// Decision log lines dropped because the writer fell behind.
     pub decision_log_dropped: IntCounter,
+    /// Decision-trace spans handed to the OTLP exporter, by result (exported |
+    /// failed: the collector refused them or could not be reached).
+    pub trace_spans: IntCounterVec,
     /// Constant 1 with the build version.
     pub build_info: IntGaugeVec,
+    /// Configuration reloads by result (applied | error: the new configuration
+    /// is invalid | restart_required: it changes a restart-only setting).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
     /// Creates and registers every metric on a fresh registry.
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "velro_authz_decisions_total",
+                "Decisions by outcome, status and reason.",
+            ),
+            &["outcome", "status", "reason"],
+        )
+        .expect("metric");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "velro_authz_cache_lookups_total",
+                "Cache lookups by tier, kind and result.",
+            ),
+            &["tier", "kind", "result"],
+        )
+        .expect("metric");
         let m = Metrics {
-            decisions: IntCounterVec::new(
-                Opts::new(
-                    "velro_authz_decisions_total",
-                    "Decisions by outcome, status and reason.",
-                ),
-                &["outcome", "status", "reason"],
+            decisions_allowed: decisions.with_label_values(&["allow", "200", "ok"]),
+            decisions,
+            l1_hits: FACT_KINDS
+                .iter()
+                .map(|&kind| (kind, cache_lookups.with_label_values(&["l1", kind, "hit"])))
+                .collect(),
+            cache_lookups,
+            decisions_shed: IntCounter::new(
+                "velro_authz_decisions_shed_total",
+                "Checks refused at once (UNAVAILABLE / 503) because decision.max_in_flight were in flight.",
             )
             .expect("metric"),
             decision_seconds: Histogram::with_opts(
@@ -86,14 +135,6 @@ impl Metrics {
                     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
                     0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 ]),
-            )
-            .expect("metric"),
-            cache_lookups: IntCounterVec::new(
-                Opts::new(
-                    "velro_authz_cache_lookups_total",
-                    "Cache lookups by tier, kind and result.",
-                ),
-                &["tier", "kind", "result"],
             )
             .expect("metric"),
             store_queries: IntCounterVec::new(
@@ -136,6 +177,11 @@ impl Metrics {
                     "Whole-cache flushes by cause.",
                 ),
                 &["cause"],
+            )
+            .expect("metric"),
+            invalidation_junk: IntCounter::new(
+                "velro_authz_invalidation_junk_total",
+                "Unreadable notifications on the change channel (each flushed the cache).",
             )
             .expect("metric"),
             listener_connected: IntGauge::new(
@@ -240,16 +286,48 @@ impl Metrics {
                 "Decision log lines dropped rather than slow a decision.",
             )
             .expect("metric"),
+            trace_spans: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_trace_spans_total",
+                    "Decision-trace spans sent to the OTLP collector, by result (exported | failed).",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
             build_info: IntGaugeVec::new(
                 Opts::new("velro_authz_build_info", "Build information."),
                 &["version"],
             )
             .expect("metric"),
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "velro_authz_config_reloads_total",
+                    "Configuration reloads by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
             registry,
         };
-        let r = &m.registry;
-        for c in [
+        for c in m.collectors() {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Every result from the start, so a dashboard sees 0 rather than nothing.
+        for result in ["applied", "error", "restart_required"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Every metric, once each (what [`Metrics::new`] registers).
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let m = self;
+        vec![
             Box::new(m.decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.decisions_shed.clone()),
             Box::new(m.decision_seconds.clone()),
             Box::new(m.cache_lookups.clone()),
             Box::new(m.store_queries.clone()),
@@ -257,6 +335,7 @@ impl Metrics {
             Box::new(m.invalidations.clone()),
             Box::new(m.invalidation_lag_seconds.clone()),
             Box::new(m.flushes.clone()),
+            Box::new(m.invalidation_junk.clone()),
             Box::new(m.listener_connected.clone()),
             Box::new(m.listener_reconnects.clone()),
             Box::new(m.feed_trusted.clone()),
@@ -271,14 +350,34 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.db_pool_connections.clone()),
             Box::new(m.decision_log_dropped.clone()),
+            Box::new(m.trace_spans.clone()),
             Box::new(m.build_info.clone()),
-        ] {
-            r.register(c).expect("unique metric names");
+            Box::new(m.config_reloads.clone()),
+        ]
+    }
+
+    /// The name and type of every metric family exported, whether or not it
+    /// has a series yet (a labelled family has none until first used, and
+    /// `/metrics` leaves it out until then): what dashboards and alert rules
+    /// may name, with `_bucket`, `_sum` and `_count` for histograms.
+    pub fn families(&self) -> Vec<(String, prometheus::proto::MetricType)> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .map(|f| (f.name().to_owned(), f.get_field_type()))
+            .collect()
+    }
+
+    /// Counts an L1 hit on a fact of `kind` (a `FactKey::kind()` name)
+    /// through a handle resolved at start, not a label lookup.
+    pub fn l1_hit(&self, kind: &'static str) {
+        match self.l1_hits.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .cache_lookups
+                .with_label_values(&["l1", kind, "hit"])
+                .inc(),
         }
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        m
     }
 
     /// Prometheus text exposition of every metric.
@@ -311,6 +410,34 @@ use prometheus::core::Collector as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_handles_count_into_the_labelled_series() {
+        let m = Metrics::new();
+        m.decisions_allowed.inc();
+        assert_eq!(
+            m.decisions.with_label_values(&["allow", "200", "ok"]).get(),
+            1
+        );
+        for kind in FACT_KINDS {
+            m.l1_hit(kind);
+            m.l1_hit(kind);
+            assert_eq!(
+                m.cache_lookups
+                    .with_label_values(&["l1", kind, "hit"])
+                    .get(),
+                2,
+                "{kind}"
+            );
+        }
+        m.l1_hit("not_a_kind");
+        assert_eq!(
+            m.cache_lookups
+                .with_label_values(&["l1", "not_a_kind", "hit"])
+                .get(),
+            1
+        );
+    }
 
     #[test]
     fn metrics_render_has_prefix_and_build_info() {

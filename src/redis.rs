@@ -16,7 +16,7 @@ use crate::breaker::{Breaker, BreakerConfig, CircuitState};
 use crate::metrics::Metrics;
 
 /// Connection settings (`redis.*`).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RedisSettings {
     /// `REDIS_URL` (may carry a password; never logged unredacted).
     pub url: String,

@@ -19,7 +19,7 @@ use crate::model::{
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Postgres connection settings.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct DatabaseSettings {
     /// `DATABASE_URL`; may carry a password, so `Debug` redacts it.
     pub url: String,

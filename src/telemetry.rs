@@ -2,6 +2,8 @@
 //! when it falls behind, lines are dropped and counted rather than slowing a
 //! decision (SPEC §6).
 
+pub mod traces;
+
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 

@@ -10,6 +10,7 @@
 //! - credentials: [`Token`];
 //! - Envoy's side of a Check: [`Check`] builds the request, [`Answer`] reads
 //!   the response, [`Verdict`] is the part two answers are compared on;
+//! - a trace collector: [`otlp`] (an OTLP/gRPC receiver keeping what it gets);
 //! - the world outside the process: [`http`] (the one HTTP/1.1 client),
 //!   [`procs`] (temp dirs, ports, databases, Redis prefixes) and [`sidecar`]
 //!   (the `velro-authz` binary as a process).
@@ -34,9 +35,11 @@ use crate::facts::{Fact, FactKey, FactSource, Facts};
 use crate::metrics::Metrics;
 use crate::model::{Generation, GenerationStatus, User, UserStatus};
 use crate::store::{StoreError, Target};
+use crate::telemetry::traces::DecisionTracer;
 
 mod envoy;
 pub mod http;
+pub mod otlp;
 pub mod procs;
 pub mod sidecar;
 
@@ -270,6 +273,8 @@ pub struct AuthorizerBuilder {
     metrics: Metrics,
     /// The shared Redis tier, when the test has one.
     l2: Option<Arc<L2>>,
+    /// Decision spans, when the test traces.
+    tracer: Option<DecisionTracer>,
 }
 
 impl AuthorizerBuilder {
@@ -279,6 +284,7 @@ impl AuthorizerBuilder {
             config,
             metrics: Metrics::new(),
             l2: None,
+            tracer: None,
         }
     }
 
@@ -299,6 +305,14 @@ impl AuthorizerBuilder {
         self
     }
 
+    /// Traces decisions with `tracer` (a [`TracePipeline`]'s).
+    ///
+    /// [`TracePipeline`]: crate::telemetry::traces::TracePipeline
+    pub fn tracer(mut self, tracer: DecisionTracer) -> AuthorizerBuilder {
+        self.tracer = Some(tracer);
+        self
+    }
+
     /// The authorizer over `source`; its fact cache is `authorizer.facts()`.
     pub fn build<S: FactSource>(self, source: S) -> Arc<Authorizer<S>> {
         let facts = Arc::new(Facts::with_tiers(
@@ -308,7 +322,11 @@ impl AuthorizerBuilder {
             self.config.breaker,
             self.metrics.clone(),
         ));
-        Arc::new(app::authorizer(&self.config, facts, None, &self.metrics))
+        let authorizer = app::authorizer(&self.config, facts, None, &self.metrics);
+        Arc::new(match self.tracer {
+            Some(tracer) => authorizer.with_tracer(tracer),
+            None => authorizer,
+        })
     }
 }
 

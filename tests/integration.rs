@@ -16,11 +16,15 @@ mod integration {
     mod forward;
     mod freshness;
     mod interfaces;
+    mod jwks_https;
     mod jwks_rotation;
     mod l2;
     mod nginx;
     mod race;
     mod ratelimit;
+    mod reader_role;
+    mod reload;
     mod routes;
+    mod traces;
     mod triggers;
 }

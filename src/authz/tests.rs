@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
+use uuid::Uuid;
 
 use super::*;
 use crate::authn::apikey;
@@ -418,6 +419,74 @@ async fn check_past_deadline_with_a_held_source_is_deadline_exceeded() {
         .expect_err("cannot decide");
     assert!(matches!(err, CheckError::DeadlineExceeded), "{err:?}");
     hold.release();
+}
+
+#[tokio::test]
+async fn check_past_max_in_flight_is_overloaded_at_once_and_counted() {
+    let w = world();
+    let source = Held::new(w.source.clone());
+    let metrics = crate::metrics::Metrics::new();
+    let authorizer = AuthorizerBuilder::yaml("decision:\n  max_in_flight: 1\n")
+        .metrics(&metrics)
+        .build(source.clone());
+    let check = w.generation("GET").bearer(&token(w.owner));
+
+    // One Check in flight, held inside its fact load.
+    let hold = source.hold_next("user");
+    let first = {
+        let (authorizer, check) = (authorizer.clone(), check.clone());
+        tokio::spawn(async move { check.decide(&authorizer, None).await })
+    };
+    hold.reached().await;
+
+    // The next is refused before any work: never an allow, never a deny.
+    for _ in 0..3 {
+        let err = check
+            .decide(&authorizer, None)
+            .await
+            .expect_err("overloaded");
+        assert!(matches!(err, CheckError::Overloaded), "{err:?}");
+        assert_eq!(err.reason(), "overloaded");
+    }
+    assert_eq!(metrics.decisions_shed.get(), 3);
+    assert_eq!(
+        metrics
+            .decisions
+            .with_label_values(&["error", "503", "overloaded"])
+            .get(),
+        3
+    );
+
+    // Its place is given back when it completes, and on an error too.
+    hold.release();
+    let first = first.await.expect("task").expect("decided");
+    assert!(matches!(first.outcome, Outcome::Allow(Some(_))));
+    let again = decide(&authorizer, &check).await;
+    assert!(matches!(again.outcome, Outcome::Allow(Some(_))));
+    authorizer.facts().flush();
+    w.source.set_down(true);
+    let down = check.decide(&authorizer, None).await.expect_err("down");
+    assert!(matches!(down, CheckError::Unavailable(_)), "{down:?}");
+    w.source.set_down(false);
+    let after = decide(&authorizer, &check).await;
+    assert!(matches!(after.outcome, Outcome::Allow(Some(_))));
+    assert_eq!(metrics.decisions_shed.get(), 3);
+}
+
+#[test]
+fn decision_ids_are_random_v4_uuids_in_32_lower_hex_digits() {
+    let ids: HashSet<String> = (0..1_000).map(|_| new_decision_id()).collect();
+    assert_eq!(ids.len(), 1_000, "no repeats");
+    for id in &ids {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
+        let uuid = Uuid::try_parse(id).expect("a uuid");
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+    }
 }
 
 #[tokio::test]

@@ -39,6 +39,24 @@ pub(super) struct FileConfig {
     pub(super) rate_limit: FileRateLimit,
     #[serde(default)]
     pub(super) forward_auth: FileForwardAuth,
+    #[serde(default)]
+    pub(super) explain: FileExplain,
+    #[serde(default)]
+    pub(super) tracing: FileTracing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileExplain {
+    pub(super) recent_decisions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTracing {
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +120,7 @@ pub(super) struct FileDecision {
     pub(super) deadline_ms: Option<u64>,
     pub(super) dry_run: Option<bool>,
     pub(super) allow_log_sample: Option<f64>,
+    pub(super) max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -109,7 +109,7 @@ fn config_redis_is_off_without_url_and_on_with_redis_url() {
 
 #[test]
 fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
-    let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\n";
+    let yaml = "redis:\n  url: http://cache\n  timeout_ms: 0\nbreaker:\n  failures: 0\nrate_limit:\n  per_second: -1\n  burst: 0\ndecision:\n  max_in_flight: 0\n";
     let err = Config::from_yaml(
         yaml,
         env(&[
@@ -125,6 +125,7 @@ fn config_redis_breaker_and_rate_limit_errors_name_their_settings() {
         "breaker.failures",
         "rate_limit.per_second",
         "rate_limit.burst",
+        "decision.max_in_flight",
     ] {
         assert!(text.contains(setting), "{setting} missing from {text}");
     }
@@ -431,4 +432,87 @@ fn config_remote_redis_without_password_is_refused_unless_allowed() {
     ] {
         assert!(load("", ok).is_ok(), "{ok}");
     }
+}
+
+#[test]
+fn config_tracing_is_off_without_endpoint_and_on_with_file_or_env() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let off = Config::from_yaml("tracing:\n  sample_ratio: 0.5\n", env(&base)).expect("valid");
+    assert_eq!(off.tracing, None);
+    let on = Config::from_yaml(
+        "tracing:\n  otlp_endpoint: http://otel-agent:4317\n",
+        env(&base),
+    )
+    .expect("valid");
+    assert_eq!(
+        on.tracing,
+        Some(TraceSettings {
+            otlp_endpoint: "http://otel-agent:4317".to_owned(),
+            sample_ratio: 0.01,
+            service_name: "velro-authz".to_owned(),
+        })
+    );
+    let mut with = base.to_vec();
+    with.push(("VELRO_AUTHZ_OTLP_ENDPOINT", "http://127.0.0.1:4317"));
+    let over = Config::from_yaml(
+        "tracing:\n  otlp_endpoint: http://otel-agent:4317\n  sample_ratio: 1\n  service_name: authz-eu\n",
+        env(&with),
+    )
+    .expect("valid");
+    let t = over.tracing.expect("on");
+    assert_eq!(t.otlp_endpoint, "http://127.0.0.1:4317");
+    assert_eq!((t.sample_ratio, t.service_name.as_str()), (1.0, "authz-eu"));
+}
+
+#[test]
+fn config_tracing_errors_name_their_settings_and_never_echo_credentials() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let cases = [
+        (
+            "otlp_endpoint: https://collector:4317",
+            "https is not supported",
+        ),
+        (
+            "otlp_endpoint: http://user:hunter2@collector:4317",
+            "must not carry credentials",
+        ),
+        ("otlp_endpoint: collector:4317", "expected http://host:port"),
+        (
+            "otlp_endpoint: http://collector",
+            "expected http://host:port",
+        ),
+        (
+            "otlp_endpoint: http://collector:4317/v1/traces",
+            "expected http://host:port",
+        ),
+        (
+            "otlp_endpoint: http://c:4317\n  sample_ratio: 1.5",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint: http://c:4317\n  sample_ratio: -0.1",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint: http://c:4317\n  service_name: ' '",
+            "tracing.service_name",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let err = Config::from_yaml(&format!("tracing:\n  {yaml}\n"), env(&base))
+            .expect_err(yaml)
+            .to_string();
+        assert!(err.contains(expected), "{yaml}: {err}");
+        assert!(!err.contains("hunter2"), "{yaml}: {err}");
+    }
+    let err = Config::from_yaml("tracing:\n  endpoint: http://c:4317\n", env(&base))
+        .expect_err("unknown field")
+        .to_string();
+    assert!(err.contains("endpoint"), "{err}");
 }

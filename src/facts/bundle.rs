@@ -68,6 +68,7 @@ use crate::model::{
     Generation, Grantee, MAX_PARENT_HOPS, Membership, Project, ResourceKind, Share, Team, User,
 };
 use crate::store::Target;
+use crate::telemetry::traces::Fetch;
 
 /// Redis levels read at most: the longest generation chain, then its
 /// project, then the longest team chain, with room to spare.
@@ -126,7 +127,12 @@ impl<S: FactSource> Facts<S> {
 
     /// Every fact of the decision: from Redis if it holds them all, else from
     /// Postgres in one statement (Redis filled afterwards, in the background).
-    async fn load_bundle(&self, user: Uuid, target: Target) -> Result<Bundle, FactError> {
+    async fn load_bundle(
+        &self,
+        user: Uuid,
+        target: Target,
+        trace: &Trace,
+    ) -> Result<Bundle, FactError> {
         // Before any read: see the module comment.
         let epoch = self.epoch.load(Ordering::Acquire);
         let s0 = self.seq.load(Ordering::Acquire);
@@ -134,7 +140,7 @@ impl<S: FactSource> Facts<S> {
         let mut tickets = Vec::new();
         let mut hits = HashSet::new();
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.usable()) {
-            let levels = self.read_levels(l2, user, target).await;
+            let levels = self.read_levels(l2, user, target, trace).await;
             if levels.complete {
                 let facts = levels.hits.into_iter().map(|(k, f)| (k, f, Source::L2));
                 return Ok(self.keep(facts, s0, epoch).await);
@@ -144,11 +150,17 @@ impl<S: FactSource> Facts<S> {
         }
 
         let source = self.source.clone();
+        let mut span = trace.fetch_many(Fetch::PostgresQuery, "decision");
         let loaded = self
             .run("decision", async move {
                 source.load_decision(user, target).await
             })
-            .await?;
+            .await;
+        if let (Some(span), Err(_)) = (&mut span, &loaded) {
+            span.failed("store_unavailable");
+        }
+        drop(span);
+        let loaded = loaded?;
         let Some(loaded) = loaded else {
             return Ok(Bundle::default());
         };
@@ -189,7 +201,7 @@ impl<S: FactSource> Facts<S> {
     }
 
     /// Redis level by level, until a level has a miss or nothing is left.
-    async fn read_levels(&self, l2: &L2, user: Uuid, target: Target) -> Levels {
+    async fn read_levels(&self, l2: &L2, user: Uuid, target: Target, trace: &Trace) -> Levels {
         let mut levels = Levels {
             hits: HashMap::new(),
             tickets: Vec::new(),
@@ -201,7 +213,13 @@ impl<S: FactSource> Facts<S> {
                 levels.complete = true;
                 break;
             }
+            let mut span = trace.fetch_many(Fetch::RedisGet, "decision");
             let answers = l2.get_many(&frontier).await;
+            if let Some(span) = &mut span {
+                let all = answers.iter().all(|a| matches!(a, L2Get::Hit(_)));
+                span.result(if all { "hit" } else { "miss" });
+            }
+            drop(span);
             let mut next = Vec::new();
             let mut missed = false;
             for (key, answer) in frontier.into_iter().zip(answers) {
@@ -377,7 +395,7 @@ impl<S: FactSource> Gather<'_, S> {
         self.facts.lookup(key.kind(), "miss");
         let bundle = self
             .bundle
-            .get_or_try_init(|| Box::pin(self.facts.load_bundle(self.user, target)))
+            .get_or_try_init(|| Box::pin(self.facts.load_bundle(self.user, target, self.trace)))
             .await?;
         self.bundled(bundle, key).await
     }

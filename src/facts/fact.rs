@@ -1,6 +1,6 @@
 //! The fact vocabulary: what a fact is ([`FactKey`], [`Fact`]), where it
 //! comes from ([`FactSource`], [`Source`]), and how a decision's use of facts
-//! is recorded for `--explain` ([`Trace`]).
+//! is recorded for `--explain` and for decision traces ([`Trace`]).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,7 @@ use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
 use crate::store::{Store, StoreError, Target};
+use crate::telemetry::traces::{DecisionSpan, Fetch, FetchSpan, Tier};
 
 /// Number of invalidation buckets; a collision only costs a spurious refill.
 pub(super) const BUCKETS: usize = 1 << 16;
@@ -83,23 +84,95 @@ pub struct FactError {
     pub message: String,
 }
 
-/// One fact used by a decision, recorded for `--explain`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One fact used by a decision: which, from where, and what it said. Kept
+/// as values (cheap clones: ids, small rows, `Arc`ed lists), rendered to JSON
+/// only when someone asks ([`FactUse::to_json`]).
+#[derive(Debug, Clone)]
 pub struct FactUse {
-    /// Fact kind label.
-    pub kind: &'static str,
-    /// The key, rendered.
-    pub key: String,
+    /// The fact's identity.
+    pub key: FactKey,
     /// Where it came from.
     pub source: Source,
-    /// The value, rendered.
-    pub value: String,
+    /// Its value as the decision read it.
+    pub fact: Fact,
 }
 
-/// Collects the facts a decision used, when explaining.
-#[derive(Debug, Default)]
+impl FactUse {
+    /// Fact kind label (`user`, `generation`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.key.kind()
+    }
+
+    /// The key as an operator reads it: a UUID, `generation/<uuid>` for
+    /// shares, `sha256:<first 12 hex>…` for an API key (never the whole hash).
+    pub fn key_text(&self) -> String {
+        self.key.render()
+    }
+
+    /// The value as typed JSON: the row's fields (`null` when there is no
+    /// row), a list for memberships and shares. An API key shows its hash
+    /// only as the same short prefix as its key.
+    pub fn value_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json, to_value};
+        let value = match &self.fact {
+            Fact::User(row) => to_value(row),
+            Fact::Team(row) => to_value(row),
+            Fact::Memberships(list) => to_value(list),
+            Fact::Project(row) => to_value(row),
+            Fact::Generation(row) => to_value(row),
+            Fact::Shares(list) => to_value(list),
+            Fact::Session(row) => to_value(row),
+            Fact::ApiKey(row) => Ok(row.as_ref().map_or(Value::Null, |k| {
+                json!({
+                    "id": k.id,
+                    "user_id": k.user_id,
+                    "key_hash": self.key.render(),
+                    "scopes": k.scopes,
+                    "expires_at": k.expires_at,
+                    "revoked_at": k.revoked_at,
+                })
+            })),
+        };
+        // Plain rows of ids, enums and timestamps always serialize.
+        value.unwrap_or(Value::Null)
+    }
+
+    /// `{"kind", "key", "source", "value"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind(),
+            "key": self.key_text(),
+            "source": self.source.as_str(),
+            "value": self.value_json(),
+        })
+    }
+}
+
+impl serde::Serialize for FactUse {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+/// What one decision's use of facts is recorded into: the facts themselves
+/// when explaining or keeping recent decisions (per decision, so its lock is
+/// never contended), the tiers and fetches when the decision is traced;
+/// nothing on the hot path.
+#[derive(Default)]
 pub struct Trace {
+    /// The facts used, when explaining.
     uses: Option<Mutex<Vec<FactUse>>>,
+    /// The decision's span, when this decision is sampled for tracing.
+    span: Option<DecisionSpan>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace")
+            .field("uses", &self.uses)
+            .field("traced", &self.span.is_some())
+            .finish()
+    }
 }
 
 impl Trace {
@@ -107,31 +180,76 @@ impl Trace {
     pub fn recording() -> Trace {
         Trace {
             uses: Some(Mutex::new(Vec::new())),
+            span: None,
         }
     }
 
-    /// A trace that records nothing (the hot path).
+    /// A trace that records nothing.
     pub fn off() -> Trace {
-        Trace { uses: None }
+        Trace {
+            uses: None,
+            span: None,
+        }
+    }
+
+    /// Records into the decision span `span`: the tiers that answered, and a
+    /// child span per fetch on a miss.
+    pub fn traced(span: DecisionSpan) -> Trace {
+        Trace {
+            uses: None,
+            span: Some(span),
+        }
+    }
+
+    /// This trace, also recording the facts used.
+    pub fn and_recording(mut self) -> Trace {
+        self.uses = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The recorded uses and the decision span (to end it).
+    pub fn into_parts(self) -> (Vec<FactUse>, Option<DecisionSpan>) {
+        let uses = self
+            .uses
+            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_default();
+        (uses, self.span)
+    }
+
+    /// A child span for a fetch of `key` from Redis or Postgres, when traced.
+    pub(super) fn fetch(&self, fetch: Fetch, key: &FactKey) -> Option<FetchSpan> {
+        self.span.as_ref().map(|s| s.fetch(fetch, key.kind()))
+    }
+
+    /// A child span for a fetch of several facts at once (`kind` names what:
+    /// `decision` for a decision's facts in one read), when traced.
+    pub(super) fn fetch_many(&self, fetch: Fetch, kind: &'static str) -> Option<FetchSpan> {
+        self.span.as_ref().map(|s| s.fetch(fetch, kind))
     }
 
     pub(super) fn record(&self, key: &FactKey, source: Source, fact: &Fact) {
+        if let Some(span) = &self.span {
+            span.tier(match source {
+                Source::L1 => Tier::L1,
+                Source::L2 => Tier::L2,
+                Source::Postgres => Tier::Postgres,
+                Source::Coalesced => Tier::Coalesced,
+                Source::Stale => Tier::Stale,
+            });
+        }
         if let Some(uses) = &self.uses {
             let mut uses = uses.lock().unwrap_or_else(|p| p.into_inner());
             uses.push(FactUse {
-                kind: key.kind(),
-                key: key.render(),
+                key: key.clone(),
                 source,
-                value: format!("{fact:?}"),
+                fact: fact.clone(),
             });
         }
     }
 
     /// The recorded uses.
     pub fn into_uses(self) -> Vec<FactUse> {
-        self.uses
-            .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or_default()
+        self.into_parts().0
     }
 }
 
@@ -226,7 +344,7 @@ impl FactKey {
         }
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         match self {
             FactKey::User(id)
             | FactKey::Team(id)

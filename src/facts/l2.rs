@@ -145,7 +145,7 @@ return #KEYS / 2
 
 /// Fact TTLs in Redis (`redis.ttl_secs`, `redis.negative_ttl_secs`) and the
 /// key that authenticates values (`redis.hmac_key`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct L2Settings {
     /// TTL of a present fact (safety net).
     pub ttl: Duration,
@@ -158,7 +158,7 @@ pub struct L2Settings {
 
 /// The secret behind the values' tags: shared by every sidecar of a fleet,
 /// never written to Redis, never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct L2Key(Arc<[u8]>);
 
 impl L2Key {

@@ -1,5 +1,5 @@
 //! The admin service (`proto/velro/authz/admin/v1/admin.proto`): explain a
-//! decision, cache stats, flush.
+//! decision (live, or a past one by its id), cache stats, flush.
 //!
 //! Explain shows the facts behind any answer, a 404 included (the existence
 //! oracle the data path refuses to be), and Flush voids every sidecar's Redis
@@ -17,7 +17,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::cannot_decide;
-use crate::authz::{Authorizer, Explanation, Headers};
+use crate::authz::recent::parse_id;
+use crate::authz::{Authorizer, Explanation, Headers, Summary};
 use crate::facts::FactSource;
 
 /// Generated admin API.
@@ -34,7 +35,7 @@ pub const ADMIN_DESCRIPTOR: &[u8] =
 pub const ADMIN_SERVICE: &str = "velro.authz.admin.v1.Admin";
 
 /// Where and behind what the admin service is served (`admin.*`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminSettings {
     /// Its own listener (`admin.addr`, default 127.0.0.1:9192).
     pub addr: SocketAddr,
@@ -47,7 +48,7 @@ pub struct AdminSettings {
 /// The admin bearer token, kept only as its SHA-256: compared in constant
 /// time (digests of equal length, so not even the length leaks), never
 /// printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct AdminToken([u8; 32]);
 
 impl AdminToken {
@@ -127,30 +128,71 @@ impl<S: FactSource> Admin<S> {
 /// The admin protobuf form of an explanation.
 fn explain_response(explanation: Explanation) -> Result<admin_pb::ExplainResponse, Status> {
     let summary = explanation.summary().map_err(|e| cannot_decide(&e))?;
-    Ok(admin_pb::ExplainResponse {
+    Ok(summary_response(&summary))
+}
+
+/// The admin protobuf form of a summary, live or past.
+fn summary_response(summary: &Summary) -> admin_pb::ExplainResponse {
+    admin_pb::ExplainResponse {
         allowed: summary.allowed,
         http_status: u32::from(summary.status),
         reason: summary.reason.to_owned(),
-        decision_id: summary.decision_id,
-        route: summary.route.unwrap_or_default(),
-        principal: summary.principal.unwrap_or_default(),
+        decision_id: summary.decision_id.clone(),
+        route: summary.route.clone().unwrap_or_default(),
+        principal: summary
+            .principal
+            .as_ref()
+            .map(|p| p.line())
+            .unwrap_or_default(),
         role: summary.role.unwrap_or_default().to_owned(),
         facts: summary
             .facts
-            .into_iter()
+            .iter()
             .map(|f| admin_pb::FactUse {
-                kind: f.kind.to_owned(),
-                key: f.key,
+                kind: f.kind().to_owned(),
+                key: f.key_text(),
                 source: f.source.as_str().to_owned(),
-                value: f.value,
+                value: f.value_json().to_string(),
             })
             .collect(),
         headers: summary
             .headers
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect(),
-    })
+        json: summary.to_json().to_string(),
+        time: summary.time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+    }
+}
+
+/// A past decision by its id, from the recent decisions kept.
+fn past_decision<S: FactSource>(
+    authorizer: &Authorizer<S>,
+    r: &admin_pb::ExplainRequest,
+) -> Result<admin_pb::ExplainResponse, Status> {
+    if !(r.method.is_empty() && r.path.is_empty() && r.headers.is_empty()) {
+        return Err(Status::invalid_argument(
+            "decision_id explains a past decision: leave method, path and headers empty",
+        ));
+    }
+    if parse_id(&r.decision_id).is_none() {
+        return Err(Status::invalid_argument(
+            "decision_id: 32 hex digits, as in x-velro-decision-id",
+        ));
+    }
+    let Some(recent) = authorizer.recent_decisions() else {
+        return Err(Status::failed_precondition(
+            "past decisions are not kept (explain.recent_decisions: 0)",
+        ));
+    };
+    match recent.get(&r.decision_id) {
+        Some(recorded) => Ok(summary_response(&recorded.summary())),
+        None => Err(Status::not_found(format!(
+            "decision {} is not among the {} most recent recorded (every deny, and the allows the decision log sampled)",
+            r.decision_id,
+            recent.capacity()
+        ))),
+    }
 }
 
 #[tonic::async_trait]
@@ -160,6 +202,9 @@ impl<S: FactSource> admin_pb::admin_server::Admin for Admin<S> {
         request: Request<admin_pb::ExplainRequest>,
     ) -> Result<Response<admin_pb::ExplainResponse>, Status> {
         let r = request.into_inner();
+        if !r.decision_id.is_empty() {
+            return past_decision(&self.authorizer, &r).map(Response::new);
+        }
         let headers = Headers::from_pairs(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let req = headers.request(&r.method, &r.path, &[]);
         explain_response(self.authorizer.explain(&req).await).map(Response::new)

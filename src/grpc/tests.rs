@@ -196,6 +196,29 @@ async fn check_that_cannot_decide_is_unavailable_or_deadline_exceeded_never_an_a
     hold.release();
 }
 
+#[tokio::test]
+async fn check_past_max_in_flight_is_unavailable_at_once_never_an_answer() {
+    let (source, owner, generation) = world();
+    let check = Check::new("GET", &format!("/api/v1/generations/{generation}"))
+        .header("authorization", &bearer(owner));
+    let held = Held::new(source);
+    let hold = held.hold_next("user");
+    let ext = Arc::new(ext_authz("decision:\n  max_in_flight: 1\n", held));
+    let first = {
+        let (ext, request) = (ext.clone(), check.request());
+        tokio::spawn(async move { call(&ext, Request::new(request)).await })
+    };
+    hold.reached().await;
+    let status = call(&ext, Request::new(check.request()))
+        .await
+        .expect_err("shed");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "cannot decide: overloaded");
+    hold.release();
+    let first = Answer::read(first.await.expect("task").expect("answered"));
+    assert!(first.allowed());
+}
+
 #[test]
 fn grpc_timeout_parses_units_and_rejects_garbage() {
     assert_eq!(grpc_timeout(Some("100m")), Some(Duration::from_millis(100)));

@@ -76,23 +76,32 @@ fn parse_statement_payload_of_shares_and_api_keys_names_their_facts() {
 }
 
 #[test]
-fn parse_unreadable_or_truncate_flushes() {
+fn parse_truncate_or_flush_payload_flushes() {
+    for payload in [
+        r#"{"t":"users","op":"TRUNCATE","ts":1}"#,
+        // 0003: keys too many for one notification.
+        r#"{"t":"generations","op":"FLUSH","ts":1}"#,
+        r#"{"t":"generations","op":"FLUSH","ts":1,"keys":[{"id":"00000000-0000-4000-8000-000000000001"}]}"#,
+    ] {
+        assert_eq!(parse(payload), Invalidation::Flush, "{payload}");
+    }
+}
+
+#[test]
+fn parse_junk_is_unreadable() {
     for payload in [
         "",
         "not json",
-        r#"{"t":"users","op":"TRUNCATE","ts":1}"#,
         r#"{"t":"mystery","op":"INSERT","ts":1,"new":{"id":"x"}}"#,
         r#"{"t":"users","op":"INSERT","ts":1,"new":{"id":"not-a-uuid"}}"#,
         r#"{"t":"users","op":"DELETE","ts":1,"old":null,"new":null}"#,
-        // 0003: keys too many for one notification, or none that parse.
-        r#"{"t":"generations","op":"FLUSH","ts":1}"#,
-        r#"{"t":"generations","op":"FLUSH","ts":1,"keys":[{"id":"00000000-0000-4000-8000-000000000001"}]}"#,
+        // 0003 shape with no key, or one that does not parse.
         r#"{"t":"users","op":"UPDATE","ts":1,"keys":[]}"#,
         r#"{"t":"users","op":"UPDATE","ts":1,"keys":[{"id":"00000000-0000-4000-8000-000000000001"},{}]}"#,
         r#"{"t":"shares","op":"INSERT","ts":1,"keys":[{"resource_kind":"team","resource_id":"00000000-0000-4000-8000-000000000001"}]}"#,
         r#"{"t":"users","op":"UPDATE","ts":1,"keys":{"id":"00000000-0000-4000-8000-000000000001"}}"#,
     ] {
-        assert_eq!(parse(payload), Invalidation::Flush, "{payload}");
+        assert_eq!(parse(payload), Invalidation::Unreadable, "{payload}");
     }
 }
 

@@ -55,6 +55,13 @@ pub struct SidecarOptions {
     pub breaker: (u32, u64),
     /// `freshness.serve_stale_on_outage_ms`; `None` = the default (never).
     pub serve_stale_ms: Option<u64>,
+    /// `decision.max_in_flight`; `None` = the default.
+    pub max_in_flight: Option<u64>,
+    /// A command the binary runs under (e.g. `valgrind --tool=callgrind …`);
+    /// empty = run it directly.
+    pub wrap: Vec<String>,
+    /// How long to wait for `/readyz` (slower under a wrapper).
+    pub ready_within: Duration,
 }
 
 impl SidecarOptions {
@@ -69,6 +76,9 @@ impl SidecarOptions {
             db_timeout_ms: 2_000,
             breaker: (5, 1_000),
             serve_stale_ms: None,
+            max_in_flight: None,
+            wrap: Vec::new(),
+            ready_within: Duration::from_secs(30),
         }
     }
 
@@ -85,6 +95,9 @@ impl SidecarOptions {
             t = self.db_timeout_ms,
             d = self.deadline_ms,
         );
+        if let Some(n) = self.max_in_flight {
+            y.push_str(&format!("  max_in_flight: {n}\n"));
+        }
         if let Some((_, prefix)) = &self.redis {
             y.push_str(&format!(
                 "redis:\n  key_prefix: \"{prefix}\"\n  timeout_ms: 100\n  hmac_key: \"cluster-test-l2-hmac-key-0123456789abcdef\"\n"
@@ -111,6 +124,9 @@ pub struct Sidecar {
     pub http_addr: SocketAddr,
     /// ext_authz client on one HTTP/2 connection.
     pub client: AuthorizationClient<Channel>,
+    /// From spawning the process to its first `/readyz` 200 (polled every
+    /// 2 ms, so up to 2 ms late): the cold start.
+    pub ready_in: Duration,
     /// The process.
     child: Child,
     /// Its config and logs.
@@ -157,7 +173,14 @@ impl Sidecar {
             std::fs::write(&config, options.yaml()).expect("write config");
             let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let mut cmd = Command::new(&options.bin);
+            let mut cmd = match options.wrap.split_first() {
+                Some((wrapper, args)) => {
+                    let mut cmd = Command::new(wrapper);
+                    cmd.args(args).arg(&options.bin);
+                    cmd
+                }
+                None => Command::new(&options.bin),
+            };
             clean_env(&mut cmd);
             cmd.arg("--config")
                 .arg(&config)
@@ -172,6 +195,7 @@ impl Sidecar {
             if let Some((url, _)) = &options.redis {
                 cmd.env("REDIS_URL", url);
             }
+            let spawned = Instant::now();
             let child = cmd.spawn().expect("spawn velro-authz serve");
             let client = lazy_client(grpc);
             let mut sidecar = Sidecar {
@@ -179,11 +203,15 @@ impl Sidecar {
                 grpc_addr: grpc,
                 http_addr: http,
                 client,
+                ready_in: Duration::ZERO,
                 child,
                 dir,
             };
-            match sidecar.wait_ready(Duration::from_secs(30)).await {
-                Ok(()) => return sidecar,
+            match sidecar.wait_ready(options.ready_within).await {
+                Ok(()) => {
+                    sidecar.ready_in = spawned.elapsed();
+                    return sidecar;
+                }
                 Err(exited) => {
                     let logs = sidecar.logs(40);
                     if attempt < 3 && logs.to_lowercase().contains("address") {
@@ -216,8 +244,23 @@ impl Sidecar {
                 let last = self.readyz().await;
                 return Err(format!("/readyz after {within:?}: {last:?}"));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The process id (CPU time and memory from `/proc/<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the process with SIGTERM (a graceful shutdown, and a wrapper
+    /// such as callgrind writes its output) and waits for it to exit.
+    pub fn terminate(mut self) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()
     }
 
     /// `GET /readyz`: status and JSON body.
@@ -241,6 +284,22 @@ impl Sidecar {
     /// One Check; the client gives up after `timeout` (reported as DEADLINE_EXCEEDED).
     pub async fn check(&self, check: &Check, timeout: Duration) -> Result<Verdict, tonic::Status> {
         verdict(&self.client, check, timeout).await
+    }
+
+    /// The config file it was started with (`--config`): a test may
+    /// rewrite it and send SIGHUP.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// Sends the process SIGHUP (`kill -HUP`): reload the configuration.
+    pub fn hangup(&self) {
+        run(
+            Command::new("kill")
+                .arg("-HUP")
+                .arg(self.child.id().to_string()),
+            "kill -HUP",
+        );
     }
 
     /// The tail of stdout and stderr.

@@ -110,7 +110,7 @@ async fn cold_decision_explain_names_every_fact_with_its_source(pool: PgPool) {
         ..Default::default()
     };
     let kinds = |facts: &[velro_authz::facts::FactUse]| {
-        let mut kinds: Vec<_> = facts.iter().map(|f| f.kind).collect();
+        let mut kinds: Vec<_> = facts.iter().map(|f| f.kind()).collect();
         kinds.sort_unstable();
         kinds
     };

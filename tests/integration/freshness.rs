@@ -593,3 +593,58 @@ async fn freshness_generation_asked_before_it_exists_is_allowed_right_after_its_
         "the insert announced nothing"
     );
 }
+
+/// Issue 12, item 11: junk NOTIFYed on the change channel from an ordinary
+/// connection is counted as junk, flushes (fail-safe: it might be a newer
+/// trigger's format) under its own cause, and is not counted as an
+/// invalidation; a real change after it is applied as usual.
+#[sqlx::test(migrations = "./migrations")]
+async fn freshness_junk_notification_is_counted_apart_and_flushes(pool: PgPool) {
+    let h = start(pool).await;
+    let m = &h.running.metrics;
+    let path = format!("/api/v1/generations/{GEN_BOB}");
+    assert_eq!(status_of(&h, BOB, "GET", &path).await.0, 200);
+    let invalidations = || m.invalidations.with_label_values(&["users"]).get();
+    let before = (
+        invalidations(),
+        m.flushes.with_label_values(&["notification"]).get(),
+    );
+
+    for junk in [
+        "not json",
+        r#"{"t":"users","op":"UPDATE","ts":1,"keys":[{"id":"nope"}]}"#,
+    ] {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(velro_authz::invalidate::CHANNEL)
+            .bind(junk)
+            .execute(&h.pool)
+            .await
+            .expect("NOTIFY junk");
+    }
+    h.eventually(WITHIN, || async { m.invalidation_junk.get() == 2 })
+        .await;
+    assert!(m.flushes.with_label_values(&["junk"]).get() >= 1);
+    assert_eq!(
+        (
+            invalidations(),
+            m.flushes.with_label_values(&["notification"]).get()
+        ),
+        before,
+        "junk is neither an invalidation nor a trigger's flush"
+    );
+
+    // A real change is still heard, and counted as one.
+    flips(
+        &h,
+        BOB,
+        "GET",
+        &path,
+        (200, "ok"),
+        &format!("UPDATE users SET status = 'suspended' WHERE id = '{BOB}'"),
+        (403, "user_inactive"),
+    )
+    .await;
+    h.eventually(WITHIN, || async { invalidations() == before.0 + 1 })
+        .await;
+    assert_eq!(m.invalidation_junk.get(), 2);
+}

@@ -132,6 +132,22 @@ async fn http_healthz_readyz_and_metrics_answer(pool: PgPool) {
     assert!(!body.contains(BOB), "no user id in metrics");
 }
 
+/// Ready means the first Checks find connections open: the pool warms while
+/// LISTEN connects, and readiness waits for both.
+#[sqlx::test(migrations = "./migrations")]
+async fn ready_only_once_the_pool_holds_min_connections(pool: PgPool) {
+    let mut config = config("");
+    config.database.min_connections = 3;
+    let h = start_with(pool, config).await;
+    let (status, body) = http_get(h.running.http_addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        h.pool.size() >= 3,
+        "ready with {} connections open, 3 wanted",
+        h.pool.size()
+    );
+}
+
 /// `metrics_addr` is a listener of its own: health, readiness and metrics
 /// answer there, the decision endpoints do not (they stay on `http_addr`).
 #[sqlx::test(migrations = "./migrations")]
@@ -215,6 +231,29 @@ async fn admin_client(addr: std::net::SocketAddr, value: Option<&str>) -> Guarde
 }
 
 #[sqlx::test(migrations = "./migrations")]
+async fn admin_listener_reflection_v1_and_v1alpha_list_the_admin_api_only(pool: PgPool) {
+    let (cfg, _token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener");
+    // grpcurl 1.8.6 asks v1alpha only: without it, `grpcurl … Admin/Explain`
+    // fails with "server does not support the reflection API".
+    let v1 = list_services!(tonic_reflection::pb::v1, addr);
+    let v1alpha = list_services!(tonic_reflection::pb::v1alpha, addr);
+    for names in [&v1, &v1alpha] {
+        assert!(
+            names.iter().any(|n| n == "velro.authz.admin.v1.Admin"),
+            "the admin API is listed: {names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("envoy.") || n.starts_with("grpc.health")),
+            "only the admin API (and reflection) on the admin listener: {names:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "./migrations")]
 async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
     let (cfg, _token_file) = admin_config();
     let h = start_with(pool, cfg).await;
@@ -228,6 +267,7 @@ async fn admin_explain_reports_route_principal_facts_and_sources(pool: PgPool) {
             method: "GET".into(),
             path: format!("/api/v1/generations/{GEN_GRANDCHILD}"),
             headers: [("authorization".to_owned(), token.clone())].into(),
+            ..Default::default()
         };
         let mut admin = admin.clone();
         async move { admin.explain(request).await.expect("explain").into_inner() }
@@ -307,7 +347,7 @@ async fn admin_without_the_token_is_unauthenticated(pool: PgPool) {
             .explain(admin_pb::ExplainRequest {
                 method: "GET".into(),
                 path: format!("/api/v1/generations/{GEN_BOB}"),
-                headers: Default::default(),
+                ..Default::default()
             })
             .await
             .expect_err("explain without the token");
@@ -528,4 +568,87 @@ async fn admin_cli_calls_the_admin_listener_with_its_token_file(pool: PgPool) {
         !stderr.contains("wrong-token") && !stderr.contains(ADMIN_TOKEN),
         "{stderr}"
     );
+}
+
+/// A deny answered over the Check port can be explained later by its
+/// decision id alone, through the admin service and the CLI: what was
+/// decided then, with typed facts, even after the facts changed.
+#[sqlx::test(migrations = "./migrations")]
+async fn admin_explains_a_past_deny_by_its_decision_id(pool: PgPool) {
+    let (cfg, token_file) = admin_config();
+    let h = start_with(pool, cfg).await;
+    let addr = h.running.admin_addr.expect("admin listener");
+    let answer = h
+        .check_as(ERIN, "GET", &format!("/api/v1/generations/{GEN_BOB}"))
+        .await;
+    assert_eq!((answer.status, answer.reason.as_str()), (404, "not_found"));
+    let id = answer.metadata_decision_id.clone();
+
+    let mut admin = admin_client(addr, Some(&format!("Bearer {ADMIN_TOKEN}"))).await;
+    let past = admin
+        .explain(admin_pb::ExplainRequest {
+            decision_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("explain by id")
+        .into_inner();
+    assert_eq!(
+        (past.decision_id.as_str(), past.http_status),
+        (id.as_str(), 404)
+    );
+    assert!(!past.time.is_empty());
+    let json: serde_json::Value = serde_json::from_str(&past.json).expect("JSON");
+    assert_eq!(json["reason"], "not_found");
+    assert_eq!(json["principal"]["user_id"], ERIN);
+    assert_eq!(json["resource_id"], GEN_BOB);
+    let generation = json["facts"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["kind"] == "generation"))
+        .expect("generation fact");
+    assert_eq!(generation["value"]["user_id"], BOB, "{generation}");
+    let value: serde_json::Value = serde_json::from_str(
+        &past
+            .facts
+            .iter()
+            .find(|f| f.kind == "generation")
+            .expect("fact")
+            .value,
+    )
+    .expect("a fact's value is JSON");
+    assert_eq!(value, generation["value"]);
+
+    for (bad, code) in [
+        ("0123", tonic::Code::InvalidArgument),
+        ("ffffffffffffffffffffffffffffffff", tonic::Code::NotFound),
+    ] {
+        let status = admin
+            .explain(admin_pb::ExplainRequest {
+                decision_id: bad.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect_err(bad);
+        assert_eq!(status.code(), code, "{bad}");
+    }
+
+    // The same from the command line, needing only the admin address and token.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"));
+    cmd.args(["explain", "--addr", &addr.to_string(), "--token-file"])
+        .arg(&token_file.0)
+        .args(["--decision", &id])
+        .env_remove("DATABASE_URL")
+        .env_remove("VELRO_AUTHZ_CONFIG")
+        .env_remove("VELRO_AUTHZ_JWT_SECRET");
+    // Off the runtime: the sidecar answering it runs on this test's runtime.
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run velro-authz explain"))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(printed, json);
 }

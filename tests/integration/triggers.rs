@@ -100,10 +100,11 @@ fn heard(payload: &str) -> Heard {
         Invalidation::Flush => {
             assert!(
                 op == "FLUSH" || op == "TRUNCATE",
-                "a {op} payload the parser could not read: {payload}"
+                "a {op} payload read as a flush: {payload}"
             );
             Heard::Flush(op)
         }
+        Invalidation::Unreadable => panic!("a payload the parser could not read: {payload}"),
     }
 }
 
@@ -628,4 +629,142 @@ async fn triggers_upgrade_from_0002_keeps_data_and_replaces_triggers(pool: PgPoo
         .await,
         keys("DELETE", [memberships(DAVE)])
     );
+}
+
+/// Runs the integrity triggers of 0001 from a session that shadows their
+/// tables with temporary ones (a session's temporary schema is searched first
+/// for tables unless its search_path places it elsewhere, and PUBLIC may
+/// create temporary tables). Returns, per statement, the SQLSTATE it failed
+/// with (`None`: it succeeded), and how many real shares the cascade left on
+/// the deleted generation.
+async fn hostile_session(pool: &PgPool) -> (Vec<Option<String>>, i64) {
+    let mut conn = pool.acquire().await.expect("connection");
+    let fake = Uuid::new_v4();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE generations (id uuid, parent_id uuid); \
+         CREATE TEMP TABLE projects (id uuid); \
+         CREATE TEMP TABLE teams (id uuid, parent_id uuid); \
+         CREATE TEMP TABLE shares (resource_kind text, resource_id uuid); \
+         INSERT INTO pg_temp.generations VALUES ('{fake}', NULL); \
+         INSERT INTO pg_temp.projects VALUES ('{fake}');"
+    )))
+    .execute(&mut *conn)
+    .await
+    .expect("temporary tables");
+    let statements = [
+        // A share on a generation / project that exists only in the temp table.
+        format!(
+            "INSERT INTO public.shares (resource_kind, resource_id, grantee_user_id, role) \
+             VALUES ('generation', '{fake}', '{ALICE}', 'viewer')"
+        ),
+        format!(
+            "INSERT INTO public.shares (resource_kind, resource_id, grantee_user_id, role) \
+             VALUES ('project', '{fake}', '{ALICE}', 'viewer')"
+        ),
+        // acme under its own child: a cycle the empty temp `teams` would hide.
+        format!("UPDATE public.teams SET parent_id = '{TEAM_RESEARCH}' WHERE id = '{TEAM_ACME}'"),
+        // A generation under its own grandchild.
+        format!(
+            "UPDATE public.generations SET parent_id = '{GEN_GRANDCHILD}' WHERE id = '{GEN_BOB}'"
+        ),
+        // Deleting a shared generation must delete its real shares.
+        format!("DELETE FROM public.generations WHERE id = '{GEN_SHARED_ERIN}'"),
+    ];
+    let mut codes = Vec::new();
+    for sql in statements {
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await;
+        codes.push(result.err().map(|e| {
+            e.as_database_error()
+                .and_then(|d| d.code())
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|| format!("not a database error: {e}"))
+        }));
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public.shares \
+         WHERE resource_kind = 'generation' AND resource_id = $1",
+    )
+    .bind(id(GEN_SHARED_ERIN))
+    .fetch_one(&mut *conn)
+    .await
+    .expect("shares left");
+    (codes, left)
+}
+
+/// What [`hostile_session`] must see: both shares refused as foreign key
+/// violations, both cycles as check violations, the delete done and its
+/// shares gone.
+fn integrity_held() -> (Vec<Option<String>>, i64) {
+    let code = |c: &str| Some(c.to_owned());
+    (
+        vec![
+            code("23503"),
+            code("23503"),
+            code("23514"),
+            code("23514"),
+            None,
+        ],
+        0,
+    )
+}
+
+/// Item 13 of issue 12: a session's search_path (here: temporary tables
+/// named like ours) does not change what the integrity triggers check.
+#[sqlx::test(migrations = "./migrations")]
+async fn triggers_hostile_search_path_does_not_redirect_integrity_checks(pool: PgPool) {
+    seed(&pool).await;
+    assert_eq!(hostile_session(&pool).await, integrity_held());
+}
+
+/// A database migrated to 0003, with data, then upgraded to 0004: the data is
+/// untouched, every velro_authz function has a fixed search_path, the
+/// integrity triggers still refuse what they refused (hostile session or
+/// not) and a root generation still inserts.
+#[sqlx::test(migrations = false)]
+async fn triggers_upgrade_from_0003_pins_every_search_path(pool: PgPool) {
+    MIGRATOR.run_to(3, &pool).await.expect("migrate to 0003");
+    seed(&pool).await;
+    let digest = "SELECT string_agg(t::text, ',' ORDER BY t::text) FROM \
+                  (SELECT * FROM teams) t UNION ALL \
+                  SELECT string_agg(g::text, ',' ORDER BY g::text) FROM generations g UNION ALL \
+                  SELECT string_agg(s::text, ',' ORDER BY s::text) FROM shares s";
+    let before: Vec<String> = sqlx::query_scalar(digest)
+        .fetch_all(&pool)
+        .await
+        .expect("digest");
+
+    MIGRATOR.run(&pool).await.expect("migrate to the latest");
+    let after: Vec<String> = sqlx::query_scalar(digest)
+        .fetch_all(&pool)
+        .await
+        .expect("digest");
+    assert_eq!(after, before, "data intact");
+
+    let unpinned: Vec<String> = sqlx::query_scalar(
+        "SELECT proname::text FROM pg_proc \
+         WHERE proname LIKE 'velro\\_authz\\_%' \
+           AND NOT EXISTS (SELECT 1 FROM unnest(proconfig) c WHERE c LIKE 'search\\_path=pg\\_catalog, %pg\\_temp') \
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("functions");
+    assert_eq!(
+        unpinned,
+        Vec::<String>::new(),
+        "functions without a fixed search_path"
+    );
+
+    assert_eq!(hostile_session(&pool).await, integrity_held());
+    // A root generation (its cycle trigger's WHEN is false) and one with a
+    // parent (the function runs) both insert.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO generations (user_id) VALUES ('{ALICE}'); \
+         INSERT INTO generations (user_id, parent_id) VALUES ('{ALICE}', '{GEN_BOB}')"
+    )))
+    .execute(&pool)
+    .await
+    .expect("generations insert");
 }

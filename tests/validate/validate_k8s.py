@@ -252,7 +252,11 @@ def check_source(r, d):
                 else:
                     r.error(fp, cw + ".args", "--config-path is required")
             elif c["name"] == "migrate":
-                r.check(args == ["migrate"], fp, cw + ".args", "must be: migrate")
+                # The migration, and optionally the sidecars' reader role.
+                r.check(args[:1] == ["migrate"]
+                        and all(re.fullmatch(r"--create-reader-role=[a-z_][a-z0-9_]{0,62}", a) for a in args[1:])
+                        and len(args) <= 2,
+                        fp, cw + ".args", "must be: migrate [--create-reader-role=NAME]")
             elif c["name"] == "app":
                 r.check(not c.get("ports"), fp, cw + ".ports",
                         "the app listens on 127.0.0.1:8080 only: declare no container port")

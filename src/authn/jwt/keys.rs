@@ -148,12 +148,13 @@ impl VerifyKey {
 }
 
 impl StaticKeys {
-    /// Builds each key and checks the kids: unique, not empty, and present when
+    /// Builds each key of `setting` (e.g. `auth.jwt.keys`) and checks the kids: unique, not empty, and present when
     /// `kid_required` (more than one key or a JWKS file, so a token must name
     /// its key). HS256 secrets are checked by [`check_hs256_secret`]; the demo
     /// secret passes only with `allow_demo_secret`. Problems go to `errors`,
     /// each naming its setting and never quoting a secret.
     pub(super) fn build(
+        setting: &str,
         configs: &[JwtKeyConfig],
         kid_required: bool,
         allow_demo_secret: bool,
@@ -163,12 +164,12 @@ impl StaticKeys {
         let mut verify = Vec::new();
         let mut signers = Vec::new();
         for (i, key_config) in configs.iter().enumerate() {
-            let at = format!("auth.jwt.keys[{i}]");
+            let at = format!("{setting}[{i}]");
             match &key_config.kid {
                 Some(kid) if kid.is_empty() => errors.push(format!("{at}.kid: must not be empty")),
                 Some(kid) => match kids.iter().position(|k| k == kid) {
                     Some(j) => errors.push(format!(
-                        "{at}.kid: duplicate kid {kid:?} (also auth.jwt.keys[{j}])"
+                        "{at}.kid: duplicate kid {kid:?} (also {setting}[{j}])"
                     )),
                     None => kids.push(kid.clone()),
                 },

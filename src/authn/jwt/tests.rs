@@ -180,6 +180,7 @@ fn verify_hs256_valid_token_returns_its_claims() {
             expires_at: NOW + 300,
             kid: None,
             jwks_generation: None,
+            issuer: 0,
         })
     );
 }
@@ -1178,4 +1179,272 @@ proptest! {
         let changed = String::from_utf8(bytes).expect("ascii");
         prop_assert!(shared_verifier().verify_at(&changed, NOW).is_err());
     }
+}
+
+// ---- several issuers ----
+
+const OTHER_ISS: &str = "https://other.test/";
+const OTHER_AUD: &str = "other-api";
+
+/// The top-level issuer (HS256, kid `hs`) plus `https://other.test/` (RS256).
+fn two_issuers() -> JwtConfig {
+    JwtConfig {
+        issuers: vec![IssuerConfig {
+            issuer: Some(OTHER_ISS.to_owned()),
+            audience: Some(OTHER_AUD.to_owned()),
+            keys: vec![rsa_key(Some("rsa"))],
+            ..IssuerConfig::default()
+        }],
+        ..config(vec![hs_key(Some("hs"))])
+    }
+}
+
+#[test]
+fn verify_several_issuers_iss_picks_the_entry_whose_keys_and_audience_decide() {
+    let v = JwtVerifier::new(&two_issuers()).expect("valid");
+    let ours = sign(Algorithm::HS256, Some("hs"), &claims());
+    assert_eq!(v.verify_at(&ours, NOW).map(|t| t.issuer), Ok(0));
+    let other = claims_with(json!({ "iss": OTHER_ISS, "aud": OTHER_AUD }));
+    let theirs = sign(Algorithm::RS256, Some("rsa"), &other);
+    assert_eq!(v.verify_at(&theirs, NOW).map(|t| t.issuer), Ok(1));
+
+    for (what, token) in [
+        (
+            "our audience on their issuer",
+            sign(
+                Algorithm::RS256,
+                Some("rsa"),
+                &claims_with(json!({ "iss": OTHER_ISS })),
+            ),
+        ),
+        (
+            "their key claiming our issuer",
+            sign(
+                Algorithm::RS256,
+                Some("rsa"),
+                &claims_with(json!({ "aud": OTHER_AUD })),
+            ),
+        ),
+        (
+            "our key claiming their issuer",
+            sign(Algorithm::HS256, Some("hs"), &other),
+        ),
+        (
+            "an issuer nobody configured",
+            sign(
+                Algorithm::HS256,
+                Some("hs"),
+                &claims_with(json!({ "iss": "https://evil.test" })),
+            ),
+        ),
+        (
+            "no iss",
+            sign(
+                Algorithm::HS256,
+                Some("hs"),
+                &claims_with(json!({ "iss": null })),
+            ),
+        ),
+        (
+            "iss not a string",
+            sign(
+                Algorithm::HS256,
+                Some("hs"),
+                &claims_with(json!({ "iss": 7 })),
+            ),
+        ),
+    ] {
+        assert_eq!(
+            v.verify_at(&token, NOW),
+            Err(AuthnError::InvalidToken),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn mint_with_kid_of_another_issuer_uses_that_issuers_iss_and_aud() {
+    let v = JwtVerifier::new(&two_issuers()).expect("valid");
+    let token = v
+        .mint(&MintClaims {
+            subject: USER.to_owned(),
+            ttl: Duration::from_secs(60),
+            kid: Some("rsa".to_owned()),
+            ..MintClaims::default()
+        })
+        .expect("mint");
+    assert_eq!(v.verify(&token).map(|t| t.issuer), Ok(1));
+}
+
+#[test]
+fn new_several_issuers_any_duplicates_and_missing_keys_are_errors_naming_each() {
+    let mut cfg = two_issuers();
+    cfg.issuers.push(IssuerConfig {
+        issuer: Some(ISS.to_owned()),
+        audience: Some(AUD.to_owned()),
+        keys: vec![hs_key(None)],
+        ..IssuerConfig::default()
+    });
+    cfg.issuers.push(IssuerConfig {
+        issuer: Some(ANY.to_owned()),
+        audience: Some(AUD.to_owned()),
+        ..IssuerConfig::default()
+    });
+    cfg.issuers.push(IssuerConfig {
+        issuer: Some("https://two-sources.test".to_owned()),
+        audience: Some(AUD.to_owned()),
+        jwks_file: Some(fixture("jwks.json")),
+        jwks_url: Some("https://idp.test/jwks".to_owned()),
+        ..IssuerConfig::default()
+    });
+    cfg.issuers.push(IssuerConfig {
+        issuer: Some("https://plain.test".to_owned()),
+        audience: None,
+        jwks_url: Some("http://plain.test/jwks?key=s3cret".to_owned()),
+        ..IssuerConfig::default()
+    });
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    for expected in [
+        "auth.jwt.issuers[1].issuer: \"https://id.velro.test\" is also auth.jwt.issuer",
+        "auth.jwt.issuers[2]: keys, jwks_file, jwks_url or oidc_issuer is required",
+        "auth.jwt.issuers[2].issuer: `any` cannot be used with several issuers",
+        "auth.jwt.issuers[3]: set one of jwks_file, jwks_url and oidc_issuer",
+        "auth.jwt.issuers[4].audience: required",
+        "auth.jwt.issuers[4].jwks_url: \"http://plain.test/jwks\" is not an https:// URL",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+    assert!(
+        problems.iter().all(|p| !p.contains("s3cret")),
+        "a URL's query is never quoted: {problems:#?}"
+    );
+}
+
+#[test]
+fn new_with_issuers_and_top_level_issuer_without_keys_is_error() {
+    let cfg = JwtConfig {
+        keys: Vec::new(),
+        ..two_issuers()
+    };
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    assert!(
+        problems[0].starts_with("auth.jwt.issuer / audience: with auth.jwt.issuers"),
+        "{problems:?}"
+    );
+    let cfg = JwtConfig {
+        issuer: None,
+        audience: None,
+        ..cfg
+    };
+    assert!(JwtVerifier::new(&cfg).is_ok(), "issuers alone are enough");
+}
+
+#[test]
+fn new_jwks_refresh_bounds_and_ca_file_are_checked() {
+    let cfg = JwtConfig {
+        jwks_refresh_min_secs: 600,
+        jwks_refresh_max_secs: 60,
+        jwks_ca_file: Some(fixture("rsa_public.pem")),
+        ..config(vec![hs_key(None)])
+    };
+    let problems = JwtVerifier::new(&cfg).expect_err("invalid");
+    assert!(
+        problems.iter().any(
+            |p| p.starts_with("auth.jwt.jwks_refresh_min_secs: must be at least 1 and at most")
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("auth.jwt.jwks_ca_file: only used")),
+        "{problems:?}"
+    );
+    let cfg = JwtConfig {
+        jwks_url: Some("https://idp.test/jwks".to_owned()),
+        jwks_ca_file: Some(fixture("rsa_public.pem")),
+        ..config(Vec::new())
+    };
+    let problems = JwtVerifier::new(&cfg).expect_err("a key is no CA certificate");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("auth.jwt.jwks_ca_file: ") && p.contains("no PEM certificate")),
+        "{problems:?}"
+    );
+}
+
+/// A PEM CA certificate made now, so remote sets need no system roots.
+fn test_ca_file() -> TempFile {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("cert");
+    TempFile::new("ca.pem", cert.pem().as_bytes())
+}
+
+#[tokio::test]
+async fn verify_fetching_issuer_whose_keys_never_came_cannot_decide() {
+    let ca = test_ca_file();
+    // Nothing listens on port 1: every fetch fails at once.
+    let cfg = JwtConfig {
+        issuers: vec![IssuerConfig {
+            issuer: Some(OTHER_ISS.to_owned()),
+            audience: Some(OTHER_AUD.to_owned()),
+            jwks_url: Some("https://127.0.0.1:1/jwks".to_owned()),
+            ..IssuerConfig::default()
+        }],
+        jwks_ca_file: Some(ca.0.clone()),
+        ..config(vec![hs_key(Some("hs"))])
+    };
+    let v = JwtVerifier::new(&cfg).expect("valid");
+    assert_eq!(v.issuers_without_keys(), vec![OTHER_ISS.to_owned()]);
+    let now = Utc::now().timestamp();
+    let theirs = sign(
+        Algorithm::RS256,
+        Some("rsa"),
+        &claims_with(json!({ "iss": OTHER_ISS, "aud": OTHER_AUD, "iat": now, "exp": now + 300 })),
+    );
+    let err = v.verify_fetching(&theirs).await.expect_err("cannot decide");
+    assert_eq!(err.issuer, OTHER_ISS);
+    assert_eq!(
+        v.verify(&theirs),
+        Err(AuthnError::InvalidToken),
+        "sync: never an allow"
+    );
+    // The other issuer is unaffected.
+    let ours = sign(
+        Algorithm::HS256,
+        Some("hs"),
+        &claims_with(json!({ "iat": now, "exp": now + 300 })),
+    );
+    assert!(matches!(v.verify_fetching(&ours).await, Ok(Ok(_))));
+    // The failed fetch was counted under the issuer's name, no URL anywhere.
+    let registry = prometheus::Registry::new();
+    v.metrics().register(&registry).expect("register");
+    let families = registry.gather();
+    let fetches = families
+        .iter()
+        .find(|f| f.name() == "velro_authz_jwks_fetches_total")
+        .expect("fetch counter");
+    let labels: Vec<(String, String)> = fetches
+        .get_metric()
+        .iter()
+        .flat_map(|m| {
+            m.get_label()
+                .iter()
+                .map(|l| (l.name().to_owned(), l.value().to_owned()))
+        })
+        .collect();
+    assert!(
+        labels.contains(&("result".to_owned(), "connect".to_owned())),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().all(|(_, v)| !v.contains("127.0.0.1")),
+        "{labels:?}"
+    );
 }

@@ -82,7 +82,7 @@ async fn bundle_racing_with_an_invalidation_keeps_the_voided_fact_out(pool: PgPo
     assert!(generation.is_some());
     assert_eq!(queries(&metrics, "decision"), 1);
     assert_eq!(queries(&metrics, "memberships"), 1);
-    let sources: Vec<_> = uses.iter().map(|u| (u.kind, u.source)).collect();
+    let sources: Vec<_> = uses.iter().map(|u| (u.kind(), u.source)).collect();
     assert_eq!(
         sources,
         vec![
