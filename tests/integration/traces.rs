@@ -224,7 +224,8 @@ async fn cold_decision_with_redis_shows_redis_and_postgres_fetches(pool: PgPool)
     // Cold everywhere: Redis misses, Postgres answers, Redis is filled.
     let (status, first) = check(&h, BOB, &path, None).await;
     assert_eq!(status, 200);
-    // L1 dropped: Redis answers.
+    // Redis is filled after the answer: wait for it, then drop L1: Redis answers.
+    h.running.authorizer.facts().fills_settled().await;
     h.running.authorizer.facts().flush_local();
     let (_, second) = check(&h, BOB, &path, None).await;
     h.running.shutdown().await;
