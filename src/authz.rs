@@ -531,8 +531,14 @@ impl<S: FactSource> Authorizer<S> {
                 return Ok(Outcome::Deny(DenyReason::RateLimited));
             }
         }
-        // 3. The principal must be an active user.
-        let status = match self.facts.user(principal.user_id, trace).await? {
+        // 3. The principal must be an active user. From here on, facts come
+        // from L1 or, at the first miss, all at once (`facts::Gather`).
+        let target = match (&route.need, route.id) {
+            (Need::Resource { kind, .. }, Some(id)) => Some(role::target(*kind, id)),
+            _ => None,
+        };
+        let facts = self.facts.gather(principal.user_id, target, trace);
+        let status = match facts.user(principal.user_id).await? {
             Some(user) => user.status,
             None => return Ok(deny(AuthnError::UnknownUser)),
         };
@@ -556,7 +562,7 @@ impl<S: FactSource> Authorizer<S> {
             (Need::Resource { kind, action }, Some(id)) => {
                 // 4. Effective role (skipped for inactive users: step 3 wins).
                 let role = if status == UserStatus::Active {
-                    role::effective_role(&self.facts, principal.user_id, *kind, id, trace).await?
+                    role::effective_role(&facts, principal.user_id, *kind, id).await?
                 } else {
                     None
                 };

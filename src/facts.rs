@@ -25,12 +25,15 @@ use crate::metrics::Metrics;
 use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
+use crate::store::StoreError;
 use crate::telemetry::traces::Fetch;
 
+mod bundle;
 mod fact;
 pub mod freshness;
 pub mod l2;
 
+pub use bundle::Gather;
 use fact::BUCKETS;
 pub use fact::{Fact, FactError, FactKey, FactSource, FactUse, Source, Trace};
 
@@ -133,7 +136,37 @@ pub struct Facts<S> {
     /// Whether the change feed may be trusted now; when not, lookups read
     /// through to the source.
     freshness: Arc<Freshness>,
+    /// Redis fills running after their decision answered.
+    fills: Arc<Fills>,
     metrics: Metrics,
+}
+
+/// Counts the background Redis fills, so a test or benchmark can wait for
+/// them ([`Facts::fills_settled`]).
+#[derive(Default)]
+struct Fills {
+    /// Fill tasks not finished yet.
+    running: std::sync::atomic::AtomicUsize,
+    /// Woken when `running` drops to zero.
+    idle: tokio::sync::Notify,
+}
+
+/// One running fill task; finishing (or panicking) counts it out.
+struct FillTask(Arc<Fills>);
+
+impl FillTask {
+    fn start(fills: &Arc<Fills>) -> FillTask {
+        fills.running.fetch_add(1, Ordering::SeqCst);
+        FillTask(fills.clone())
+    }
+}
+
+impl Drop for FillTask {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl<S: FactSource> Facts<S> {
@@ -168,6 +201,7 @@ impl<S: FactSource> Facts<S> {
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             freshness: Arc::new(Freshness::always_trusted(metrics.clone())),
+            fills: Arc::default(),
             metrics,
         }
     }
@@ -201,6 +235,19 @@ impl<S: FactSource> Facts<S> {
     /// The Redis tier, when configured.
     pub fn l2(&self) -> Option<&Arc<L2>> {
         self.l2.as_ref()
+    }
+
+    /// Waits until the Redis fills that decisions left running (written
+    /// after their answer) have finished: for tests and benchmarks.
+    pub async fn fills_settled(&self) {
+        loop {
+            // Registered before the check: a wake-up between the two is kept.
+            let idle = self.fills.idle.notified();
+            if self.fills.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// The source's circuit breaker.
@@ -463,60 +510,19 @@ impl<S: FactSource> Facts<S> {
     }
 
     async fn query_untraced(&self, key: &FactKey) -> Result<Fact, FactError> {
+        let (source, key) = (self.source.clone(), key.clone());
         let kind = key.kind();
-        if !self.breaker.allow() {
-            self.metrics.store_errors.with_label_values(&[kind]).inc();
-            return Err(FactError {
-                kind,
-                message: "postgres circuit open".to_owned(),
-            });
-        }
-        self.metrics.store_queries.with_label_values(&[kind]).inc();
-        let (source, breaker, metrics) = (
-            self.source.clone(),
-            self.breaker.clone(),
-            self.metrics.clone(),
-        );
-        let (key, bound) = (key.clone(), self.query_timeout);
-        let detached = tokio::spawn(async move {
-            let outcome = tokio::time::timeout(bound, source.load(&key)).await;
-            match &outcome {
-                Ok(Ok(_)) => breaker.success(),
-                Ok(Err(e)) => {
-                    metrics.store_errors.with_label_values(&[kind]).inc();
-                    if e.is_transient() {
-                        breaker.failure();
-                    } else {
-                        // The database answered: it is up, the query is wrong.
-                        breaker.success();
-                    }
-                }
-                Err(_) => {
-                    metrics.store_errors.with_label_values(&[kind]).inc();
-                    breaker.failure();
-                }
-            }
-            outcome
-        });
-        match detached.await {
-            Ok(Ok(Ok(fact))) => Ok(fact),
-            Ok(Ok(Err(e))) => Err(FactError {
-                kind,
-                message: e.to_string(),
-            }),
-            Ok(Err(_)) => Err(FactError {
-                kind,
-                message: format!("query still running after {bound:?}"),
-            }),
-            // The task panicked (or the runtime is shutting down): count it.
-            Err(e) => {
-                self.breaker.failure();
-                Err(FactError {
-                    kind,
-                    message: format!("query task failed: {e}"),
-                })
-            }
-        }
+        self.run(kind, async move { source.load(&key).await }).await
+    }
+
+    /// Runs `load` as [`Facts::query`] runs one fact's query: guarded by the
+    /// breaker, bounded, in a task of its own; counted under `kind`.
+    async fn run<T: Send + 'static>(
+        &self,
+        kind: &'static str,
+        load: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, FactError> {
+        detached(&self.breaker, &self.metrics, self.query_timeout, kind, load).await
     }
 
     fn lookup(&self, kind: &'static str, result: &'static str) {
@@ -571,51 +577,65 @@ impl<S: FactSource> Facts<S> {
             other => Err(mismatch("shares", &other)),
         }
     }
+}
 
-    /// The team followed by its ancestors, nearest first; cycle-safe and bounded.
-    /// Empty when the team does not exist.
-    pub async fn team_chain(&self, team: Uuid, trace: &Trace) -> Result<Vec<Uuid>, FactError> {
-        let mut chain = Vec::new();
-        let mut next = Some(team);
-        while let Some(id) = next {
-            if chain.contains(&id) || chain.len() >= MAX_TEAM_DEPTH {
-                break;
-            }
-            match self.team(id, trace).await? {
-                Some(t) => {
-                    chain.push(id);
-                    next = t.parent_id;
-                }
-                None => break,
-            }
-        }
-        Ok(chain)
+/// One query in a task of its own, so that only the query's own outcome
+/// reaches the breaker (see [`Facts::query`]); a free function so that
+/// spawned work (Redis fills after a decision) can run one too.
+async fn detached<T: Send + 'static>(
+    breaker: &Arc<Breaker>,
+    metrics: &Metrics,
+    bound: Duration,
+    kind: &'static str,
+    load: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, FactError> {
+    if !breaker.allow() {
+        metrics.store_errors.with_label_values(&[kind]).inc();
+        return Err(FactError {
+            kind,
+            message: "postgres circuit open".to_owned(),
+        });
     }
-
-    /// The generation followed by its parents until one has a project, for at
-    /// most `model::MAX_PARENT_HOPS` hops; stops at a missing row or a repeated
-    /// id. `policy::project_of` applies the rules to the result.
-    pub async fn generation_chain(
-        &self,
-        first: Generation,
-        trace: &Trace,
-    ) -> Result<Vec<Generation>, FactError> {
-        let mut chain = vec![first];
-        loop {
-            let last = &chain[chain.len() - 1];
-            if last.project_id.is_some() || chain.len() > crate::model::MAX_PARENT_HOPS {
-                break;
+    metrics.store_queries.with_label_values(&[kind]).inc();
+    let (task_breaker, task_metrics) = (breaker.clone(), metrics.clone());
+    let task = tokio::spawn(async move {
+        let outcome = tokio::time::timeout(bound, load).await;
+        match &outcome {
+            Ok(Ok(_)) => task_breaker.success(),
+            Ok(Err(e)) => {
+                task_metrics.store_errors.with_label_values(&[kind]).inc();
+                if e.is_transient() {
+                    task_breaker.failure();
+                } else {
+                    // The database answered: it is up, the query is wrong.
+                    task_breaker.success();
+                }
             }
-            let Some(parent) = last.parent_id else { break };
-            if chain.iter().any(|g| g.id == parent) {
-                break;
-            }
-            match self.generation(parent, trace).await? {
-                Some(g) => chain.push(g),
-                None => break,
+            Err(_) => {
+                task_metrics.store_errors.with_label_values(&[kind]).inc();
+                task_breaker.failure();
             }
         }
-        Ok(chain)
+        outcome
+    });
+    match task.await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(FactError {
+            kind,
+            message: e.to_string(),
+        }),
+        Ok(Err(_)) => Err(FactError {
+            kind,
+            message: format!("query still running after {bound:?}"),
+        }),
+        // The task panicked (or the runtime is shutting down): count it.
+        Err(e) => {
+            breaker.failure();
+            Err(FactError {
+                kind,
+                message: format!("query task failed: {e}"),
+            })
+        }
     }
 }
 

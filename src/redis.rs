@@ -84,6 +84,9 @@ pub struct Redis {
     breaker: Breaker,
     /// `dependency_up{dependency="redis"}`.
     metrics: Metrics,
+    /// Calls made so far (each one round trip): what a benchmark or test
+    /// reads to count the round trips of a decision.
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl Redis {
@@ -114,6 +117,7 @@ impl Redis {
             timeout,
             breaker: Breaker::new("redis", settings.breaker, metrics.clone()),
             metrics,
+            calls: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -173,11 +177,18 @@ impl Redis {
         &self.client
     }
 
+    /// Redis calls made so far through [`Redis::call`] (one round trip each).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs one Redis call with the timeout, feeding the breaker.
     pub async fn call<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, RedisError> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(RedisError(e.details().to_owned())),

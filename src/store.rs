@@ -75,6 +75,111 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The resource a decision is about (SPEC §4 step 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Team(Uuid),
+    Project(Uuid),
+    Generation(Uuid),
+}
+
+/// What [`Store::decision_rows`] read: each looked-up id with its row, or
+/// `None` when there is none.
+#[derive(Debug)]
+pub struct DecisionRows {
+    /// The user's row.
+    pub user: Option<User>,
+    /// The user's direct memberships.
+    pub memberships: Vec<Membership>,
+    /// The target generation and its parents, nearest first.
+    pub generations: Vec<(Uuid, Option<Generation>)>,
+    /// The target project, or the project the generation chain ends in.
+    pub projects: Vec<(Uuid, Option<Project>)>,
+    /// Every share list read (possibly empty), by resource.
+    pub shares: Vec<(ResourceKind, Uuid, Vec<Share>)>,
+    /// Every team of every ancestor chain read.
+    pub teams: Vec<(Uuid, Option<Team>)>,
+}
+
+/// The statement behind [`Store::decision_rows`]. $1 user, $2 target kind,
+/// $3 target id, $4 parent-hop bound, $5 team-depth bound. Each output row is
+/// (tag, id, uuid a, uuid b, uuid c, text): a NULL text marks an id looked
+/// for and not found. Every recursion carries the path it walked, so a cycle
+/// (which the triggers reject anyway) ends it, as does the depth bound.
+const DECISION_ROWS: &str = r#"
+WITH RECURSIVE
+gen_chain(id, hop, path) AS (
+    SELECT $3::uuid, 0, ARRAY[$3::uuid] WHERE $2::text = 'generation'
+  UNION ALL
+    SELECT g.parent_id, c.hop + 1, c.path || g.parent_id
+    FROM gen_chain c JOIN generations g ON g.id = c.id
+    WHERE g.project_id IS NULL AND g.parent_id IS NOT NULL
+      AND NOT g.parent_id = ANY (c.path)
+      AND c.hop < $4::int
+      AND (c.hop > 0 OR g.status <> 'deleted')
+),
+gen_rows AS (
+    SELECT c.id, c.hop, g.user_id, g.project_id, g.parent_id, g.status
+    FROM gen_chain c LEFT JOIN generations g ON g.id = c.id
+),
+live_target AS (
+    SELECT 1 FROM gen_rows WHERE hop = 0 AND status IS NOT NULL AND status <> 'deleted'
+),
+project_ids(id) AS (
+    SELECT $3::uuid WHERE $2::text = 'project'
+  UNION
+    SELECT project_id FROM gen_rows
+    WHERE project_id IS NOT NULL AND EXISTS (SELECT 1 FROM live_target)
+),
+project_rows AS (
+    SELECT i.id, p.owner_id, p.team_id, p.visibility
+    FROM project_ids i LEFT JOIN projects p ON p.id = i.id
+),
+share_targets(kind, id) AS (
+    SELECT 'generation'::text, $3::uuid WHERE EXISTS (SELECT 1 FROM live_target)
+  UNION ALL
+    SELECT 'project'::text, id FROM project_rows WHERE visibility IS NOT NULL
+),
+share_rows AS (
+    SELECT s.resource_kind, s.resource_id, s.grantee_user_id, s.grantee_team_id, s.role
+    FROM share_targets t
+    JOIN shares s ON s.resource_kind = t.kind AND s.resource_id = t.id
+),
+team_roots(id) AS (
+    SELECT $3::uuid WHERE $2::text = 'team'
+  UNION
+    SELECT team_id FROM project_rows WHERE team_id IS NOT NULL
+  UNION
+    SELECT grantee_team_id FROM share_rows WHERE grantee_team_id IS NOT NULL
+),
+team_chain(id, depth, path) AS (
+    SELECT id, 1, ARRAY[id] FROM team_roots
+  UNION ALL
+    SELECT t.parent_id, c.depth + 1, c.path || t.parent_id
+    FROM team_chain c JOIN teams t ON t.id = c.id
+    WHERE t.parent_id IS NOT NULL AND NOT t.parent_id = ANY (c.path) AND c.depth < $5::int
+),
+team_rows AS (
+    SELECT DISTINCT c.id, t.id IS NOT NULL AS found, t.parent_id
+    FROM team_chain c LEFT JOIN teams t ON t.id = c.id
+)
+SELECT 'user'::text, $1::uuid, NULL::uuid, NULL::uuid, NULL::uuid, u.status
+    FROM (VALUES (1)) AS one (x) LEFT JOIN users u ON u.id = $1::uuid
+UNION ALL
+SELECT 'membership', team_id, NULL, NULL, NULL, role FROM team_members WHERE user_id = $1::uuid
+UNION ALL
+SELECT 'generation', id, user_id, project_id, parent_id, status FROM gen_rows
+UNION ALL
+SELECT 'project', id, owner_id, team_id, NULL, visibility FROM project_rows
+UNION ALL
+SELECT 'shares', id, NULL, NULL, NULL, kind FROM share_targets
+UNION ALL
+SELECT 'share', resource_id, grantee_user_id, grantee_team_id, NULL, resource_kind || ':' || role
+    FROM share_rows
+UNION ALL
+SELECT 'team', id, parent_id, NULL, NULL, CASE WHEN found THEN 'found' END FROM team_rows
+"#;
+
 /// Read access to the authorization tables.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -257,6 +362,130 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Every row a decision on `target` for `user` may rest on, in one
+    /// statement (one round trip, one snapshot): the user and their
+    /// memberships; for a generation its parent chain up to the first one in
+    /// a project (at most `max_parent_hops` hops, stopping at a missing row or
+    /// a repeated id) and its shares; the project (the target, or the chain's)
+    /// with its shares; and the ancestor chain (at most `max_team_depth` teams,
+    /// cycle-safe) of the target team, the project's team and every team a
+    /// share names. Ids looked for and not found come back as `None`, so a
+    /// missing resource costs the same one statement as one the user has no
+    /// role on. Nothing is read past a target generation that is missing or
+    /// deleted, as the walk reads nothing past it either.
+    pub async fn decision_rows(
+        &self,
+        user: Uuid,
+        target: Target,
+        max_parent_hops: usize,
+        max_team_depth: usize,
+    ) -> Result<DecisionRows, StoreError> {
+        let (kind, id) = match target {
+            Target::Team(id) => ("team", id),
+            Target::Project(id) => ("project", id),
+            Target::Generation(id) => ("generation", id),
+        };
+        let bound = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let rows = sqlx::query(DECISION_ROWS)
+            .bind(user)
+            .bind(kind)
+            .bind(id)
+            .bind(bound(max_parent_hops))
+            .bind(bound(max_team_depth))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = DecisionRows {
+            user: None,
+            memberships: Vec::new(),
+            generations: Vec::new(),
+            projects: Vec::new(),
+            shares: Vec::new(),
+            teams: Vec::new(),
+        };
+        for r in &rows {
+            let tag: &str = r.try_get(0)?;
+            let id: Uuid = r.try_get(1)?;
+            let (a, b, c): (Option<Uuid>, Option<Uuid>, Option<Uuid>) =
+                (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+            let text: Option<&str> = r.try_get(5)?;
+            let missing = || StoreError::Corrupt(format!("{tag} row without its columns"));
+            match tag {
+                "user" => {
+                    out.user = text
+                        .map(|s| {
+                            Ok::<_, StoreError>(User {
+                                id,
+                                status: parse(s)?,
+                            })
+                        })
+                        .transpose()?;
+                }
+                "membership" => out.memberships.push(Membership {
+                    team_id: id,
+                    role: parse(text.ok_or_else(missing)?)?,
+                }),
+                "generation" => {
+                    let row = match text {
+                        Some(status) => Some(Generation {
+                            id,
+                            user_id: a.ok_or_else(missing)?,
+                            project_id: b,
+                            parent_id: c,
+                            status: parse(status)?,
+                        }),
+                        None => None,
+                    };
+                    out.generations.push((id, row));
+                }
+                "project" => {
+                    let row = match text {
+                        Some(visibility) => Some(Project {
+                            id,
+                            owner_id: a.ok_or_else(missing)?,
+                            team_id: b,
+                            visibility: parse(visibility)?,
+                        }),
+                        None => None,
+                    };
+                    out.projects.push((id, row));
+                }
+                "team" => out
+                    .teams
+                    .push((id, text.map(|_| Team { id, parent_id: a }))),
+                "shares" => out
+                    .shares
+                    .push((parse(text.ok_or_else(missing)?)?, id, Vec::new())),
+                "share" => {
+                    let (kind, role) = text.and_then(|t| t.split_once(':')).ok_or_else(missing)?;
+                    let kind: ResourceKind = parse(kind)?;
+                    let grantee = match (a, b) {
+                        (Some(u), None) => Grantee::User(u),
+                        (None, Some(t)) => Grantee::Team(t),
+                        _ => {
+                            return Err(StoreError::Corrupt(
+                                "share without exactly one grantee".into(),
+                            ));
+                        }
+                    };
+                    let share = Share {
+                        grantee,
+                        role: parse::<Role>(role)?,
+                    };
+                    match out
+                        .shares
+                        .iter_mut()
+                        .find(|(k, r, _)| *k == kind && *r == id)
+                    {
+                        Some((_, _, list)) => list.push(share),
+                        None => out.shares.push((kind, id, vec![share])),
+                    }
+                }
+                other => return Err(StoreError::Corrupt(format!("unknown row tag {other}"))),
+            }
+        }
+        Ok(out)
     }
 
     /// `api_keys` row by the hex SHA-256 of the presented key.

@@ -34,7 +34,7 @@ use crate::facts::l2::L2;
 use crate::facts::{Fact, FactKey, FactSource, Facts};
 use crate::metrics::Metrics;
 use crate::model::{Generation, GenerationStatus, User, UserStatus};
-use crate::store::StoreError;
+use crate::store::{StoreError, Target};
 use crate::telemetry::traces::DecisionTracer;
 
 mod envoy;
@@ -224,13 +224,13 @@ impl<S> Held<S> {
     }
 }
 
-impl<S: FactSource> FactSource for Held<S> {
-    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
-        let fact = self.inner.load(key).await?;
+impl<S> Held<S> {
+    /// Holds this load if it is armed for `kind`.
+    async fn hold_if(&self, kind: &str) {
         let hold = {
             let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
             match armed.as_ref() {
-                Some((kind, _)) if *kind == key.kind() => armed.take(),
+                Some((armed_kind, _)) if *armed_kind == kind => armed.take(),
                 _ => None,
             }
         };
@@ -238,7 +238,27 @@ impl<S: FactSource> FactSource for Held<S> {
             hold.reached.notify_one();
             hold.released.notified().await;
         }
+    }
+}
+
+impl<S: FactSource> FactSource for Held<S> {
+    async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
+        let fact = self.inner.load(key).await?;
+        self.hold_if(key.kind()).await;
         Ok(fact)
+    }
+
+    const LOADS_DECISIONS: bool = S::LOADS_DECISIONS;
+
+    /// Held as kind `"decision"`.
+    async fn load_decision(
+        &self,
+        user: Uuid,
+        target: Target,
+    ) -> Result<Option<Vec<(FactKey, Fact)>>, StoreError> {
+        let facts = self.inner.load_decision(user, target).await?;
+        self.hold_if("decision").await;
+        Ok(facts)
     }
 }
 

@@ -11,6 +11,7 @@ mod integration {
 
     mod amplification;
     mod breaker;
+    mod cold;
     mod credentials;
     mod forward;
     mod freshness;

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use crate::model::MAX_PARENT_HOPS;
 use crate::model::{
     ApiKey, Generation, Membership, Project, ResourceKind, Session, Share, Team, User,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Target};
 use crate::telemetry::traces::{DecisionSpan, Fetch, FetchSpan, Tier};
 
 /// Number of invalidation buckets; a collision only costs a spurious refill.
@@ -220,6 +221,12 @@ impl Trace {
         self.span.as_ref().map(|s| s.fetch(fetch, key.kind()))
     }
 
+    /// A child span for a fetch of several facts at once (`kind` names what:
+    /// `decision` for a decision's facts in one read), when traced.
+    pub(super) fn fetch_many(&self, fetch: Fetch, kind: &'static str) -> Option<FetchSpan> {
+        self.span.as_ref().map(|s| s.fetch(fetch, kind))
+    }
+
     pub(super) fn record(&self, key: &FactKey, source: Source, fact: &Fact) {
         if let Some(span) = &self.span {
             span.tier(match source {
@@ -253,6 +260,25 @@ pub trait FactSource: Send + Sync + 'static {
         &self,
         key: &FactKey,
     ) -> impl std::future::Future<Output = Result<Fact, StoreError>> + Send;
+
+    /// Whether [`FactSource::load_decision`] reads anything: when not, a
+    /// decision reads its facts one by one, from each tier.
+    const LOADS_DECISIONS: bool = false;
+
+    /// Loads, in one round trip, the facts a decision on `target` for `user`
+    /// may rest on (negative ones included), as the walk in `authz::role`
+    /// would ask for them. `None`: this source has no such query, and each
+    /// fact is loaded on its own. The answer needs not be complete: whatever
+    /// the walk finds missing is loaded on its own.
+    fn load_decision(
+        &self,
+        user: Uuid,
+        target: Target,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<(FactKey, Fact)>>, StoreError>> + Send
+    {
+        let _ = (user, target);
+        async { Ok(None) }
+    }
 }
 
 impl FactSource for Store {
@@ -267,6 +293,39 @@ impl FactSource for Store {
             FactKey::ApiKey(hash) => Fact::ApiKey(self.api_key_by_hash(hash).await?),
             FactKey::Session(id) => Fact::Session(self.session(*id).await?),
         })
+    }
+
+    const LOADS_DECISIONS: bool = true;
+
+    async fn load_decision(
+        &self,
+        user: Uuid,
+        target: Target,
+    ) -> Result<Option<Vec<(FactKey, Fact)>>, StoreError> {
+        let rows = self
+            .decision_rows(user, target, MAX_PARENT_HOPS, super::MAX_TEAM_DEPTH)
+            .await?;
+        let mut facts = Vec::with_capacity(
+            2 + rows.generations.len() + rows.projects.len() + rows.shares.len() + rows.teams.len(),
+        );
+        facts.push((FactKey::User(user), Fact::User(rows.user)));
+        facts.push((
+            FactKey::Memberships(user),
+            Fact::Memberships(rows.memberships.into()),
+        ));
+        for (id, row) in rows.generations {
+            facts.push((FactKey::Generation(id), Fact::Generation(row)));
+        }
+        for (id, row) in rows.projects {
+            facts.push((FactKey::Project(id), Fact::Project(row)));
+        }
+        for (kind, id, list) in rows.shares {
+            facts.push((FactKey::Shares(kind, id), Fact::Shares(list.into())));
+        }
+        for (id, row) in rows.teams {
+            facts.push((FactKey::Team(id), Fact::Team(row)));
+        }
+        Ok(Some(facts))
     }
 }
 

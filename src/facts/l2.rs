@@ -518,6 +518,11 @@ impl L2 {
             && self.redis.up()
     }
 
+    /// Redis calls this sidecar has made (round trips), for benchmarks.
+    pub fn round_trips(&self) -> u64 {
+        self.redis.calls()
+    }
+
     /// The Redis breaker's state.
     pub fn circuit(&self) -> CircuitState {
         self.redis.circuit()
@@ -568,23 +573,35 @@ impl L2 {
 
     /// Reads one fact: entry, version and epoch in one round trip.
     pub async fn get(&self, key: &FactKey) -> L2Get {
+        self.get_many(std::slice::from_ref(key))
+            .await
+            .pop()
+            .unwrap_or(L2Get::Unavailable)
+    }
+
+    /// Reads several facts in one round trip (one `MGET` of every entry and
+    /// version, and the epoch): one answer per key, in order.
+    pub async fn get_many(&self, keys: &[FactKey]) -> Vec<L2Get> {
+        let unavailable = || keys.iter().map(|_| L2Get::Unavailable).collect();
         if !self.usable() {
-            return L2Get::Unavailable;
+            return unavailable();
         }
-        let (entry, version) = self.fact_keys(key);
+        let mut names = Vec::with_capacity(keys.len() * 2 + 1);
+        for key in keys {
+            let (entry, version) = self.fact_keys(key);
+            names.push(entry);
+            names.push(version);
+        }
+        names.push(self.redis.key("epoch"));
         let read = self
             .redis
-            .call(self.redis.client().mget::<Vec<Option<Vec<u8>>>, _>(vec![
-                entry,
-                version,
-                self.redis.key("epoch"),
-            ]))
+            .call(self.redis.client().mget::<Vec<Option<Vec<u8>>>, _>(names))
             .await;
         let Ok(mut values) = read else {
-            return L2Get::Unavailable;
+            return unavailable();
         };
-        if values.len() != 3 {
-            return L2Get::Unavailable;
+        if values.len() != keys.len() * 2 + 1 {
+            return unavailable();
         }
         // No epoch: Redis lost its data since the last rejoin or bump. Nothing
         // is trusted or written until a bump sets a fresh token (never an old
@@ -595,11 +612,27 @@ impl L2 {
             .and_then(|v| String::from_utf8(v).ok())
         else {
             self.epoch_lost();
-            return L2Get::Unavailable;
+            return unavailable();
         };
-        let version = text(values.pop().flatten());
-        if let Some(Some(bytes)) = values.pop() {
-            match self.codec.open(&bytes, key, &version, &epoch) {
+        let mut values = values.into_iter();
+        keys.iter()
+            .map(|key| {
+                let (bytes, version) = (values.next().flatten(), text(values.next().flatten()));
+                self.open_value(key, bytes, version, &epoch)
+            })
+            .collect()
+    }
+
+    /// One key's answer from its stored value, version and the epoch.
+    fn open_value(
+        &self,
+        key: &FactKey,
+        bytes: Option<Vec<u8>>,
+        version: String,
+        epoch: &str,
+    ) -> L2Get {
+        if let Some(bytes) = bytes {
+            match self.codec.open(&bytes, key, &version, epoch) {
                 Opened::Fact(fact) => return L2Get::Hit(fact),
                 Opened::Stale => {}
                 Opened::Rejected(reason) => {
@@ -611,7 +644,10 @@ impl L2 {
                 }
             }
         }
-        L2Get::Miss(Ticket { version, epoch })
+        L2Get::Miss(Ticket {
+            version,
+            epoch: epoch.to_owned(),
+        })
     }
 
     /// Writes a fact read from Postgres, unless an invalidation or epoch bump

@@ -56,6 +56,14 @@ async fn until_usable(sidecars: &[&Harness]) {
     }
 }
 
+/// A GET Check's status, once the Redis fills it left running (written
+/// after the answer) have landed.
+async fn check(h: &Harness, user: &str, path: &str) -> u16 {
+    let status = h.check_as(user, "GET", path).await.status;
+    h.running.authorizer.facts().fills_settled().await;
+    status
+}
+
 fn queries(h: &Harness) -> u64 {
     h.running.metrics.store_queries_total()
 }
@@ -68,7 +76,7 @@ async fn l2_facts_filled_by_one_sidecar_serve_another_without_postgres(pool: PgP
     until_usable(&[&a, &b]).await;
 
     let path = format!("/api/v1/generations/{GEN_CHILD}");
-    assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(check(&a, BOB, &path).await, 200);
     let before = queries(&b);
     let answer = b.check_as(BOB, "GET", &path).await;
     assert_eq!(answer.status, 200);
@@ -106,7 +114,7 @@ async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
     let path = format!("/api/v1/generations/{GEN_BOB}");
     // Both sidecars hold carol's facts in L1, and Redis holds them too.
     for h in [&a, &b] {
-        assert_eq!(h.check_as(CAROL, "GET", &path).await.status, 200);
+        assert_eq!(check(h, CAROL, &path).await, 200);
     }
     let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
     assert!(matches!(l2_of(&a).get(&key).await, L2Get::Hit(_)));
@@ -118,7 +126,7 @@ async fn l2_invalidation_reaches_every_sidecar_and_redis(pool: PgPool) {
         .expect("delete");
     for h in [&a, &b] {
         h.eventually(Duration::from_secs(1), || async {
-            h.check_as(CAROL, "GET", &path).await.status == 404
+            check(h, CAROL, &path).await == 404
         })
         .await;
     }
@@ -168,9 +176,9 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     let token = Token::new(BOB).bearer(&cfg.jwt);
     let path = format!("/api/v1/generations/{GEN_CHILD}");
 
-    // 1. A's fill misses Redis (taking the version), reads bob's membership
-    //    from Postgres, and is held there.
-    let hold = source.hold_next("memberships");
+    // 1. A's decision misses Redis (taking the versions), reads bob's
+    //    membership from Postgres with its other facts, and is held there.
+    let hold = source.hold_next("decision");
     let first = tokio::spawn(decide_get(authorizer.clone(), token, path.clone()));
     tokio::time::timeout(Duration::from_secs(10), hold.reached())
         .await
@@ -198,13 +206,15 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     })
     .await;
 
-    // 3. A's fill resumes with the old row and tries to write it to Redis.
+    // 3. A's read resumes with the old row; after the answer, A tries to
+    //    write it to Redis.
     hold.release();
     let outcome = first.await.expect("join");
     assert!(
         matches!(outcome, Outcome::Allow(_)),
         "the decision in flight started before the change: {outcome:?}"
     );
+    facts.fills_settled().await;
     let raw: Option<Vec<u8>> = redis()
         .await
         .get(format!("{prefix}f:memberships:{BOB}"))
@@ -217,7 +227,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
         "the version moved under the fill: Redis refused it"
     );
     // And every sidecar reading now sees the new truth.
-    assert_eq!(b.check_as(BOB, "GET", &path).await.status, 404);
+    assert_eq!(check(&b, BOB, &path).await, 404);
 
     stop_tx.send_replace(true);
     maintenance.await.expect("maintenance ends");
@@ -235,7 +245,7 @@ async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
     let b = attach(pool.clone(), cfg).await;
     until_usable(&[&a, &b]).await;
     let path = format!("/api/v1/generations/{GEN_BOB}");
-    assert_eq!(a.check_as(CAROL, "GET", &path).await.status, 200);
+    assert_eq!(check(&a, CAROL, &path).await, 200);
     let key = FactKey::Memberships(CAROL.parse().expect("uuid"));
     assert!(matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)));
 
@@ -274,7 +284,7 @@ async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
         !matches!(l2_of(&b).get(&key).await, L2Get::Hit(_)),
         "entries written before the gap are no longer trusted by anyone"
     );
-    assert_eq!(a.check_as(CAROL, "GET", &path).await.status, 404);
+    assert_eq!(check(&a, CAROL, &path).await, 404);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -287,8 +297,8 @@ async fn l2_unreachable_redis_costs_nothing_but_speed(pool: PgPool) {
     .await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
     for _ in 0..3 {
-        assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
-        assert_eq!(h.check_as(ERIN, "GET", &path).await.status, 404);
+        assert_eq!(check(&h, BOB, &path).await, 200);
+        assert_eq!(check(&h, ERIN, &path).await, 404);
         h.running.authorizer.facts().flush();
     }
     let l2 = l2_of(&h);
@@ -324,7 +334,7 @@ async fn l2_rolling_restart_keeps_entries_and_a_real_gap_voids_them(pool: PgPool
     }
     until_usable(&fleet.iter().collect::<Vec<_>>()).await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
-    assert_eq!(fleet[0].check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(check(&fleet[0], BOB, &path).await, 200);
     let key = FactKey::Memberships(BOB.parse().expect("uuid"));
     assert!(matches!(l2_of(&fleet[1]).get(&key).await, L2Get::Hit(_)));
 
@@ -356,7 +366,7 @@ async fn l2_rolling_restart_keeps_entries_and_a_real_gap_voids_them(pool: PgPool
         fleet.insert(i, newcomer);
     }
     let before = queries(&fleet[2]);
-    assert_eq!(fleet[2].check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(check(&fleet[2], BOB, &path).await, 200);
     assert!(
         fleet[2]
             .running
@@ -396,7 +406,7 @@ async fn l2_rolling_restart_keeps_entries_and_a_real_gap_voids_them(pool: PgPool
         !matches!(l2_of(&alone).get(&key).await, L2Get::Hit(_)),
         "entries from before the gap are void"
     );
-    assert_eq!(alone.check_as(BOB, "GET", &path).await.status, 404);
+    assert_eq!(check(&alone, BOB, &path).await, 404);
 }
 
 /// Deletes every key under `prefix`: Redis lost this fleet's data.
@@ -430,8 +440,8 @@ async fn l2_planted_values_are_counted_misses_never_trusted(pool: PgPool) {
     until_usable(&[&h]).await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
     // Bob reads it as a member of its project's team; Erin has no role on it.
-    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
-    assert_eq!(h.check_as(ERIN, "GET", &path).await.status, 404);
+    assert_eq!(check(&h, BOB, &path).await, 200);
+    assert_eq!(check(&h, ERIN, &path).await, 404);
 
     let redis = redis().await;
     let erins = format!("{prefix}f:memberships:{ERIN}");
@@ -473,7 +483,7 @@ async fn l2_planted_values_are_counted_misses_never_trusted(pool: PgPool) {
         // L1 forgets, so the next decision reads Redis.
         h.running.authorizer.facts().flush_local();
         assert_eq!(
-            h.check_as(ERIN, "GET", &path).await.status,
+            check(&h, ERIN, &path).await,
             404,
             "{what}: planted memberships were trusted"
         );
@@ -505,7 +515,7 @@ async fn l2_sidecar_with_another_key_trusts_nothing_the_fleet_wrote(pool: PgPool
     let b = attach(pool, config(&other)).await;
     until_usable(&[&a, &b]).await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
-    assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(check(&a, BOB, &path).await, 200);
     let key = FactKey::Memberships(BOB.parse().expect("uuid"));
     assert!(matches!(l2_of(&a).get(&key).await, L2Get::Hit(_)));
     assert!(matches!(l2_of(&b).get(&key).await, L2Get::Miss(_)));
@@ -524,7 +534,7 @@ async fn l2_wiped_redis_gets_a_fresh_epoch_and_never_trusts_a_restored_entry(poo
     let h = start_with(pool.clone(), config(&redis_yaml(&prefix))).await;
     until_usable(&[&h]).await;
     let path = format!("/api/v1/generations/{GEN_CHILD}");
-    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 200);
+    assert_eq!(check(&h, BOB, &path).await, 200);
     let key = FactKey::Memberships(BOB.parse().expect("uuid"));
     let l2 = l2_of(&h);
     assert!(matches!(l2.get(&key).await, L2Get::Hit(_)));
@@ -589,5 +599,5 @@ async fn l2_wiped_redis_gets_a_fresh_epoch_and_never_trusts_a_restored_entry(poo
     );
     // And the decision rests on Postgres, not on the restored membership.
     h.running.authorizer.facts().flush_local();
-    assert_eq!(h.check_as(BOB, "GET", &path).await.status, 404);
+    assert_eq!(check(&h, BOB, &path).await, 404);
 }

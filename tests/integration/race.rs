@@ -44,8 +44,9 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
     let path = format!("/api/v1/generations/{GEN_CHILD}");
     let check = || decide_get(authorizer.clone(), token.clone(), path.clone());
 
-    // 1. A decision starts; its memberships fill reads bob's membership and is held.
-    let hold = source.hold_next("memberships");
+    // 1. A decision starts; the statement that reads all its facts reads
+    //    bob's membership and is held.
+    let hold = source.hold_next("decision");
     let first = tokio::spawn(check());
     hold.reached().await;
 
@@ -79,8 +80,8 @@ async fn race_fill_holding_old_row_lands_after_invalidation_and_is_not_used(pool
         "invalidation applied"
     );
 
-    // 3. The held fill lands (with the old row). The decision in flight may use it:
-    //    it started before the change was heard.
+    // 3. The held read lands (with the old row). The decision in flight may
+    //    use it: it started before the change was heard.
     hold.release();
     let _ = first.await.expect("join");
 
