@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
 use crate::facts::{FactError, FactSource, Facts, Trace};
+use crate::identity::{IdentitySigner, SignError};
 use crate::metrics::Metrics;
 use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
@@ -148,6 +149,9 @@ pub struct Decision {
     pub role: Option<Role>,
     /// The rate limiter's verdict, when one ran (headers on a 429).
     pub rate_limit: Option<RateLimitInfo>,
+    /// The signed identity (`x-velro-identity`), on an allow with an identity
+    /// when `identity_token` is configured; only [`Authorizer::check`] signs.
+    pub identity_token: Option<String>,
 }
 
 impl Decision {
@@ -162,6 +166,7 @@ impl Decision {
             principal: None,
             role: None,
             rate_limit: None,
+            identity_token: None,
         }
     }
 
@@ -171,7 +176,7 @@ impl Decision {
             Outcome::Allow(identity) => identity.as_ref(),
             Outcome::Deny(_) => None,
         };
-        crate::answer::identity_headers(&self.decision_id, identity)
+        crate::answer::identity_headers(&self.decision_id, identity, self.identity_token.as_deref())
     }
 
     /// The headers of a deny answer for `reason`.
@@ -189,6 +194,10 @@ pub enum CheckError {
     /// The decision outlived its deadline.
     #[error("decision deadline exceeded")]
     DeadlineExceeded,
+    /// An allow's identity token could not be signed: the applications expect
+    /// one, so no allow goes out without it.
+    #[error(transparent)]
+    IdentityToken(#[from] SignError),
 }
 
 impl CheckError {
@@ -197,6 +206,7 @@ impl CheckError {
         match self {
             CheckError::Unavailable(_) => "store_unavailable",
             CheckError::DeadlineExceeded => "deadline_exceeded",
+            CheckError::IdentityToken(_) => "identity_token_unsigned",
         }
     }
 }
@@ -226,6 +236,8 @@ pub struct Authorizer<S> {
     failed_auth: Option<FailedAuthLimiter>,
     /// Decision counters and latency.
     metrics: Metrics,
+    /// Signs `x-velro-identity` on allows, when configured.
+    identity: Option<Arc<IdentitySigner>>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -245,7 +257,19 @@ impl<S: FactSource> Authorizer<S> {
             limiter: None,
             failed_auth: None,
             metrics,
+            identity: None,
         }
+    }
+
+    /// Signs an identity token for the upstream on every allow with an identity.
+    pub fn with_identity_signer(mut self, signer: Arc<IdentitySigner>) -> Self {
+        self.identity = Some(signer);
+        self
+    }
+
+    /// The identity token signer, when configured (its JWKS is published).
+    pub fn identity_signer(&self) -> Option<&Arc<IdentitySigner>> {
+        self.identity.as_ref()
     }
 
     /// Limits failed authentications per client address.
@@ -294,11 +318,21 @@ impl<S: FactSource> Authorizer<S> {
     ) -> Result<Decision, CheckError> {
         let started = Instant::now();
         let budget = deadline.map_or(self.settings.deadline, |d| d.min(self.settings.deadline));
-        let result = match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await
+        let mut result =
+            match tokio::time::timeout(budget, self.decide(req, &Trace::off(), true)).await {
+                Ok(r) => r,
+                Err(_) => Err(CheckError::DeadlineExceeded),
+            };
+        // Signed here and not in `decide`, so `explain` never mints a token.
+        if let Some(signer) = &self.identity
+            && let Ok(decision) = &mut result
+            && let Outcome::Allow(Some(identity)) = &decision.outcome
         {
-            Ok(r) => r,
-            Err(_) => Err(CheckError::DeadlineExceeded),
-        };
+            match signer.sign(identity, &decision.decision_id) {
+                Ok(token) => decision.identity_token = Some(token),
+                Err(e) => result = Err(e.into()),
+            }
+        }
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -337,6 +371,7 @@ impl<S: FactSource> Authorizer<S> {
             principal: steps.principal,
             role: steps.role,
             rate_limit: steps.rate_limit,
+            identity_token: None,
         })
     }
 

@@ -85,6 +85,9 @@ pub fn cannot_decide(e: &CheckError) -> Status {
         CheckError::DeadlineExceeded => {
             Status::deadline_exceeded("cannot decide: deadline exceeded")
         }
+        CheckError::IdentityToken(_) => {
+            Status::internal("cannot decide: identity token not signed")
+        }
     }
 }
 

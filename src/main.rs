@@ -46,6 +46,13 @@ fn main() -> ExitCode {
             Err(e) => bad_config(e),
         };
     }
+    if let Command::IdentityJwks = cli.command {
+        // The applications' public key: only the identity_token section matters.
+        return match Config::load_identity(path) {
+            Ok(signer) => cli::identity_jwks(signer.as_ref()),
+            Err(e) => bad_config(e),
+        };
+    }
     match Config::load(path, env) {
         Ok(config) => cli::run(cli.command, config),
         Err(e) => bad_config(e),

@@ -14,6 +14,7 @@ mod integration {
     mod credentials;
     mod forward;
     mod freshness;
+    mod identity;
     mod interfaces;
     mod jwks_https;
     mod jwks_rotation;

@@ -39,6 +39,17 @@ pub(super) struct FileConfig {
     pub(super) rate_limit: FileRateLimit,
     #[serde(default)]
     pub(super) forward_auth: FileForwardAuth,
+    #[serde(default)]
+    pub(super) identity_token: FileIdentityToken,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileIdentityToken {
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) audience: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
