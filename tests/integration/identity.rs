@@ -163,3 +163,53 @@ async fn identity_token_off_by_default_strips_client_header_and_publishes_no_key
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("identity_token_off"), "{body}");
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn identity_jwks_command_prints_the_served_key_and_refuses_when_off(pool: PgPool) {
+    let h = start_with(pool, identity_config()).await;
+    let (_, served) = http_get(h.running.http_addr, "/.well-known/velro-identity-jwks.json").await;
+    let dir = std::env::temp_dir().join(format!("velro-ident-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let on = dir.join("on.yaml");
+    std::fs::write(
+        &on,
+        format!("identity_token:\n  key_file: {KEY}\n  audience: {AUDIENCE}\n"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"))
+        .args(["--config", on.to_str().expect("utf-8"), "identity-jwks"])
+        .output()
+        .expect("run velro-authz identity-jwks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let served: serde_json::Value = serde_json::from_str(&served).expect("json");
+    assert_eq!(printed, served);
+
+    // Off: exit 64 naming the setting. A wrong key type: exit 64 too.
+    let off = dir.join("off.yaml");
+    std::fs::write(&off, "log_format: text\n").expect("write");
+    let wrong = dir.join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "identity_token:\n  key_file: tests/fixtures/keys/rsa_private.pem\n  audience: a\n",
+    )
+    .expect("write");
+    for (config, expected) in [
+        (&off, "identity_token.key_file is not set"),
+        (&wrong, "not an Ed25519 private key"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"))
+            .args(["--config", config.to_str().expect("utf-8"), "identity-jwks"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
