@@ -24,6 +24,9 @@ pub const USER_ID: &str = "x-velro-user-id";
 pub const AUTH: &str = "x-velro-auth";
 /// `x-velro-role`: the effective role, on allowed resource routes.
 pub const ROLE: &str = "x-velro-role";
+/// `x-velro-identity`: the same identity as a signed, short-lived JWS
+/// ([`crate::identity`]), on allow when `identity_token` is configured.
+pub const IDENTITY: &str = "x-velro-identity";
 
 /// The namespace of our identity headers. A client-sent header in it that we
 /// do not set is removed before the request goes upstream.
@@ -245,15 +248,23 @@ pub enum Outcome {
 }
 
 /// Headers that go upstream with an allowed request: the decision id and, unless
-/// the route is public, the identity. Set with overwrite by every adapter.
-pub fn identity_headers(decision_id: &str, identity: Option<&Identity>) -> Vec<Header> {
-    let mut out = Vec::with_capacity(4);
+/// the route is public, the identity, plus its signed form (`token`) when one
+/// was issued. Set with overwrite by every adapter.
+pub fn identity_headers(
+    decision_id: &str,
+    identity: Option<&Identity>,
+    token: Option<&str>,
+) -> Vec<Header> {
+    let mut out = Vec::with_capacity(5);
     out.push((DECISION_ID, decision_id.to_owned()));
     if let Some(identity) = identity {
         out.push((USER_ID, identity.user_id.to_string()));
         out.push((AUTH, identity.auth.as_str().to_owned()));
         if let Some(role) = identity.role {
             out.push((ROLE, role.as_str().to_owned()));
+        }
+        if let Some(token) = token {
+            out.push((IDENTITY, token.to_owned()));
         }
     }
     out
@@ -419,7 +430,7 @@ mod tests {
 
     #[test]
     fn headers_to_remove_keeps_ours_and_lists_spoofed_names_once() {
-        let ours = identity_headers("d1", None);
+        let ours = identity_headers("d1", None, None);
         let remove = headers_to_remove(
             [
                 "x-velro-decision-id",

@@ -502,6 +502,10 @@ pub fn authorizer<S: FactSource>(
         }
         None => authorizer,
     };
+    let authorizer = match &config.identity_token {
+        Some(signer) => authorizer.with_identity_signer(signer.clone()),
+        None => authorizer,
+    };
     if config.failed_auth_per_minute > 0 {
         authorizer.with_failed_auth_limiter(FailedAuthLimiter::new(
             config.failed_auth_per_minute,

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
 use crate::facts::{FactError, FactSource, Facts, Trace};
+use crate::identity::{IdentitySigner, SignError};
 use crate::metrics::Metrics;
 use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
@@ -160,6 +161,9 @@ pub struct Decision {
     pub role: Option<Role>,
     /// The rate limiter's verdict, when one ran (headers on a 429).
     pub rate_limit: Option<RateLimitInfo>,
+    /// The signed identity (`x-velro-identity`), on an allow with an identity
+    /// when `identity_token` is configured; only [`Authorizer::check`] signs.
+    pub identity_token: Option<String>,
 }
 
 impl Decision {
@@ -174,6 +178,7 @@ impl Decision {
             principal: None,
             role: None,
             rate_limit: None,
+            identity_token: None,
         }
     }
 
@@ -183,7 +188,7 @@ impl Decision {
             Outcome::Allow(identity) => identity.as_ref(),
             Outcome::Deny(_) => None,
         };
-        crate::answer::identity_headers(&self.decision_id, identity)
+        crate::answer::identity_headers(&self.decision_id, identity, self.identity_token.as_deref())
     }
 
     /// The headers of a deny answer for `reason`.
@@ -206,6 +211,10 @@ pub enum CheckError {
     /// rather than at the deadline.
     #[error("overloaded: too many decisions in flight")]
     Overloaded,
+    /// An allow's identity token could not be signed: the applications expect
+    /// one, so no allow goes out without it.
+    #[error(transparent)]
+    IdentityToken(#[from] SignError),
 }
 
 impl CheckError {
@@ -215,6 +224,7 @@ impl CheckError {
             CheckError::Unavailable(_) => "store_unavailable",
             CheckError::DeadlineExceeded => "deadline_exceeded",
             CheckError::Overloaded => "overloaded",
+            CheckError::IdentityToken(_) => "identity_token_unsigned",
         }
     }
 }
@@ -259,6 +269,8 @@ pub struct Authorizer<S> {
     recent: Option<RecentDecisions>,
     /// Decision spans, when tracing is on.
     tracer: Option<DecisionTracer>,
+    /// Signs `x-velro-identity` on allows, when configured.
+    identity: Option<Arc<IdentitySigner>>,
 }
 
 impl<S: FactSource> Authorizer<S> {
@@ -283,6 +295,7 @@ impl<S: FactSource> Authorizer<S> {
             in_flight: AtomicUsize::new(0),
             recent: None,
             tracer: None,
+            identity: None,
         }
     }
 
@@ -319,6 +332,17 @@ impl<S: FactSource> Authorizer<S> {
     /// Whether decisions may be traced (adapters read trace context only then).
     pub fn traced(&self) -> bool {
         self.tracer.is_some()
+    }
+
+    /// Signs an identity token for the upstream on every allow with an identity.
+    pub fn with_identity_signer(mut self, signer: Arc<IdentitySigner>) -> Self {
+        self.identity = Some(signer);
+        self
+    }
+
+    /// The identity token signer, when configured (its JWKS is published).
+    pub fn identity_signer(&self) -> Option<&Arc<IdentitySigner>> {
+        self.identity.as_ref()
     }
 
     /// Limits failed authentications per client address.
@@ -384,11 +408,21 @@ impl<S: FactSource> Authorizer<S> {
             Some(_) => trace.and_recording(),
             None => trace,
         };
-        let result =
+        let mut result =
             match tokio::time::timeout(budget, self.decide(&snapshot, req, &trace, true)).await {
                 Ok(r) => r,
                 Err(_) => Err(CheckError::DeadlineExceeded),
             };
+        // Signed here and not in `decide`, so `explain` never mints a token.
+        if let Some(signer) = &self.identity
+            && let Ok(decision) = &mut result
+            && let Outcome::Allow(Some(identity)) = &decision.outcome
+        {
+            match signer.sign(identity, &decision.decision_id) {
+                Ok(token) => decision.identity_token = Some(token),
+                Err(e) => result = Err(e.into()),
+            }
+        }
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -462,6 +496,7 @@ impl<S: FactSource> Authorizer<S> {
             principal: steps.principal,
             role: steps.role,
             rate_limit: steps.rate_limit,
+            identity_token: None,
         })
     }
 

@@ -14,6 +14,7 @@ use crate::authn::apikey;
 use crate::authn::jwt::MintClaims;
 use crate::authz::AuthzRequest;
 use crate::config::{AdminClientSettings, Config, read_secret_file};
+use crate::identity::IdentitySigner;
 use crate::metrics::Metrics;
 use crate::migrate::{self, ReaderRole};
 use crate::reload::ConfigSource;
@@ -114,6 +115,10 @@ pub enum Command {
         #[command(flatten)]
         what: ExplainArgs,
     },
+    /// Print the public key of the signed identity header (`x-velro-identity`)
+    /// as a JWKS, for the applications that verify it. Needs only the
+    /// `identity_token` section of the config.
+    IdentityJwks,
     /// Call a running sidecar's admin service (`admin.addr`), with the token
     /// from `admin.token_file`. Needs only the `admin` section of the config.
     Admin {
@@ -212,6 +217,24 @@ pub fn migrate(database: &DatabaseSettings, reader: Option<ReaderRole>) -> ExitC
         Err(e) => {
             eprintln!("velro-authz: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `identity-jwks`: prints the identity token's public key set; exit 64 when
+/// no identity token is configured.
+pub fn identity_jwks(signer: Option<&IdentitySigner>) -> ExitCode {
+    match signer {
+        Some(signer) => {
+            println!("{}", signer.jwks());
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "velro-authz: identity_token.key_file is not set: no identity token is signed, \
+                 so there is no key to publish"
+            );
+            ExitCode::from(crate::config::EXIT_BAD_CONFIG as u8)
         }
     }
 }
@@ -393,6 +416,9 @@ async fn execute_local(
         Command::Admin { .. } | Command::Explain { .. } => {
             anyhow::bail!("admin commands ask a running sidecar (see `execute`)")
         }
+        // `main` calls [`identity_jwks`] before the full configuration is
+        // loaded; this arm is for a caller that already has it.
+        Command::IdentityJwks => Ok(identity_jwks(config.identity_token.as_deref())),
         // `main` runs `migrate` before the full configuration is loaded; this arm
         // is for a caller that already has it.
         Command::Migrate {

@@ -19,6 +19,7 @@ use crate::facts::freshness::FreshnessSettings;
 use crate::facts::l2::{L2Key, L2Settings};
 use crate::grpc::admin::{AdminSettings, AdminToken};
 use crate::http::ForwardAuthSettings;
+use crate::identity::{self, IdentitySettings, IdentitySigner};
 use crate::invalidate::ListenerSettings;
 use crate::ratelimit::{DEFAULT_FAILED_AUTH_PER_MINUTE, RateLimitConfig};
 use crate::redis::RedisSettings;
@@ -120,6 +121,9 @@ pub struct Config {
     pub recent_decisions: usize,
     /// Decision traces over OTLP; `None` (no `tracing.otlp_endpoint`) = off.
     pub tracing: Option<TraceSettings>,
+    /// Signs `x-velro-identity` for the upstream on allows; `None` (the
+    /// default) = no signed identity, only the plain identity headers.
+    pub identity_token: Option<Arc<IdentitySigner>>,
 }
 
 /// Most `explain.recent_decisions`: a bound on the ring's memory (about
@@ -491,6 +495,7 @@ impl Config {
             ));
         }
         let tracing = tracing(file.tracing, &env, &mut errors);
+        let identity_token = identity_token(file.identity_token, &mut errors);
 
         let (Some(jwt), true) = (jwt, errors.is_empty()) else {
             return Err(ConfigError(errors));
@@ -518,6 +523,7 @@ impl Config {
             forward_auth,
             recent_decisions,
             tracing,
+            identity_token,
         })
     }
 
@@ -563,6 +569,68 @@ impl Config {
             .map(|(name, _)| name)
             .collect()
     }
+
+    /// Only the identity token signer, for `velro-authz identity-jwks`: the
+    /// `identity_token` section, nothing else.
+    pub fn load_identity(path: Option<&Path>) -> Result<Option<IdentitySigner>, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(vec![format!("--config {}: {e}", p.display())]))?,
+            None => String::new(),
+        };
+        let file = parse_file(&text)?;
+        let Some(settings) = identity_settings(file.identity_token)? else {
+            return Ok(None);
+        };
+        IdentitySigner::load(&settings)
+            .map(Some)
+            .map_err(|e| ConfigError(vec![e]))
+    }
+}
+
+/// The `identity_token` section: off unless `key_file` is set, and then the
+/// key is read and checked now, at start.
+fn identity_token(
+    file: FileIdentityToken,
+    errors: &mut Vec<String>,
+) -> Option<Arc<IdentitySigner>> {
+    match identity_settings(file) {
+        Ok(None) => None,
+        Ok(Some(settings)) => match IdentitySigner::load(&settings) {
+            Ok(signer) => Some(Arc::new(signer)),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        Err(ConfigError(e)) => {
+            errors.extend(e);
+            None
+        }
+    }
+}
+
+fn identity_settings(file: FileIdentityToken) -> Result<Option<IdentitySettings>, ConfigError> {
+    let Some(key_file) = file.key_file else {
+        if file.audience.is_some() || file.issuer.is_some() || file.ttl_secs.is_some() {
+            return Err(ConfigError(vec![
+                "identity_token.key_file: required to sign identity tokens (the other \
+                 identity_token settings do nothing without it)"
+                    .to_owned(),
+            ]));
+        }
+        return Ok(None);
+    };
+    Ok(Some(IdentitySettings {
+        key_file,
+        audience: file.audience.unwrap_or_default(),
+        issuer: file
+            .issuer
+            .unwrap_or_else(|| identity::DEFAULT_ISSUER.to_owned()),
+        ttl: file
+            .ttl_secs
+            .map_or(identity::DEFAULT_TTL, Duration::from_secs),
+    }))
 }
 
 fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {

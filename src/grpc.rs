@@ -98,6 +98,9 @@ pub fn cannot_decide(e: &CheckError) -> Status {
             Status::deadline_exceeded("cannot decide: deadline exceeded")
         }
         CheckError::Overloaded => Status::unavailable("cannot decide: overloaded"),
+        CheckError::IdentityToken(_) => {
+            Status::internal("cannot decide: identity token not signed")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! HTTP listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
-//! (Prometheus text), and the forward-auth doors of [`forward`].
+//! (Prometheus text), the identity token's public key
+//! ([`identity::JWKS_PATH`]), and the forward-auth doors of [`forward`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::authz::Authorizer;
 use crate::breaker::CircuitState;
+use crate::identity;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -48,14 +50,36 @@ pub fn router(state: HttpState) -> Router {
     ops_router(state).merge(forward)
 }
 
-/// `/healthz`, `/readyz` and `/metrics` alone: also served on `metrics_addr`,
-/// where nothing can ask for a decision.
+/// `/healthz`, `/readyz`, `/metrics` and the identity JWKS alone: also served
+/// on `metrics_addr`, where nothing can ask for a decision.
 pub fn ops_router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(identity::JWKS_PATH, get(identity_jwks))
         .with_state(state)
+}
+
+/// The public key of `x-velro-identity` as a JWKS, for the applications that
+/// verify it; 404 when no identity token is configured.
+async fn identity_jwks(State(state): State<HttpState>) -> Response {
+    match state.authorizer.identity_signer() {
+        Some(signer) => (
+            [
+                (header::CONTENT_TYPE, "application/jwk-set+json"),
+                (header::CACHE_CONTROL, "max-age=300"),
+            ],
+            signer.jwks().to_owned(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"not found","reason":"identity_token_off"}"#,
+        )
+            .into_response(),
+    }
 }
 
 /// Ready once the sidecar has heard LISTEN connect: from then on it decides.

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod facts;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod ids;
 pub mod invalidate;
 pub mod metrics;

@@ -34,6 +34,13 @@ fn main() -> ExitCode {
             Err(e) => bad_config(e),
         };
     }
+    if let Command::IdentityJwks = cli.command {
+        // The applications' public key: only the identity_token section matters.
+        return match Config::load_identity(path) {
+            Ok(signer) => cli::identity_jwks(signer.as_ref()),
+            Err(e) => bad_config(e),
+        };
+    }
     // Clients of a running sidecar need where the admin service is and its
     // token, not the database, keys or routes.
     let (addr, token_file, command) = match cli.command {

@@ -15,6 +15,7 @@ mod integration {
     mod credentials;
     mod forward;
     mod freshness;
+    mod identity;
     mod interfaces;
     mod jwks_https;
     mod jwks_rotation;

@@ -127,7 +127,7 @@ impl Recorded {
             Outcome::Allow(identity) => identity.as_ref(),
             Outcome::Deny(_) => None,
         };
-        let headers = crate::answer::identity_headers(&decision_id, identity);
+        let headers = crate::answer::identity_headers(&decision_id, identity, None);
         let mut summary = Summary::of(
             &self.outcome,
             self.dry_run_deny,

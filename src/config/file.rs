@@ -43,6 +43,8 @@ pub(super) struct FileConfig {
     pub(super) explain: FileExplain,
     #[serde(default)]
     pub(super) tracing: FileTracing,
+    #[serde(default)]
+    pub(super) identity_token: FileIdentityToken,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +59,15 @@ pub(super) struct FileTracing {
     pub(super) otlp_endpoint: Option<String>,
     pub(super) sample_ratio: Option<f64>,
     pub(super) service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileIdentityToken {
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) audience: Option<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -516,3 +516,60 @@ fn config_tracing_errors_name_their_settings_and_never_echo_credentials() {
         .to_string();
     assert!(err.contains("endpoint"), "{err}");
 }
+
+#[test]
+fn config_identity_token_is_off_by_default_and_on_with_a_key_file() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let off = Config::from_yaml("", env(&base)).expect("valid");
+    assert!(off.identity_token.is_none());
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keys/ed25519_private.pem"
+    );
+    let on = Config::from_yaml(
+        &format!("identity_token:\n  key_file: {key}\n  audience: velro-app\n"),
+        env(&base),
+    )
+    .expect("valid");
+    let signer = on.identity_token.expect("signer");
+    assert_eq!(signer.audience(), "velro-app");
+    assert_eq!(signer.issuer(), "velro-authz");
+}
+
+#[test]
+fn config_identity_token_errors_name_their_settings() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keys/ec_p256_private.pem"
+    );
+    for (yaml, expected) in [
+        (
+            "identity_token:\n  audience: velro-app\n".to_owned(),
+            "identity_token.key_file: required",
+        ),
+        (
+            format!("identity_token:\n  key_file: {key}\n  audience: velro-app\n"),
+            "not an Ed25519 private key",
+        ),
+        (
+            format!("identity_token:\n  key_file: {key}\n"),
+            "identity_token.audience: required",
+        ),
+        (
+            "identity_token:\n  key_file: /nonexistent/velro.pem\n  audience: a\n".to_owned(),
+            "identity_token.key_file /nonexistent/velro.pem: entity not found",
+        ),
+        ("identity_token:\n  secret: s\n".to_owned(), "unknown field"),
+    ] {
+        let err = Config::from_yaml(&yaml, env(&base)).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains(expected), "{yaml}: {text}");
+    }
+}

@@ -354,6 +354,7 @@ fn opa_result_allow_sets_identity_and_clears_spoofed_names() {
         principal: None,
         role: None,
         rate_limit: None,
+        identity_token: None,
     };
     let mut headers = Headers::default();
     headers.add("x-velro-user-id", "spoofed");
@@ -379,6 +380,7 @@ fn opa_result_deny_carries_status_headers_and_our_body_as_message() {
         principal: None,
         role: None,
         rate_limit: None,
+        identity_token: None,
     };
     let v = opa::result(&decision, &Headers::default());
     let r = &v["result"];
