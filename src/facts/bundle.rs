@@ -392,7 +392,6 @@ impl<S: FactSource> Gather<'_, S> {
         if let Some(fact) = self.facts.cached(&key, self.trace).await {
             return Ok(fact);
         }
-        self.facts.lookup(key.kind(), "miss");
         let bundle = self
             .bundle
             .get_or_try_init(|| Box::pin(self.facts.load_bundle(self.user, target, self.trace)))
@@ -403,6 +402,9 @@ impl<S: FactSource> Gather<'_, S> {
     async fn bundled(&self, bundle: &Bundle, key: FactKey) -> Result<Fact, FactError> {
         match bundle.facts.get(&key) {
             Some((fact, source)) => {
+                // Not in L1 when this decision began: an L1 miss, answered
+                // by the decision's one load.
+                self.facts.lookup(key.kind(), "miss");
                 self.trace.record(&key, *source, fact);
                 Ok(fact.clone())
             }
