@@ -330,10 +330,10 @@ impl AuthorizerBuilder {
     }
 }
 
-/// A whole sidecar in this process over `pool` (migrated; seed it first if
-/// the test needs data), serving on the config's addresses, returned once its
-/// LISTEN is connected so no change is missed from then on.
-pub async fn serve(pool: PgPool, config: Config) -> Running {
+/// A whole sidecar in this process over `pool`, returned once its LISTEN is
+/// connected, without waiting for readiness (for tests of a sidecar that is
+/// not ready yet).
+pub async fn spawn_listening(pool: PgPool, config: Config) -> Running {
     let running = App::with_pool(config, pool, Metrics::new())
         .expect("app")
         .spawn(None)
@@ -344,6 +344,14 @@ pub async fn serve(pool: PgPool, config: Config) -> Running {
         .await
         .expect("listener connects within 10 s")
         .expect("listener channel");
+    running
+}
+
+/// A whole sidecar in this process over `pool` (migrated; seed it first if
+/// the test needs data), serving on the config's addresses, returned once its
+/// LISTEN is connected so no change is missed from then on.
+pub async fn serve(pool: PgPool, config: Config) -> Running {
+    let running = spawn_listening(pool, config).await;
     // Ready: the pool is warm too.
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
         while http::send(running.http_addr, "GET", "/readyz", &[], Vec::new())

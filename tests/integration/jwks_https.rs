@@ -25,8 +25,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use velro_authz::app::App;
-use velro_authz::metrics::Metrics;
 
 use super::support::{Harness, config, demo::*, start_with};
 use velro_authz::testkit::http as http_client;
@@ -499,16 +497,7 @@ async fn jwks_https_issuer_without_keys_yet_is_not_ready_and_cannot_decide(pool:
     );
     let cfg = config(&auth_yaml(&idp.ca_file, 3600, &issuers));
     let jwt = cfg.jwt.clone();
-    let running = App::with_pool(cfg, pool.clone(), Metrics::new())
-        .expect("app")
-        .spawn(None)
-        .await
-        .expect("spawn");
-    let mut listener = running.listener.clone();
-    tokio::time::timeout(Duration::from_secs(10), listener.wait_for(|up| *up))
-        .await
-        .expect("listener within 10 s")
-        .expect("listener");
+    let running = velro_authz::testkit::spawn_listening(pool.clone(), cfg).await;
     // Fetch attempts fail: never ready, and this issuer's tokens are an
     // error (UNAVAILABLE), not a deny.
     until(Duration::from_secs(15), "two failed fetches", || async {
