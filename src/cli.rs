@@ -370,23 +370,36 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runti
         .ok()
 }
 
+impl Command {
+    /// A call to a running sidecar's admin service (`admin …`, `explain`):
+    /// where to, with which token file, and what; any other command back.
+    pub fn into_admin_call(
+        self,
+    ) -> Result<(Option<String>, Option<PathBuf>, AdminCommand), Box<Command>> {
+        match self {
+            Command::Admin {
+                addr,
+                token_file,
+                command,
+            } => Ok((addr, token_file, command)),
+            Command::Explain {
+                addr,
+                token_file,
+                what,
+            } => Ok((addr, token_file, AdminCommand::Explain(what))),
+            other => Err(Box::new(other)),
+        }
+    }
+}
+
 async fn execute(
     command: Command,
     config: Config,
     config_path: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let (addr, token_file, admin_command) = match command {
-        Command::Admin {
-            addr,
-            token_file,
-            command,
-        } => (addr, token_file, command),
-        Command::Explain {
-            addr,
-            token_file,
-            what,
-        } => (addr, token_file, AdminCommand::Explain(what)),
-        other => return execute_local(other, config, config_path).await,
+    let (addr, token_file, admin_command) = match command.into_admin_call() {
+        Ok(call) => call,
+        Err(other) => return execute_local(*other, config, config_path).await,
     };
     // `main` calls [`admin`] before the full configuration is loaded; this
     // is for a caller that already has it.

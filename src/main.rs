@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use velro_authz::cli::{self, AdminCommand, Cli, Command};
+use velro_authz::cli::{self, Cli, Command};
 use velro_authz::config::{Config, ConfigError, EXIT_BAD_CONFIG};
 
 fn main() -> ExitCode {
@@ -43,20 +43,11 @@ fn main() -> ExitCode {
     }
     // Clients of a running sidecar need where the admin service is and its
     // token, not the database, keys or routes.
-    let (addr, token_file, command) = match cli.command {
-        Command::Admin {
-            addr,
-            token_file,
-            command,
-        } => (addr, token_file, command),
-        Command::Explain {
-            addr,
-            token_file,
-            what,
-        } => (addr, token_file, AdminCommand::Explain(what)),
-        command => {
+    let (addr, token_file, command) = match cli.command.into_admin_call() {
+        Ok(call) => call,
+        Err(command) => {
             return match Config::load(path, env) {
-                Ok(config) => cli::run(command, config, path.map(Path::to_path_buf)),
+                Ok(config) => cli::run(*command, config, path.map(Path::to_path_buf)),
                 Err(e) => bad_config(e),
             };
         }
