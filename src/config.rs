@@ -459,12 +459,17 @@ impl Config {
         }
 
         let rate_limit = file.rate_limit.per_second.map(|per_second| {
+            let burst = file
+                .rate_limit
+                .burst
+                .unwrap_or_else(|| per_second.ceil().clamp(1.0, 1e6) as u32);
             let config = RateLimitConfig {
                 per_second,
-                burst: file
+                burst,
+                lease: file
                     .rate_limit
-                    .burst
-                    .unwrap_or_else(|| per_second.ceil().clamp(1.0, 1e6) as u32),
+                    .lease
+                    .unwrap_or_else(|| RateLimitConfig::default_lease(per_second, burst)),
             };
             if !(per_second.is_finite() && per_second > 0.0 && per_second <= 1e6) {
                 errors.push(
@@ -474,11 +479,19 @@ impl Config {
             }
             if config.burst == 0 {
                 errors.push("rate_limit.burst: must be at least 1".to_owned());
+            } else if !(1..=config.burst).contains(&config.lease) {
+                errors.push(format!(
+                    "rate_limit.lease: must be between 1 and rate_limit.burst ({})",
+                    config.burst
+                ));
             }
             config
         });
         if rate_limit.is_none() && file.rate_limit.burst.is_some() {
             errors.push("rate_limit.burst: needs rate_limit.per_second".to_owned());
+        }
+        if rate_limit.is_none() && file.rate_limit.lease.is_some() {
+            errors.push("rate_limit.lease: needs rate_limit.per_second".to_owned());
         }
         let failed_auth_per_minute = file
             .rate_limit

@@ -1,10 +1,22 @@
 //! Rate limiting per principal (SPEC §6): a user (JWT) or an API key gets
 //! `per_second` requests with bursts of `burst`, by GCRA.
 //!
-//! With Redis the limit is shared by every sidecar (one script call per
-//! request, time from Redis); without it, or while Redis is failing, each
-//! sidecar enforces the same limit on its own (governor). A Redis failure never
-//! denies a request by itself.
+//! With Redis the limit is shared by every sidecar, with time from Redis. A
+//! sidecar takes a principal's allowance in **leases** of up to `lease`
+//! requests per script call and admits them locally; it asks for the next
+//! lease in the background when half the stock is spent, so a busy
+//! principal's Checks do not wait on Redis. With `lease: 1` every request is
+//! one script call (exact). Without Redis, or while Redis is failing, each
+//! sidecar enforces the same limit on its own (governor). A Redis failure
+//! never denies a request by itself.
+//!
+//! The error a lease allows, for one principal with N sidecars: in any
+//! window, at most `burst + per_second × window` requests plus what the
+//! sidecars held in stock when the window began (at most `N × lease`) are
+//! admitted; a stock is good for [`LEASE_TTL`], and what is left of it then
+//! is given back with the next lease request. A refusal from Redis is held
+//! locally until its `retry-after`, so a principal over its limit costs no
+//! Redis call per request either.
 //!
 //! Apart from that, [`FailedAuthLimiter`] bounds what an unauthenticated client
 //! can make us do: failed authentications per client address, checked before
@@ -12,7 +24,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::types::Value;
@@ -26,24 +38,35 @@ use crate::answer::RateLimitInfo;
 use crate::metrics::Metrics;
 use crate::redis::Redis;
 
-/// GCRA in one round trip. KEYS: the principal's TAT key. ARGV: emission
-/// interval µs, burst. Returns {allowed, remaining, retry_after_µs, reset_µs}.
-/// Time comes from Redis so sidecars' clocks do not matter.
-const GCRA: &str = r#"
+/// GCRA lease in one round trip. KEYS: the principal's TAT key. ARGV:
+/// emission interval µs, burst, requests wanted, requests given back (an
+/// expired stock's unused part). Returns {granted, remaining,
+/// retry_after_µs, reset_µs}: `granted` is between 0 (refused) and the
+/// number wanted. Time comes from Redis so sidecars' clocks do not matter.
+/// With one wanted and none given back it is the plain GCRA step.
+const GCRA_LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local back = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+tat = tat - back * interval
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+local available = math.floor((now - tat) / interval) + burst
+local granted = math.min(want, available)
+if granted < 1 then
+  return {0, 0, math.ceil(tat + interval - burst * interval - now), math.ceil(tat - now)}
 end
+local new_tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+return {granted, available - granted, 0, math.ceil(new_tat - now)}
 "#;
+
+/// How long a leased stock may be spent; its unused part is given back at
+/// the next lease request after that.
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// Limit settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +75,16 @@ pub struct RateLimitConfig {
     pub per_second: f64,
     /// Requests allowed at once.
     pub burst: u32,
+    /// Requests taken from Redis per script call (1 = every request).
+    pub lease: u32,
+}
+
+impl RateLimitConfig {
+    /// Default `lease`: a tenth of a second's allowance, at least 1 and at
+    /// most the burst, so a sidecar's stock is a small part of the limit.
+    pub fn default_lease(per_second: f64, burst: u32) -> u32 {
+        ((per_second / 10.0).floor().clamp(1.0, 1e6) as u32).min(burst.max(1))
+    }
 }
 
 /// Who is being limited.
@@ -79,15 +112,124 @@ type LocalLimiter = Gcra<
     StateInformationMiddleware,
 >;
 
+/// What the limiter needs to ask Redis, shared with background lease
+/// requests.
+struct Shared {
+    config: RateLimitConfig,
+    interval: Duration,
+    redis: Arc<Redis>,
+    gcra: Script,
+}
+
+/// One reply of the lease script.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    granted: u32,
+    remaining: u64,
+    retry_after: Duration,
+    reset: Duration,
+}
+
+impl Shared {
+    /// Asks Redis for up to `want` requests of `key`'s allowance, giving back
+    /// `back` unused ones; `None` when Redis cannot answer.
+    async fn lease(&self, key: LimitKey, want: u32, back: u32) -> Option<Grant> {
+        if !self.redis.up() {
+            return None;
+        }
+        let keys = vec![self.redis.key(&format!("rl:{}", key.redis_suffix()))];
+        let args: Vec<Value> = vec![
+            (self.interval.as_micros().max(1) as i64).into(),
+            i64::from(self.config.burst).into(),
+            i64::from(want.max(1)).into(),
+            i64::from(back).into(),
+        ];
+        let reply = self
+            .redis
+            .eval::<Vec<i64>>(&self.gcra, keys, args)
+            .await
+            .ok()?;
+        let [granted, remaining, retry_us, reset_us] = reply[..] else {
+            return None;
+        };
+        Some(Grant {
+            granted: granted.clamp(0, i64::from(want.max(1))) as u32,
+            remaining: remaining.max(0) as u64,
+            retry_after: Duration::from_micros(retry_us.max(0) as u64),
+            reset: Duration::from_micros(reset_us.max(0) as u64),
+        })
+    }
+}
+
+/// A principal's leased allowance on this sidecar.
+#[derive(Debug)]
+struct Stock {
+    /// Requests leased and not yet admitted.
+    tokens: u32,
+    /// The stock may be spent until then.
+    expires: Instant,
+    /// Expired, unspent requests to give back with the next lease request.
+    unused: u32,
+    /// What Redis said was left beyond the lease, and when the bucket is
+    /// full again (for the `ratelimit-*` headers).
+    remaining: u64,
+    reset_at: Instant,
+    /// Redis refused: every request is refused here until then.
+    refused_until: Option<Instant>,
+    /// A background lease request is running.
+    refilling: bool,
+}
+
+/// One principal's state: the stock, and a lock that makes one request at a
+/// time ask Redis when the stock is empty.
+struct Principal {
+    stock: Mutex<Stock>,
+    asking: tokio::sync::Mutex<()>,
+}
+
+impl Principal {
+    fn new() -> Principal {
+        let now = Instant::now();
+        Principal {
+            stock: Mutex::new(Stock {
+                tokens: 0,
+                expires: now,
+                unused: 0,
+                remaining: 0,
+                reset_at: now,
+                refused_until: None,
+                refilling: false,
+            }),
+            asking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn stock(&self) -> std::sync::MutexGuard<'_, Stock> {
+        self.stock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What spending from a stock came to.
+enum Spent {
+    /// Admitted; start a background lease request when `refill` is set.
+    Allowed { info: RateLimitInfo, refill: bool },
+    /// Refused (held from Redis's last answer).
+    Refused(RateLimitInfo),
+    /// Nothing in stock: ask Redis.
+    Empty,
+}
+
 /// The limiter.
 pub struct RateLimiter {
     config: RateLimitConfig,
     interval: Duration,
     local: LocalLimiter,
     /// Shared limits through Redis, when configured.
-    redis: Option<Arc<Redis>>,
-    /// The GCRA script.
-    gcra: Script,
+    shared: Option<Arc<Shared>>,
+    /// Leased stocks per principal (bounded; an idle one is dropped, and
+    /// with it at most `lease` requests of that principal's allowance until
+    /// Redis's bucket refills them).
+    stocks: moka::sync::Cache<LimitKey, Arc<Principal>>,
     metrics: Metrics,
 }
 
@@ -98,6 +240,10 @@ impl RateLimiter {
         redis: Option<Arc<Redis>>,
         metrics: Metrics,
     ) -> RateLimiter {
+        let config = RateLimitConfig {
+            lease: config.lease.max(1),
+            ..config
+        };
         let interval = Duration::from_secs_f64(1.0 / config.per_second.max(1e-6));
         let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(interval)
@@ -107,8 +253,18 @@ impl RateLimiter {
             config,
             interval,
             local: Gcra::keyed(quota).with_middleware::<StateInformationMiddleware>(),
-            redis,
-            gcra: Script::from_lua(GCRA),
+            shared: redis.map(|redis| {
+                Arc::new(Shared {
+                    config,
+                    interval,
+                    redis,
+                    gcra: Script::from_lua(GCRA_LEASE),
+                })
+            }),
+            stocks: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(LEASE_TTL.max(Duration::from_secs(10)))
+                .build(),
             metrics,
         }
     }
@@ -127,26 +283,123 @@ impl RateLimiter {
         self.check_local(key)
     }
 
-    /// One GCRA step in Redis; `None` when Redis cannot answer (the caller
-    /// falls back to the local limiter).
+    /// Spends from the principal's leased stock, asking Redis when it is
+    /// empty; `None` when Redis cannot answer (the caller falls back to the
+    /// local limiter).
     async fn check_redis(&self, key: LimitKey) -> Option<RateLimitInfo> {
-        let redis = self.redis.as_ref().filter(|r| r.up())?;
-        let keys = vec![redis.key(&format!("rl:{}", key.redis_suffix()))];
-        let args: Vec<Value> = vec![
-            (self.interval.as_micros().max(1) as i64).into(),
-            i64::from(self.config.burst).into(),
-        ];
-        let reply = redis.eval::<Vec<i64>>(&self.gcra, keys, args).await.ok()?;
-        let [allowed, remaining, retry_us, reset_us] = reply[..] else {
-            return None;
+        let shared = self.shared.as_ref().filter(|s| s.redis.up())?;
+        let principal = self.stocks.get_with(key, || Arc::new(Principal::new()));
+        if let Some(info) = self.spend(shared, key, &principal) {
+            return Some(info);
+        }
+        // Empty: one request at a time asks; the others find its lease.
+        let _asking = principal.asking.lock().await;
+        if let Some(info) = self.spend(shared, key, &principal) {
+            return Some(info);
+        }
+        let unused = std::mem::take(&mut principal.stock().unused);
+        let grant = shared.lease(key, self.config.lease, unused).await?;
+        let now = Instant::now();
+        let mut stock = principal.stock();
+        stock.reset_at = now + grant.reset;
+        stock.remaining = grant.remaining;
+        if grant.granted == 0 {
+            let retry = grant.retry_after.max(Duration::from_millis(1));
+            stock.refused_until = Some(now + retry);
+            return Some(self.refused(retry));
+        }
+        stock.tokens = grant.granted - 1;
+        stock.expires = now + LEASE_TTL;
+        stock.refused_until = None;
+        Some(self.allowed(&stock, now))
+    }
+
+    /// Spends one request from the stock if it holds one (starting the next
+    /// lease request in the background when half of it is gone), or answers
+    /// a refusal Redis gave that still holds.
+    fn spend(
+        &self,
+        shared: &Arc<Shared>,
+        key: LimitKey,
+        principal: &Arc<Principal>,
+    ) -> Option<RateLimitInfo> {
+        let now = Instant::now();
+        let spent = {
+            let mut stock = principal.stock();
+            take(&mut stock, now, self.config.lease)
+                .map(|refill| (refill, self.allowed(&stock, now)))
+                .map(|(refill, info)| Spent::Allowed { info, refill })
+                .unwrap_or_else(|| match stock.refused_until {
+                    Some(until) if until > now => Spent::Refused(self.refused(until - now)),
+                    _ => Spent::Empty,
+                })
         };
-        Some(RateLimitInfo {
-            allowed: allowed == 1,
+        match spent {
+            Spent::Allowed { info, refill } => {
+                if refill {
+                    self.refill(shared.clone(), key, principal.clone());
+                }
+                Some(info)
+            }
+            Spent::Refused(info) => Some(info),
+            Spent::Empty => None,
+        }
+    }
+
+    /// Tops the stock up to `lease` in the background. A failure or a
+    /// refusal leaves the stock as it is: the request that finds it empty
+    /// asks again.
+    fn refill(&self, shared: Arc<Shared>, key: LimitKey, principal: Arc<Principal>) {
+        let lease = self.config.lease;
+        tokio::spawn(async move {
+            let asking = principal.asking.try_lock();
+            let want = {
+                let mut stock = principal.stock();
+                if asking.is_err() {
+                    stock.refilling = false;
+                    return;
+                }
+                lease.saturating_sub(stock.tokens)
+            };
+            let grant = if want > 0 {
+                shared.lease(key, want, 0).await
+            } else {
+                None
+            };
+            let now = Instant::now();
+            let mut stock = principal.stock();
+            stock.refilling = false;
+            if let Some(grant) = grant.filter(|g| g.granted > 0) {
+                if stock.expires <= now {
+                    stock.unused += stock.tokens;
+                    stock.tokens = 0;
+                }
+                stock.tokens += grant.granted;
+                stock.expires = now + LEASE_TTL;
+                stock.remaining = grant.remaining;
+                stock.reset_at = now + grant.reset;
+            }
+        });
+    }
+
+    fn allowed(&self, stock: &Stock, now: Instant) -> RateLimitInfo {
+        RateLimitInfo {
+            allowed: true,
             limit: self.config.burst,
-            remaining: remaining.max(0) as u64,
-            reset_secs: ceil_secs(Duration::from_micros(reset_us.max(0) as u64)),
-            retry_after_secs: ceil_secs(Duration::from_micros(retry_us.max(0) as u64)).max(1),
-        })
+            remaining: stock.remaining + u64::from(stock.tokens),
+            reset_secs: ceil_secs(stock.reset_at.saturating_duration_since(now)),
+            retry_after_secs: 0,
+        }
+    }
+
+    fn refused(&self, retry: Duration) -> RateLimitInfo {
+        RateLimitInfo {
+            allowed: false,
+            limit: self.config.burst,
+            remaining: 0,
+            reset_secs: ceil_secs(self.interval * self.config.burst),
+            retry_after_secs: ceil_secs(retry).max(1),
+        }
     }
 
     fn check_local(&self, key: LimitKey) -> RateLimitInfo {
@@ -184,12 +437,33 @@ impl RateLimiter {
     pub fn forget_idle(&self) {
         self.local.retain_recent();
         self.local.shrink_to_fit();
+        self.stocks.run_pending_tasks();
     }
 
     /// Principals with local state.
     pub fn tracked(&self) -> usize {
         self.local.len()
     }
+}
+
+/// Takes one request from `stock` when it holds an unexpired one; `Some`
+/// tells whether a background refill should start (half of a lease of at
+/// least two is spent, and none is running). An expired stock's rest is set
+/// aside to be given back.
+fn take(stock: &mut Stock, now: Instant, lease: u32) -> Option<bool> {
+    if stock.tokens > 0 && stock.expires <= now {
+        stock.unused += stock.tokens;
+        stock.tokens = 0;
+    }
+    if stock.tokens == 0 {
+        return None;
+    }
+    stock.tokens -= 1;
+    let refill = lease >= 2 && !stock.refilling && stock.tokens <= lease / 2;
+    if refill {
+        stock.refilling = true;
+    }
+    Some(refill)
 }
 
 /// Default `rate_limit.failed_auth_per_minute`: ten a second sustained, in
@@ -319,7 +593,15 @@ mod tests {
     fn limiter(per_second: f64, burst: u32) -> (RateLimiter, Metrics) {
         let metrics = Metrics::new();
         (
-            RateLimiter::new(RateLimitConfig { per_second, burst }, None, metrics.clone()),
+            RateLimiter::new(
+                RateLimitConfig {
+                    per_second,
+                    burst,
+                    lease: 1,
+                },
+                None,
+                metrics.clone(),
+            ),
             metrics,
         )
     }
@@ -364,6 +646,47 @@ mod tests {
         assert!(!rl.check(key).await.allowed);
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(rl.check(key).await.allowed);
+    }
+
+    fn stock(tokens: u32, expires: Instant) -> Stock {
+        Stock {
+            tokens,
+            expires,
+            unused: 0,
+            remaining: 0,
+            reset_at: expires,
+            refused_until: None,
+            refilling: false,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_spent_one_request_at_a_time_and_refilled_at_half() {
+        let now = Instant::now();
+        let mut s = stock(6, now + LEASE_TTL);
+        // Lease of 8, 6 left: refill once 4 (half) are left, and only once.
+        let refills: Vec<bool> = (0..6)
+            .map(|_| take(&mut s, now, 8).expect("in stock"))
+            .collect();
+        assert_eq!(refills, [false, true, false, false, false, false]);
+        assert_eq!(s.tokens, 0);
+        assert_eq!(take(&mut s, now, 8), None, "empty: ask Redis");
+    }
+
+    #[test]
+    fn a_lease_of_one_never_refills_in_the_background() {
+        let now = Instant::now();
+        let mut s = stock(1, now + LEASE_TTL);
+        assert_eq!(take(&mut s, now, 1), Some(false));
+        assert_eq!(take(&mut s, now, 1), None);
+    }
+
+    #[test]
+    fn an_expired_stock_is_set_aside_to_be_given_back() {
+        let now = Instant::now();
+        let mut s = stock(3, now);
+        assert_eq!(take(&mut s, now, 4), None);
+        assert_eq!((s.tokens, s.unused), (0, 3));
     }
 
     fn ip(text: &str) -> IpAddr {

@@ -96,6 +96,7 @@ pub(super) struct FileBreaker {
 pub(super) struct FileRateLimit {
     pub(super) per_second: Option<f64>,
     pub(super) burst: Option<u32>,
+    pub(super) lease: Option<u32>,
     pub(super) failed_auth_per_minute: Option<u32>,
 }
 

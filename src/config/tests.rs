@@ -162,7 +162,37 @@ fn config_rate_limit_burst_defaults_to_one_second_of_rate() {
     )
     .expect("valid");
     let rl = cfg.rate_limit.expect("on");
-    assert_eq!((rl.per_second, rl.burst), (20.5, 21));
+    assert_eq!((rl.per_second, rl.burst, rl.lease), (20.5, 21, 2));
+}
+
+#[test]
+fn config_rate_limit_lease_defaults_to_a_tenth_of_a_second_within_the_burst() {
+    let base = [
+        ("DATABASE_URL", "postgres://x@h/db"),
+        ("VELRO_AUTHZ_JWT_SECRET", SECRET),
+    ];
+    let lease = |yaml: &str| {
+        Config::from_yaml(yaml, env(&base))
+            .expect("valid")
+            .rate_limit
+            .expect("on")
+            .lease
+    };
+    assert_eq!(lease("rate_limit:\n  per_second: 0.5\n"), 1);
+    assert_eq!(lease("rate_limit:\n  per_second: 1000\n"), 100);
+    assert_eq!(lease("rate_limit:\n  per_second: 1000\n  burst: 40\n"), 40);
+    assert_eq!(lease("rate_limit:\n  per_second: 1000\n  lease: 1\n"), 1);
+    for yaml in [
+        "rate_limit:\n  per_second: 10\n  lease: 0\n",
+        "rate_limit:\n  per_second: 10\n  burst: 5\n  lease: 6\n",
+        "rate_limit:\n  lease: 5\n",
+    ] {
+        let err = Config::from_yaml(yaml, env(&base)).expect_err(yaml);
+        assert!(
+            err.to_string().contains("rate_limit.lease"),
+            "{yaml}: {err}"
+        );
+    }
 }
 
 #[test]
