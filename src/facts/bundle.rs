@@ -8,9 +8,12 @@
 //! fact the decision may need at once, into a bundle the rest of the walk
 //! reads from:
 //!
-//! - with Redis usable, level by level: one `MGET` for the facts known up
-//!   front (user, memberships, target row and shares), then one per level of
-//!   the chains the hits reveal. The first level with a miss ends it;
+//! - with Redis usable: one `MGET` for the facts known up front (user,
+//!   memberships, target row and shares) and the target's chain hint (the
+//!   keys of its generation, project and team chains, written by the last
+//!   decision that read them), then one for every key the hint and the hits
+//!   name; one more per level only for what a missing or stale hint did not
+//!   cover. A fact the walk needs that Redis lacks ends it;
 //! - from Postgres, one statement ([`FactSource::load_decision`]) for all of
 //!   them, recursive over the generation and team chains. The Redis fills for
 //!   what Redis lacked are written by a task of their own after that,
@@ -139,14 +142,17 @@ impl<S: FactSource> Facts<S> {
 
         let mut tickets = Vec::new();
         let mut hits = HashSet::new();
+        let mut hint = None;
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.usable()) {
             let levels = self.read_levels(l2, user, target, trace).await;
             if levels.complete {
+                self.spawn_hint(l2, user, target, levels.hint.as_deref(), levels.hits.keys());
                 let facts = levels.hits.into_iter().map(|(k, f)| (k, f, Source::L2));
                 return Ok(self.keep(facts, s0, epoch).await);
             }
             hits = levels.hits.into_keys().collect();
             tickets = levels.tickets;
+            hint = levels.hint;
         }
 
         let source = self.source.clone();
@@ -166,6 +172,12 @@ impl<S: FactSource> Facts<S> {
         };
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.usable()) {
             self.spawn_fills(l2, user, target, &loaded, &hits, tickets);
+            let read: Vec<&FactKey> = loaded
+                .iter()
+                .filter(|(_, f)| f.cacheable())
+                .map(|(k, _)| k)
+                .collect();
+            self.spawn_hint(l2, user, target, hint.as_deref(), read.into_iter());
         }
         let facts = loaded.into_iter().map(|(k, f)| (k, f, Source::Postgres));
         Ok(self.keep(facts, s0, epoch).await)
@@ -200,56 +212,110 @@ impl<S: FactSource> Facts<S> {
         bundle
     }
 
-    /// Redis level by level, until a level has a miss or nothing is left.
+    /// Redis level by level, until a fact the walk needs is missing or
+    /// nothing is left. The first level also reads the target's chain hint
+    /// ([`L2::put_hint`]): with one, the second level asks for every key of
+    /// the chain at once, so a decision whose facts Redis holds costs two
+    /// round trips however deep its chains are. A stale hint only costs the
+    /// levels it did not cover; what it named and the walk does not reach is
+    /// dropped.
     async fn read_levels(&self, l2: &L2, user: Uuid, target: Target, trace: &Trace) -> Levels {
         let mut levels = Levels {
             hits: HashMap::new(),
             tickets: Vec::new(),
             complete: false,
+            hint: None,
         };
-        let mut frontier = first_keys(user, target);
+        let first = first_keys(user, target);
+        let mut asked: HashSet<FactKey> = HashSet::new();
+        let mut frontier = first.clone();
+        let mut hint = Some(target);
         for _ in 0..MAX_LEVELS {
             if frontier.is_empty() {
                 levels.complete = true;
                 break;
             }
             let mut span = trace.fetch_many(Fetch::RedisGet, "decision");
-            let answers = l2.get_many(&frontier).await;
+            let (answers, hinted) = l2.get_many_hinted(&frontier, hint.take()).await;
             if let Some(span) = &mut span {
                 let all = answers.iter().all(|a| matches!(a, L2Get::Hit(_)));
                 span.result(if all { "hit" } else { "miss" });
             }
             drop(span);
-            let mut next = Vec::new();
-            let mut missed = false;
+            let mut failed = HashSet::new();
             for (key, answer) in frontier.into_iter().zip(answers) {
                 let kind = key.kind();
                 match answer {
                     L2Get::Hit(fact) => {
                         self.count("l2", kind, "hit");
-                        next.extend(next_keys(&fact));
-                        levels.hits.insert(key, fact);
+                        levels.hits.insert(key.clone(), fact);
                     }
                     L2Get::Miss(ticket) => {
                         self.count("l2", kind, "miss");
-                        levels.tickets.push((key, ticket));
-                        missed = true;
+                        levels.tickets.push((key.clone(), ticket));
+                        failed.insert(key.clone());
                     }
                     L2Get::Unavailable => {
                         self.count("l2", kind, "error");
-                        missed = true;
+                        failed.insert(key.clone());
                     }
                 }
+                asked.insert(key);
             }
-            if missed {
+            let needed = reachable(&first, &levels.hits);
+            if needed.iter().any(|k| failed.contains(k)) {
                 break;
             }
-            next.retain(|k| !levels.hits.contains_key(k));
+            let mut next: Vec<FactKey> =
+                needed.into_iter().filter(|k| !asked.contains(k)).collect();
+            if let Some(hinted) = hinted {
+                next.extend(hinted.iter().filter(|k| !asked.contains(k)).cloned());
+                levels.hint = Some(hinted);
+            }
             next.sort_unstable_by_key(FactKey::bucket);
             next.dedup();
             frontier = next;
         }
+        // What a stale hint named and the walk does not reach is not kept.
+        let needed = reachable(&first, &levels.hits);
+        levels.hits.retain(|k, _| needed.contains(k));
+        levels.tickets.retain(|(k, _)| needed.contains(k));
         levels
+    }
+
+    /// After the answer: writes the chain hint of `target` when the one read
+    /// (if any) did not name exactly the facts beyond the first level that
+    /// this decision read.
+    fn spawn_hint<'k>(
+        &self,
+        l2: &Arc<L2>,
+        user: Uuid,
+        target: Target,
+        read: Option<&[FactKey]>,
+        keys: impl Iterator<Item = &'k FactKey>,
+    ) {
+        let first = first_keys(user, target);
+        let mut chain: Vec<FactKey> = keys
+            .filter(|k| !first.contains(k) && in_chain(k))
+            .cloned()
+            .collect();
+        chain.sort_unstable_by_key(FactKey::bucket);
+        chain.dedup();
+        if chain.is_empty() {
+            return;
+        }
+        if let Some(read) = read {
+            let read: HashSet<&FactKey> = read.iter().collect();
+            if read.len() == chain.len() && chain.iter().all(|k| read.contains(k)) {
+                return;
+            }
+        }
+        let l2 = l2.clone();
+        let task = FillTask::start(&self.fills);
+        tokio::spawn(async move {
+            let _task = task;
+            l2.put_hint(target, &chain).await;
+        });
     }
 
     /// After the answer: writes to Redis what it lacked. A key with a ticket
@@ -331,6 +397,8 @@ struct Levels {
     tickets: Vec<(FactKey, Ticket)>,
     /// Every fact the walk needs was a hit.
     complete: bool,
+    /// The target's chain hint, when Redis had one.
+    hint: Option<Vec<FactKey>>,
 }
 
 /// The keys every decision on `target` reads first.
@@ -348,6 +416,31 @@ fn first_keys(user: Uuid, target: Target) -> Vec<FactKey> {
         }
     }
     keys
+}
+
+/// Every key the walk reads, as far as `hits` tell: the first keys and,
+/// from each hit, the keys it leads to.
+fn reachable(first: &[FactKey], hits: &HashMap<FactKey, Fact>) -> HashSet<FactKey> {
+    let mut seen: HashSet<FactKey> = first.iter().cloned().collect();
+    let mut todo: Vec<FactKey> = first.to_vec();
+    while let Some(key) = todo.pop() {
+        if let Some(fact) = hits.get(&key) {
+            for next in next_keys(fact) {
+                if seen.insert(next.clone()) {
+                    todo.push(next);
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Whether `key` can be part of a target's chains (what a hint names).
+fn in_chain(key: &FactKey) -> bool {
+    matches!(
+        key,
+        FactKey::Generation(_) | FactKey::Project(_) | FactKey::Team(_) | FactKey::Shares(..)
+    )
 }
 
 /// The keys the walk reads after `fact`: a generation's parent or project,

@@ -68,7 +68,9 @@ use tokio::sync::Notify;
 use super::{Fact, FactKey};
 use crate::breaker::CircuitState;
 use crate::metrics::Metrics;
+use crate::model::ResourceKind;
 use crate::redis::Redis;
+use crate::store::Target;
 
 /// First byte of an unauthenticated value: postcard of (version, epoch,
 /// fact). Written only with `redis.allow_unauthenticated_values` (and by
@@ -582,15 +584,30 @@ impl L2 {
     /// Reads several facts in one round trip (one `MGET` of every entry and
     /// version, and the epoch): one answer per key, in order.
     pub async fn get_many(&self, keys: &[FactKey]) -> Vec<L2Get> {
-        let unavailable = || keys.iter().map(|_| L2Get::Unavailable).collect();
+        self.get_many_hinted(keys, None).await.0
+    }
+
+    /// [`L2::get_many`], and in the same round trip the chain hint of
+    /// `hint` if given (see [`L2::put_hint`]): `None` when there is none or
+    /// it does not parse.
+    pub async fn get_many_hinted(
+        &self,
+        keys: &[FactKey],
+        hint: Option<Target>,
+    ) -> (Vec<L2Get>, Option<Vec<FactKey>>) {
+        let unavailable = || (keys.iter().map(|_| L2Get::Unavailable).collect(), None);
         if !self.usable() {
             return unavailable();
         }
-        let mut names = Vec::with_capacity(keys.len() * 2 + 1);
+        let extra = usize::from(hint.is_some());
+        let mut names = Vec::with_capacity(keys.len() * 2 + 1 + extra);
         for key in keys {
             let (entry, version) = self.fact_keys(key);
             names.push(entry);
             names.push(version);
+        }
+        if let Some(target) = hint {
+            names.push(self.hint_name(target));
         }
         names.push(self.redis.key("epoch"));
         let read = self
@@ -600,9 +617,23 @@ impl L2 {
         let Ok(mut values) = read else {
             return unavailable();
         };
-        if values.len() != keys.len() * 2 + 1 {
+        if values.len() != keys.len() * 2 + 1 + extra {
             return unavailable();
         }
+        let epoch = values.pop().flatten();
+        let hinted = if hint.is_some() {
+            values.pop().flatten().and_then(|v| parse_hint(&v))
+        } else {
+            None
+        };
+        values.push(epoch);
+        (self.open_values(keys, values), hinted)
+    }
+
+    /// The answers of [`L2::get_many`] from the values read: entry and
+    /// version of each key, then the epoch.
+    fn open_values(&self, keys: &[FactKey], mut values: Vec<Option<Vec<u8>>>) -> Vec<L2Get> {
+        let unavailable = || keys.iter().map(|_| L2Get::Unavailable).collect();
         // No epoch: Redis lost its data since the last rejoin or bump. Nothing
         // is trusted or written until a bump sets a fresh token (never an old
         // one: it is random), so entries restored from before the loss stay void.
@@ -648,6 +679,39 @@ impl L2 {
             version,
             epoch: epoch.to_owned(),
         })
+    }
+
+    /// Redis key of the chain hint of `target`.
+    fn hint_name(&self, target: Target) -> String {
+        self.redis.key(&match target {
+            Target::Team(id) => format!("h:team:{id}"),
+            Target::Project(id) => format!("h:project:{id}"),
+            Target::Generation(id) => format!("h:generation:{id}"),
+        })
+    }
+
+    /// Remembers which facts a decision on `target` read beyond the first
+    /// ones (its generation, project and team chains), so that the next
+    /// sidecar missing them in L1 reads them all in its second round trip
+    /// instead of one level at a time. Only a hint: every fact read under it
+    /// is verified as any other, and one the walk does not reach is dropped;
+    /// a stale hint costs the levels it fails to cover, never an answer.
+    pub async fn put_hint(&self, target: Target, keys: &[FactKey]) {
+        if !self.usable() {
+            return;
+        }
+        let Some(value) = encode_hint(keys) else {
+            return;
+        };
+        let name = self.hint_name(target);
+        let ttl = fred::types::Expiration::PX(self.ttl.as_millis() as i64);
+        let set = self
+            .redis
+            .client()
+            .set::<(), _, _>(name, value, Some(ttl), None, false);
+        if let Err(e) = self.redis.call(set).await {
+            tracing::debug!(error = %e, "redis hint write failed");
+        }
     }
 
     /// Writes a fact read from Postgres, unless an invalidation or epoch bump
@@ -796,6 +860,63 @@ impl Codec {
         }
         Opened::Fact(fact)
     }
+}
+
+/// At most this many keys in a chain hint (the longest chains of
+/// `MAX_PARENT_HOPS` generations and `MAX_TEAM_DEPTH` teams, shares and
+/// their teams, with room to spare); a longer hint is not written or read.
+const MAX_HINT_KEYS: usize = 128;
+
+/// A chain hint as text: `kind:uuid` (or `shares:kind:uuid`) per key,
+/// space-separated. Only generation, project, team and shares keys belong
+/// in one; `None` for anything else or too many keys.
+fn encode_hint(keys: &[FactKey]) -> Option<String> {
+    if keys.is_empty() || keys.len() > MAX_HINT_KEYS {
+        return None;
+    }
+    let mut text = String::with_capacity(keys.len() * 48);
+    for key in keys {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        match key {
+            FactKey::Generation(_)
+            | FactKey::Project(_)
+            | FactKey::Team(_)
+            | FactKey::Shares(..) => {
+                text.push_str(key.kind());
+                text.push(':');
+                text.push_str(&key.redis_id());
+            }
+            _ => return None,
+        }
+    }
+    Some(text)
+}
+
+/// The keys of a chain hint written by [`encode_hint`]; `None` for anything
+/// else (it is then not used: one more level is read instead).
+fn parse_hint(bytes: &[u8]) -> Option<Vec<FactKey>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut keys = Vec::new();
+    for item in text.split(' ') {
+        if keys.len() == MAX_HINT_KEYS {
+            return None;
+        }
+        let (kind, rest) = item.split_once(':')?;
+        let key = match kind {
+            "generation" => FactKey::Generation(rest.parse().ok()?),
+            "project" => FactKey::Project(rest.parse().ok()?),
+            "team" => FactKey::Team(rest.parse().ok()?),
+            "shares" => {
+                let (on, id) = rest.split_once(':')?;
+                FactKey::Shares(on.parse::<ResourceKind>().ok()?, id.parse().ok()?)
+            }
+            _ => return None,
+        };
+        keys.push(key);
+    }
+    Some(keys)
 }
 
 #[cfg(test)]
@@ -1014,7 +1135,53 @@ mod tests {
         assert!(bytes.len() < 40 + TAG_LEN, "{} bytes", bytes.len());
     }
 
+    fn chain_key() -> impl Strategy<Value = FactKey> {
+        let id = any::<u128>().prop_map(Uuid::from_u128);
+        prop_oneof![
+            id.clone().prop_map(FactKey::Generation),
+            id.clone().prop_map(FactKey::Project),
+            id.clone().prop_map(FactKey::Team),
+            id.clone()
+                .prop_map(|id| FactKey::Shares(ResourceKind::Generation, id)),
+            id.prop_map(|id| FactKey::Shares(ResourceKind::Project, id)),
+        ]
+    }
+
+    #[test]
+    fn hints_name_only_chain_keys_and_no_more_than_the_bound() {
+        let id = Uuid::new_v4();
+        assert_eq!(encode_hint(&[]), None);
+        assert_eq!(encode_hint(&[FactKey::User(id)]), None);
+        assert_eq!(encode_hint(&[FactKey::ApiKey("ab".into())]), None);
+        let long = vec![FactKey::Team(id); MAX_HINT_KEYS + 1];
+        assert_eq!(encode_hint(&long), None);
+        let text = vec![format!("team:{id}"); MAX_HINT_KEYS + 1].join(" ");
+        assert_eq!(parse_hint(text.as_bytes()), None);
+        for bad in [
+            "",
+            "team",
+            "team:",
+            "user:{id}",
+            "shares:team:{id}",
+            "team:{id}  team:{id}",
+        ] {
+            let bad = bad.replace("{id}", &id.to_string());
+            assert_eq!(parse_hint(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn hints_round_trip(keys in proptest::collection::vec(chain_key(), 1..MAX_HINT_KEYS)) {
+            let text = encode_hint(&keys).expect("chain keys encode");
+            prop_assert_eq!(parse_hint(text.as_bytes()), Some(keys));
+        }
+
+        #[test]
+        fn hint_parse_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_hint(&bytes);
+        }
+
         #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let key = FactKey::User(Uuid::nil());

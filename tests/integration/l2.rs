@@ -601,3 +601,92 @@ async fn l2_wiped_redis_gets_a_fresh_epoch_and_never_trusts_a_restored_entry(poo
     h.running.authorizer.facts().flush_local();
     assert_eq!(check(&h, BOB, &path).await, 404);
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn l2_a_deep_decision_from_redis_takes_two_round_trips_by_its_chain_hint(pool: PgPool) {
+    let prefix = unique_prefix("hint");
+    let cfg = config(&redis_yaml(&prefix));
+    // A fills Redis (facts and the chain hint) from Postgres, once Q below
+    // trusts Redis.
+    let a = start_with(pool.clone(), cfg.clone()).await;
+    until_usable(&[&a]).await;
+    let path = format!("/api/v1/generations/{GEN_GRANDCHILD}");
+
+    // Q: its own L1 over the same Redis, with no background Redis calls once
+    // it trusts Redis, so its round trips are its decisions' own.
+    let metrics = Metrics::new();
+    let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
+    let l2 = L2::new(
+        client.clone(),
+        cfg.l2.clone(),
+        cfg.freshness.max_silence,
+        metrics.clone(),
+    );
+    let (stop_maintenance, stop) = watch::channel(false);
+    let maintenance = l2.spawn_maintenance(stop);
+    let (stop_connection, stop) = watch::channel(false);
+    let connection = client.spawn_connection(stop);
+    let authorizer = AuthorizerBuilder::new(cfg.clone())
+        .metrics(&metrics)
+        .l2(l2.clone())
+        .build(Store::new(pool.clone()));
+    let facts = authorizer.facts();
+    // Q starts dirty (it may have missed changes); one flush makes it bump.
+    facts.flush();
+    a.eventually(Duration::from_secs(10), || {
+        let l2 = l2.clone();
+        async move { l2.usable() }
+    })
+    .await;
+    stop_maintenance.send_replace(true);
+    maintenance.await.expect("maintenance ends");
+    assert_eq!(check(&a, BOB, &path).await, 200);
+    let token = Token::new(BOB).bearer(&cfg.jwt);
+    let decide = |what: &'static str| {
+        let (authorizer, token, path, l2, metrics) = (
+            authorizer.clone(),
+            token.clone(),
+            path.clone(),
+            l2.clone(),
+            metrics.clone(),
+        );
+        async move {
+            authorizer.facts().flush_local();
+            let (trips, queries) = (l2.round_trips(), metrics.store_queries_total());
+            let outcome = decide_get(authorizer.clone(), token, path).await;
+            assert!(matches!(outcome, Outcome::Allow(_)), "{what}: {outcome:?}");
+            assert_eq!(
+                metrics.store_queries_total(),
+                queries,
+                "{what}: every fact from Redis"
+            );
+            l2.round_trips() - trips
+        }
+    };
+
+    // Ten facts over six levels of chains, in two round trips.
+    assert_eq!(decide("hinted").await, 2);
+    facts.fills_settled().await;
+
+    // A hint naming other facts costs the levels it misses, not the answer,
+    // and is written anew after it.
+    let raw = redis().await;
+    let name = format!("{prefix}h:generation:{GEN_GRANDCHILD}");
+    let planted = format!("team:{}", Uuid::new_v4());
+    let _: () = raw
+        .set(&name, planted.as_str(), None, None, false)
+        .await
+        .expect("SET");
+    assert!(decide("stale hint").await > 2);
+    facts.fills_settled().await;
+    let rewritten: String = raw.get(&name).await.expect("GET");
+    assert_ne!(rewritten, planted);
+    assert!(
+        rewritten.contains(&format!("generation:{GEN_CHILD}")),
+        "{rewritten}"
+    );
+    assert_eq!(decide("rewritten hint").await, 2);
+
+    stop_connection.send_replace(true);
+    connection.await.expect("connection ends");
+}
