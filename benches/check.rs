@@ -14,7 +14,8 @@
 //!    rounds alternating between the two; throughput, latency percentiles and
 //!    server CPU per Check from `/proc/<pid>/stat`, and the ratios to the floor.
 //! 4. Overload: 100 connections × 100 streams against the sidecar for 60 s:
-//!    errors by code, mean and max latency, RSS before and after.
+//!    errors by code, mean and max latency, RSS before and after; then the
+//!    same against the floor, whose max / mean is the load's own.
 //! 5. Instructions per hot Check (callgrind, when valgrind is installed):
 //!    the sidecar and the floor each run under callgrind for two counts of
 //!    sequential Checks; the difference over the difference in Checks is the
@@ -26,7 +27,9 @@
 //!
 //! Settings: `VELRO_BENCH_SECONDS` (each 1×1 / 16×16 run, default 10),
 //! `VELRO_BENCH_ROUNDS` (default 3), `VELRO_BENCH_SOAK_SECONDS` (default 60),
-//! `VELRO_BENCH_CALLGRIND=0` to skip step 5. The last lines printed are a
+//! `VELRO_BENCH_CALLGRIND=0` to skip step 5, `=only` to run step 5 alone
+//! (printing its figure, not the doc section; `VELRO_BENCH_CALLGRIND_DIR`
+//! keeps the profiles for `callgrind_annotate`). The last lines printed are a
 //! Markdown section between `<!-- bench:check -->` markers, which
 //! scripts/bench.sh puts into docs/performance.md.
 //!
@@ -106,9 +109,26 @@ async fn bench() -> Result<(), BoxError> {
     let seconds = setting("VELRO_BENCH_SECONDS", 10)?;
     let rounds = setting("VELRO_BENCH_ROUNDS", 3)?;
     let soak = setting("VELRO_BENCH_SOAK_SECONDS", 60)?;
-    let callgrind = setting("VELRO_BENCH_CALLGRIND", 1)? == 1;
+    // `only`: step 5 alone (the regression figure, ≈ 1 min), for a quick A/B.
+    let callgrind_only = std::env::var("VELRO_BENCH_CALLGRIND").is_ok_and(|v| v == "only");
+    let callgrind = callgrind_only || setting("VELRO_BENCH_CALLGRIND", 1)? == 1;
     let db = TestDb::from_env("bench").await;
     let mut doc = String::new();
+    if callgrind_only {
+        let pool = db.pool().await;
+        velro_authz::store::MIGRATOR.run(&pool).await?;
+        velro_authz::demo::seed(&pool).await?;
+        pool.close().await;
+        let options = SidecarOptions::new(BIN, "bench", &db.url);
+        let (ours, floor) = instructions(&options, &bench_check()).await?;
+        println!(
+            "| instructions per hot gRPC Check (callgrind, whole server process) | **{:.0}k** (floor {:.0}k: **{:.2}×**) |",
+            ours / 1e3,
+            floor / 1e3,
+            ours / floor
+        );
+        return Ok(());
+    }
 
     println!(
         "machine: {} cores; decision: GET {PATH} as bob (member via team, 2 parent hops)\n",
@@ -138,12 +158,7 @@ async fn bench() -> Result<(), BoxError> {
     // 3. Sidecar and floor, process against process, rounds alternating.
     let sidecar = Sidecar::start(&options).await;
     let floor = Floor::start(None)?;
-    let authorization = Token::new(BOB)
-        .ttl(Duration::from_secs(24 * 3600))
-        .bearer(&jwt());
-    let check = Check::new("GET", PATH)
-        .header("authorization", &authorization)
-        .request();
+    let check = bench_check();
     let duration = Duration::from_secs(seconds);
     let mut table = Vec::new();
     for (conns, streams) in [(1usize, 1usize), (16, 16)] {
@@ -205,6 +220,10 @@ async fn bench() -> Result<(), BoxError> {
     );
     let shed = after.sum("velro_authz_decisions_shed_total", &[]);
     drop(sidecar);
+    // The same load on the floor: what of the tail is the client, the
+    // kernel and h2 on 2 shared cores, not the decision.
+    let floor_overload = load::run(floor.addr, floor.pid(), &check, shape).await?;
+    println!("100×100 floor, {soak} s: {}", floor_overload.line());
     drop(floor);
 
     // 5. Instructions per Check.
@@ -286,8 +305,32 @@ async fn bench() -> Result<(), BoxError> {
         overload.server_rss.1 as f64 / 1e6,
         shed.unwrap_or(0.0)
     )?;
+    writeln!(
+        doc,
+        "The floor under the same load, same length: {:.0} Checks/s, {}, mean {:.0} ms, p99 {:.0} ms, max {:.0} ms (**{:.1}× the mean**).",
+        floor_overload.rate(),
+        if floor_overload.failures.is_empty() {
+            "0 errors".to_owned()
+        } else {
+            format!("errors {:?}", floor_overload.failures)
+        },
+        ms(floor_overload.mean()),
+        ms(floor_overload.at(0.99)),
+        ms(floor_overload.max()),
+        floor_overload.max().as_secs_f64() / floor_overload.mean().as_secs_f64().max(1e-9),
+    )?;
     println!("\n<!-- bench:check -->\n{doc}<!-- /bench:check -->");
     Ok(())
+}
+
+/// The Check every gRPC step sends: bob's token, generation 07.
+fn bench_check() -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    let authorization = Token::new(BOB)
+        .ttl(Duration::from_secs(24 * 3600))
+        .bearer(&jwt());
+    Check::new("GET", PATH)
+        .header("authorization", &authorization)
+        .request()
 }
 
 /// Step 1; returns the doc's table rows.
@@ -484,11 +527,15 @@ async fn instructions(
     const FEW: usize = 1_000;
     const MANY: usize = 5_000;
     let dir = TempDir::new("callgrind");
+    // `VELRO_BENCH_CALLGRIND_DIR`: keep the profiles there, for
+    // `callgrind_annotate` (the temporary directory goes away).
+    let out = std::env::var_os("VELRO_BENCH_CALLGRIND_DIR")
+        .map_or_else(|| dir.path().to_owned(), std::path::PathBuf::from);
     let wrap = |name: &str| {
         vec![
             "valgrind".to_owned(),
             "--tool=callgrind".to_owned(),
-            format!("--callgrind-out-file={}", dir.path().join(name).display()),
+            format!("--callgrind-out-file={}", out.join(name).display()),
         ]
     };
     let mut totals = Vec::new();
@@ -513,7 +560,7 @@ async fn instructions(
             load::sequential(floor.addr, check, n).await?;
             floor.terminate()?;
         }
-        let total = callgrind_total(&dir.path().join(&name))?;
+        let total = callgrind_total(&out.join(&name))?;
         println!("callgrind {what}, {n} Checks: {total:.0} instructions in all");
         totals.push(total);
     }

@@ -408,11 +408,15 @@ impl<S: FactSource> Authorizer<S> {
             Some(_) => trace.and_recording(),
             None => trace,
         };
-        let mut result =
-            match tokio::time::timeout(budget, self.decide(&snapshot, req, &trace, true)).await {
-                Ok(r) => r,
-                Err(_) => Err(CheckError::DeadlineExceeded),
-            };
+        // Boxed once here: the decision's future is several kilobytes (every
+        // step's state, the cold paths' included), and unboxed it would be
+        // copied whole at each layer that moves it (the timeout, this
+        // future, the gRPC handler's, tonic's boxes).
+        let decide = Box::pin(self.decide(&snapshot, req, &trace, true));
+        let mut result = match tokio::time::timeout(budget, decide).await {
+            Ok(r) => r,
+            Err(_) => Err(CheckError::DeadlineExceeded),
+        };
         // Signed here and not in `decide`, so `explain` never mints a token.
         if let Some(signer) = &self.identity
             && let Ok(decision) = &mut result

@@ -81,7 +81,7 @@ impl<S: FactSource> Authorization for ExtAuthz<S> {
             req.trace_headers = Some(context);
         }
         match self.authorizer.check(&req, deadline).await {
-            Ok(decision) => Ok(Response::new(check_response(&decision, &headers))),
+            Ok(decision) => Ok(Response::new(check_response(decision, &headers))),
             Err(e) => Err(cannot_decide(&e)),
         }
     }
@@ -165,11 +165,11 @@ pub fn client_addr(req: &CheckRequest) -> Option<IpAddr> {
     }
 }
 
-fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
-    let mut metadata = HashMap::from([(
-        "decision_id".to_owned(),
-        string_value(&decision.decision_id),
-    )]);
+/// The answer, built from `decision` by moving its strings into the
+/// protobuf types (the decision id is needed three times: metadata, the
+/// upstream header and the client's header; two copies, one move).
+fn check_response(decision: Decision, headers: &Headers) -> CheckResponse {
+    let mut metadata = HashMap::with_capacity(4);
     if let Some(route) = &decision.route {
         metadata.insert("route".to_owned(), string_value(route.as_ref()));
     }
@@ -180,6 +180,8 @@ fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
             if let Some(reason) = &decision.dry_run_deny {
                 metadata.insert("dry_run_deny".to_owned(), string_value(reason.code()));
             }
+            let decision_id = decision.decision_id;
+            metadata.insert("decision_id".to_owned(), string_value(decision_id.clone()));
             CheckResponse {
                 status: Some(rpc::Status {
                     code: rpc_code::OK,
@@ -187,12 +189,9 @@ fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
                 }),
                 dynamic_metadata: Some(Struct { fields: metadata }),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: ours.iter().map(|(k, v)| header(k, v.clone())).collect(),
+                    headers: ours.into_iter().map(|(k, v)| header(k, v)).collect(),
                     headers_to_remove,
-                    response_headers_to_add: vec![header(
-                        DECISION_ID,
-                        decision.decision_id.clone(),
-                    )],
+                    response_headers_to_add: vec![header(DECISION_ID, decision_id)],
                     ..Default::default()
                 })),
             }
@@ -200,6 +199,10 @@ fn check_response(decision: &Decision, headers: &Headers) -> CheckResponse {
         Outcome::Deny(reason) => {
             let reason: DenyReason = *reason;
             metadata.insert("reason".to_owned(), string_value(reason.code()));
+            metadata.insert(
+                "decision_id".to_owned(),
+                string_value(&decision.decision_id),
+            );
             let out_headers = decision
                 .deny_headers(reason)
                 .into_iter()

@@ -313,3 +313,34 @@ async fn cancelled_callers_never_open_the_breaker_of_a_slow_healthy_source() {
     );
     assert!(facts.user(Uuid::new_v4(), &Trace::off()).await.is_ok());
 }
+
+/// Buckets spread even ids that differ only in their low bits (the weakest
+/// input for a multiplicative hash), and the kind is part of the bucket.
+#[test]
+fn buckets_spread_sequential_ids_and_separate_kinds() {
+    use std::collections::HashSet;
+    let ids: Vec<Uuid> = (0..10_000u128).map(Uuid::from_u128).collect();
+    let buckets: HashSet<usize> = ids.iter().map(|id| FactKey::User(*id).bucket()).collect();
+    // 10,000 keys in 65,536 buckets: about 9,270 distinct if spread at random.
+    assert!(
+        buckets.len() > 9_000,
+        "only {} distinct buckets",
+        buckets.len()
+    );
+    assert!(buckets.iter().all(|b| *b < fact::BUCKETS));
+    let id = ids[42];
+    let kinds = [
+        FactKey::User(id),
+        FactKey::Team(id),
+        FactKey::Memberships(id),
+        FactKey::Project(id),
+        FactKey::Generation(id),
+        FactKey::Shares(crate::model::ResourceKind::Generation, id),
+        FactKey::Shares(crate::model::ResourceKind::Project, id),
+        FactKey::Session(id),
+    ];
+    let per_kind: HashSet<usize> = kinds.iter().map(FactKey::bucket).collect();
+    assert_eq!(per_kind.len(), kinds.len());
+    let key = FactKey::ApiKey("ab".repeat(32).into());
+    assert_eq!(key.bucket(), key.clone().bucket());
+}
