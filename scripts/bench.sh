@@ -3,7 +3,8 @@
 # in process (L1 hot, L1 flushed), cold start to ready, the sidecar against a
 # no-op ext_authz server (the floor) over gRPC at 1×1 and 16×16, 10,000
 # streams at once, and instructions per hot Check under callgrind when
-# valgrind is installed. ≈ 6 min. Writes the figures into docs/performance.md
+# valgrind is installed; then rate limiting with Redis, a call per Check
+# against leases (benches/ratelimit.rs). ≈ 7 min. Writes the figures into docs/performance.md
 # between the `bench:check` markers (with machine, date and commit); how to
 # read them is the text around the markers.
 #   VELRO_BENCH_SECONDS=3 VELRO_BENCH_ROUNDS=1 VELRO_BENCH_SOAK_SECONDS=10 \
@@ -48,4 +49,30 @@ elif [[ "$doc" != /dev/null ]]; then
     ' "$doc" > "$doc.new"
     mv "$doc.new" "$doc"
     echo "bench.sh: figures written to $doc" >&2
+fi
+
+# Rate limiting with Redis: a Redis call per Check against leases (its own
+# section of the doc, between the `bench:ratelimit` markers).
+if [[ "${VELRO_BENCH_CALLGRIND:-}" != only ]]; then
+    cargo bench --locked --bench ratelimit | tee "$log"
+    if grep -qx '<!-- bench:ratelimit -->' "$log"; then
+        {
+            echo '<!-- bench:ratelimit -->'
+            echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`, \`scripts/bench.sh\`; load average $(cut -d' ' -f1-3 /proc/loadavg) after it."
+            echo
+            sed -n '/^<!-- bench:ratelimit -->$/,/^<!-- \/bench:ratelimit -->$/p' "$log" | sed '1d'
+        } > "$block"
+    else
+        : > "$block"
+    fi
+    if [[ "$doc" != /dev/null && -s "$block" ]]; then
+        awk -v f="$block" '
+            BEGIN { while ((getline line < f) > 0) r = r line "\n" }
+            /^<!-- bench:ratelimit -->$/ { printf "%s", r; skip = 1; next }
+            /^<!-- \/bench:ratelimit -->$/ { skip = 0; next }
+            !skip
+        ' "$doc" > "$doc.new"
+        mv "$doc.new" "$doc"
+        echo "bench.sh: rate-limit figures written to $doc" >&2
+    fi
 fi
