@@ -27,6 +27,8 @@
 //!
 //! Settings: `VELRO_BENCH_SECONDS` (each 1×1 / 16×16 run, default 10),
 //! `VELRO_BENCH_ROUNDS` (default 3), `VELRO_BENCH_SOAK_SECONDS` (default 60),
+//! `VELRO_BENCH_SIDECAR_PRELOAD=<lib.so>` runs the sidecar (not the floor)
+//! with that library preloaded, for an allocator A/B without a rebuild.
 //! `VELRO_BENCH_CALLGRIND=0` to skip step 5, `=only` to run step 5 alone
 //! (printing its figure, not the doc section; `VELRO_BENCH_CALLGRIND_DIR`
 //! keeps the profiles for `callgrind_annotate`). The last lines printed are a
@@ -142,6 +144,12 @@ async fn bench() -> Result<(), BoxError> {
     options.max_in_flight = std::env::var("VELRO_BENCH_MAX_IN_FLIGHT")
         .ok()
         .and_then(|v| v.parse().ok());
+    // An allocator A/B without a rebuild: the sidecar (not the floor) runs
+    // with `LD_PRELOAD` set to this library (e.g. Debian's libjemalloc2).
+    if let Ok(lib) = std::env::var("VELRO_BENCH_SIDECAR_PRELOAD") {
+        options.wrap = vec!["env".to_owned(), format!("LD_PRELOAD={lib}")];
+        println!("sidecar allocator: LD_PRELOAD={lib}\n");
+    }
     let mut starts = Vec::new();
     for _ in 0..5 {
         let sidecar = Sidecar::start(&options).await;
