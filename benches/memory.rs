@@ -58,6 +58,10 @@ const PARTS: &[(&str, &str)] = &[
     ("api_key", "API key row (no scopes)"),
     ("api_key_absent", "no such API key (negative entry)"),
     ("token", "verified token (JWT, no kid)"),
+    (
+        "moka_floor",
+        "moka alone: `u64` key, `()` value, built like L1",
+    ),
 ];
 
 /// What kind of thing an id names; the top byte of the id.
@@ -142,7 +146,7 @@ impl Synth {
             }
             FactKey::Shares(_, r) => {
                 let n = index(*r);
-                let shares = if n % SHARED_ONE_IN == 0 {
+                let shares = if n.is_multiple_of(SHARED_ONE_IN) {
                     vec![Share {
                         grantee: Grantee::User(id(Tag::User, (n + 1) % self.users)),
                         role: Role::Viewer,
@@ -158,14 +162,16 @@ impl Synth {
                 expires_at: Utc::now() + chrono::Duration::hours(1),
                 revoked_at: None,
             })),
-            FactKey::ApiKey(hash) if hash.starts_with('a') => Fact::ApiKey(Some(ApiKey {
-                id: Uuid::new_v4(),
-                user_id: id(Tag::User, 0),
-                key_hash: hash.to_string(),
-                scopes: None,
-                expires_at: None,
-                revoked_at: None,
-            })),
+            FactKey::ApiKey(hash) if hash.starts_with('a') => {
+                Fact::ApiKey(Some(Arc::new(ApiKey {
+                    id: Uuid::new_v4(),
+                    user_id: id(Tag::User, 0),
+                    key_hash: hash.to_string(),
+                    scopes: None,
+                    expires_at: None,
+                    revoked_at: None,
+                })))
+            }
             FactKey::ApiKey(_) => Fact::ApiKey(None),
         }
     }
@@ -195,9 +201,10 @@ fn settings(max_facts: u64) -> CacheSettings {
     }
 }
 
-/// One part's result line: `entries rss_before rss_after`.
-fn report(entries: u64, before: u64, after: u64) {
-    println!("{entries} {before} {after}");
+/// One part's result line: `filled cached rss_before rss_after` (entries
+/// put in the cache, and the cache's own count of them at the end).
+fn report(filled: u64, cached: u64, before: u64, after: u64) {
+    println!("{filled} {cached} {before} {after}");
 }
 
 /// Fills a bare fact cache with `PER_KIND` facts of `kind`.
@@ -234,12 +241,29 @@ async fn facts_part(kind: &str) {
         got.expect("fact");
     }
     let after = rss_bytes();
-    report(facts.entry_count(), before, after);
+    report(PER_KIND, facts.entry_count(), before, after);
 }
 
-/// Fills the verified-token cache: `PER_KIND` distinct tokens of one user,
-/// each used by one decision on the same generation (so the facts stay the
-/// same four).
+/// What moka itself keeps per entry, built as L1 is (bounded, one TTL): the
+/// floor under any fact, whatever its size.
+async fn moka_floor_part() {
+    let cache: moka::future::Cache<u64, ()> = moka::future::Cache::builder()
+        .max_capacity(2 * PER_KIND)
+        .time_to_live(Duration::from_secs(300))
+        .build();
+    let before = rss_bytes();
+    for n in 0..PER_KIND {
+        cache.insert(n, ()).await;
+    }
+    cache.run_pending_tasks().await;
+    let after = rss_bytes();
+    report(PER_KIND, cache.entry_count(), before, after);
+}
+
+/// Fills the verified-token cache: `PER_KIND` distinct tokens of one user
+/// (a scope entry of their own makes them distinct; unknown scope entries
+/// are ignored), each used by one decision on the same generation (so the
+/// facts stay the same few).
 async fn token_part() {
     let yaml = format!(
         "explain:\n  recent_decisions: 0\ndecision:\n  allow_log_sample: 0\ncache:\n  max_credentials: {}\n",
@@ -253,9 +277,10 @@ async fn token_part() {
     let jwt = config("").jwt;
     let (user, generation) = (id(Tag::User, 0), id(Tag::Generation, 0));
     let path = format!("/api/v1/generations/{generation}");
-    let decide = async |ttl: u64| {
+    let decide = async |n: u64| {
         let token = Token::new(user)
-            .ttl(Duration::from_secs(3600 + ttl))
+            .ttl(Duration::from_secs(3600))
+            .scope(Some(&format!("read t{n}")))
             .mint(&jwt);
         let decision = Check::new("GET", &path)
             .bearer(&token)
@@ -271,7 +296,7 @@ async fn token_part() {
         decide(n).await;
     }
     let after = rss_bytes();
-    report(authorizer.credential_entries() - 1, before, after);
+    report(PER_KIND, authorizer.credential_entries() - 1, before, after);
 }
 
 /// The mix: `MIX_USERS` users, each with a token naming a session, deciding
@@ -312,10 +337,7 @@ async fn mix_part() {
         }
     }
     let after = rss_bytes();
-    eprintln!(
-        "mix: {generations} decisions in {:?}",
-        started.elapsed()
-    );
+    eprintln!("mix: {generations} decisions in {:?}", started.elapsed());
     let facts: &Arc<Facts<Synth>> = authorizer.facts();
     println!(
         "{} {} {} {}",
@@ -357,10 +379,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if let Some(part) = args.iter().position(|a| a == "--part").map(|i| &args[i + 1]) {
+    if let Some(part) = args
+        .iter()
+        .position(|a| a == "--part")
+        .map(|i| &args[i + 1])
+    {
         match part.as_str() {
             "token" => runtime.block_on(token_part()),
             "mix" => runtime.block_on(mix_part()),
+            "moka_floor" => runtime.block_on(moka_floor_part()),
             kind => runtime.block_on(facts_part(kind)),
         }
         return;
@@ -370,15 +397,15 @@ fn main() {
         std::mem::size_of::<FactKey>(),
         std::mem::size_of::<Fact>()
     );
-    println!("| kind | one entry | entries | RSS growth | bytes per entry |");
+    println!("| kind | one entry | filled (cached at the end) | RSS growth | bytes per entry |");
     println!("|---|---|---|---|---|");
     for (part, what) in PARTS {
         let r = run_part(part);
-        let (entries, before, after) = (r[0], r[1], r[2]);
+        let (filled, cached, before, after) = (r[0], r[1], r[2], r[3]);
         println!(
-            "| {part} | {what} | {entries} | {:.1} MiB | {} |",
+            "| {part} | {what} | {filled} ({cached}) | {:.1} MiB | {} |",
             mib(after - before),
-            (after - before) / entries.max(1)
+            (after - before) / filled.max(1)
         );
     }
     let r = run_part("mix");

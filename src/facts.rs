@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::future::Cache;
 use uuid::Uuid;
 
@@ -71,33 +70,54 @@ enum Fill {
 }
 
 /// A cached fact with the stamps that say whether it may still be trusted.
-#[derive(Debug)]
+///
+/// Held by moka inline (moka already puts each value behind a pointer of its
+/// own) and cloned out on a hit, which costs what cloning the fact costs.
+#[derive(Debug, Clone)]
 struct Entry {
     fact: Fact,
     /// Bucket counter when the fill started.
     stamp: u64,
     /// Cache epoch when the fill started.
     epoch: u64,
+    /// A negative entry is served until then ([`Clock::now`]); a present
+    /// one has `u64::MAX` and is bounded by moka's TTL only.
+    negative_until: u64,
 }
 
-/// Per-entry TTL: the safety net, shorter for negative entries.
-struct FactExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
+/// The time negative entries are measured against: nanoseconds since the
+/// cache was made. One TTL for all entries in moka and this deadline on the
+/// negative ones cost less per entry than a per-entry expiry in moka (a
+/// timer-wheel node each), and a present fact's hit reads no clock.
+struct Clock {
+    /// When the cache was made.
+    origin: Instant,
+    /// Added to the elapsed time: how a test moves this clock forward.
+    #[cfg(test)]
+    skew: AtomicU64,
 }
 
-impl Expiry<FactKey, Arc<Entry>> for FactExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &FactKey,
-        value: &Arc<Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if value.fact.is_negative() {
-            self.negative_ttl
-        } else {
-            self.ttl
-        })
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            origin: Instant::now(),
+            #[cfg(test)]
+            skew: AtomicU64::new(0),
+        }
+    }
+
+    /// Nanoseconds since the origin (584 years fit).
+    fn now(&self) -> u64 {
+        let now = self.origin.elapsed().as_nanos() as u64;
+        #[cfg(test)]
+        let now = now + self.skew.load(Ordering::Relaxed);
+        now
+    }
+
+    /// Moves this clock `by` forward.
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        self.skew.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -126,7 +146,11 @@ pub struct Facts<S> {
     /// Our own bound on one query: past it, the query counts as a failure
     /// (no caller of ours waits longer).
     query_timeout: Duration,
-    cache: Cache<FactKey, Arc<Entry>>,
+    cache: Cache<FactKey, Entry>,
+    /// How long a negative entry is served (moka's TTL bounds the others).
+    negative_ttl: Duration,
+    /// What negative entries' deadlines are measured against.
+    clock: Clock,
     /// Invalidation counters, one per bucket of keys.
     buckets: Box<[AtomicU64]>,
     /// Source of bucket counter values; strictly increasing.
@@ -186,10 +210,7 @@ impl<S: FactSource> Facts<S> {
     ) -> Facts<S> {
         let cache = Cache::builder()
             .max_capacity(config.max_facts)
-            .expire_after(FactExpiry {
-                ttl: config.ttl,
-                negative_ttl: config.negative_ttl,
-            })
+            .time_to_live(config.ttl)
             .build();
         Facts {
             source: Arc::new(source),
@@ -197,6 +218,8 @@ impl<S: FactSource> Facts<S> {
             breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             cache,
+            negative_ttl: config.negative_ttl,
+            clock: Clock::new(),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -339,9 +362,31 @@ impl<S: FactSource> Facts<S> {
         (stamp, epoch)
     }
 
+    /// Whether `entry` may answer for `key`: no invalidation or flush since
+    /// its fill started, and, when negative, not past its TTL.
     fn trusted(&self, key: &FactKey, entry: &Entry) -> bool {
         let (stamp, epoch) = self.stamps(key);
-        entry.stamp == stamp && entry.epoch == epoch
+        entry.stamp == stamp
+            && entry.epoch == epoch
+            && (entry.negative_until == u64::MAX || self.clock.now() < entry.negative_until)
+    }
+
+    /// `fact` as an L1 entry stamped `stamp`/`epoch`, timed from now.
+    fn entry(&self, fact: Fact, stamp: u64, epoch: u64) -> Entry {
+        let negative_until = if fact.is_negative() {
+            self.clock
+                .now()
+                .saturating_add(self.negative_ttl.as_nanos() as u64)
+                .min(u64::MAX - 1)
+        } else {
+            u64::MAX
+        };
+        Entry {
+            fact,
+            stamp,
+            epoch,
+            negative_until,
+        }
     }
 
     /// One fact, from L1 when trusted, else from the source (one query for all
@@ -356,7 +401,7 @@ impl<S: FactSource> Facts<S> {
             if self.trusted(&key, &entry) {
                 self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
-                return Ok(entry.fact.clone());
+                return Ok(entry.fact);
             }
             self.cache.invalidate(&key).await;
         }
@@ -378,7 +423,7 @@ impl<S: FactSource> Facts<S> {
                         return Err(Fill::Uncached(fact, source));
                     }
                     *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
-                    Ok::<_, Fill>(Arc::new(Entry { fact, stamp, epoch }))
+                    Ok::<_, Fill>(self.entry(fact, stamp, epoch))
                 })
                 .await;
             let entry = match entry {
@@ -398,7 +443,7 @@ impl<S: FactSource> Facts<S> {
                     self.lookup(kind, "coalesced");
                 }
                 trace.record(&key, source, &entry.fact);
-                return Ok(entry.fact.clone());
+                return Ok(entry.fact);
             }
             // The fill raced with an invalidation: what it read may predate the
             // change. Drop it and read again.
@@ -448,7 +493,7 @@ impl<S: FactSource> Facts<S> {
             (Err(_), Some(entry)) => {
                 self.metrics.stale_served.with_label_values(&[kind]).inc();
                 trace.record(&key, Source::Stale, &entry.fact);
-                Ok(entry.fact.clone())
+                Ok(entry.fact)
             }
             (Err(e), None) => Err(e),
         }
@@ -562,7 +607,7 @@ impl<S: FactSource> Facts<S> {
     );
     typed_fact!(
         /// An API key's row, by the hex SHA-256 of the key.
-        api_key(hash: Arc<str>) -> Option<ApiKey> = ApiKey
+        api_key(hash: Arc<str>) -> Option<Arc<ApiKey>> = ApiKey
     );
 
     /// Shares on a resource.

@@ -61,9 +61,7 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::l2::{L2, L2Get, Ticket};
-use super::{
-    Entry, Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Trace, detached,
-};
+use super::{Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Trace, detached};
 use crate::model::{
     Generation, Grantee, MAX_PARENT_HOPS, Membership, Project, ResourceKind, Share, Team, User,
 };
@@ -122,7 +120,7 @@ impl<S: FactSource> Facts<S> {
         }
         self.lookup(key.kind(), "hit");
         trace.record(key, Source::L1, &entry.fact);
-        Some(entry.fact.clone())
+        Some(entry.fact)
     }
 
     /// Every fact of the decision: from Redis if it holds them all, else from
@@ -188,11 +186,7 @@ impl<S: FactSource> Facts<S> {
                 continue;
             }
             if fact.cacheable() {
-                let entry = Arc::new(Entry {
-                    fact: fact.clone(),
-                    stamp,
-                    epoch,
-                });
+                let entry = self.entry(fact.clone(), stamp, epoch);
                 self.cache.insert(key.clone(), entry).await;
             }
             bundle.facts.insert(key, (fact, source));
