@@ -80,15 +80,19 @@ struct Entry {
     stamp: u64,
     /// Cache epoch when the fill started.
     epoch: u64,
-    /// A negative entry is served until then ([`Clock::now`]); a present
-    /// one has `u64::MAX` and is bounded by moka's TTL only.
-    negative_until: u64,
+    /// Served until then ([`Clock::at`]): the TTL, shorter for a negative
+    /// entry.
+    expires: u64,
 }
 
-/// The time negative entries are measured against: nanoseconds since the
-/// cache was made. One TTL for all entries in moka and this deadline on the
-/// negative ones cost less per entry than a per-entry expiry in moka (a
-/// timer-wheel node each), and a present fact's hit reads no clock.
+/// The time entries expire by: nanoseconds since the cache was made.
+///
+/// The TTLs are checked on read, against the instant the lookup reads for
+/// the feed's freshness anyway, rather than kept by moka: moka's expiry
+/// costs a node per entry (a timer-wheel node for per-entry TTLs, a
+/// write-order node for one TTL), about a tenth of what an entry costs. An
+/// expired entry is never served; its memory waits for the size bound (or
+/// the next read of its key) instead of a timer.
 struct Clock {
     /// When the cache was made.
     origin: Instant,
@@ -106,12 +110,12 @@ impl Clock {
         }
     }
 
-    /// Nanoseconds since the origin (584 years fit).
-    fn now(&self) -> u64 {
-        let now = self.origin.elapsed().as_nanos() as u64;
+    /// `now` on this clock (584 years fit).
+    fn at(&self, now: Instant) -> u64 {
+        let at = now.saturating_duration_since(self.origin).as_nanos() as u64;
         #[cfg(test)]
-        let now = now + self.skew.load(Ordering::Relaxed);
-        now
+        let at = at + self.skew.load(Ordering::Relaxed);
+        at
     }
 
     /// Moves this clock `by` forward.
@@ -147,9 +151,11 @@ pub struct Facts<S> {
     /// (no caller of ours waits longer).
     query_timeout: Duration,
     cache: Cache<FactKey, Entry>,
-    /// How long a negative entry is served (moka's TTL bounds the others).
+    /// How long an entry is served.
+    ttl: Duration,
+    /// How long a negative entry is served.
     negative_ttl: Duration,
-    /// What negative entries' deadlines are measured against.
+    /// What entries expire by.
     clock: Clock,
     /// Invalidation counters, one per bucket of keys.
     buckets: Box<[AtomicU64]>,
@@ -208,16 +214,14 @@ impl<S: FactSource> Facts<S> {
         breaker: BreakerConfig,
         metrics: Metrics,
     ) -> Facts<S> {
-        let cache = Cache::builder()
-            .max_capacity(config.max_facts)
-            .time_to_live(config.ttl)
-            .build();
+        let cache = Cache::builder().max_capacity(config.max_facts).build();
         Facts {
             source: Arc::new(source),
             l2,
             breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             cache,
+            ttl: config.ttl,
             negative_ttl: config.negative_ttl,
             clock: Clock::new(),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -362,30 +366,29 @@ impl<S: FactSource> Facts<S> {
         (stamp, epoch)
     }
 
-    /// Whether `entry` may answer for `key`: no invalidation or flush since
-    /// its fill started, and, when negative, not past its TTL.
-    fn trusted(&self, key: &FactKey, entry: &Entry) -> bool {
+    /// Whether `entry` may answer for `key` at `now`: no invalidation or
+    /// flush since its fill started, and not past its TTL.
+    fn trusted(&self, key: &FactKey, entry: &Entry, now: Instant) -> bool {
         let (stamp, epoch) = self.stamps(key);
-        entry.stamp == stamp
-            && entry.epoch == epoch
-            && (entry.negative_until == u64::MAX || self.clock.now() < entry.negative_until)
+        entry.stamp == stamp && entry.epoch == epoch && self.clock.at(now) < entry.expires
     }
 
-    /// `fact` as an L1 entry stamped `stamp`/`epoch`, timed from now.
+    /// `fact` as an L1 entry stamped `stamp`/`epoch`, its TTL from now.
     fn entry(&self, fact: Fact, stamp: u64, epoch: u64) -> Entry {
-        let negative_until = if fact.is_negative() {
-            self.clock
-                .now()
-                .saturating_add(self.negative_ttl.as_nanos() as u64)
-                .min(u64::MAX - 1)
+        let ttl = if fact.is_negative() {
+            self.negative_ttl
         } else {
-            u64::MAX
+            self.ttl
         };
+        let expires = self
+            .clock
+            .at(Instant::now())
+            .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
         Entry {
             fact,
             stamp,
             epoch,
-            negative_until,
+            expires,
         }
     }
 
@@ -393,12 +396,13 @@ impl<S: FactSource> Facts<S> {
     /// concurrent callers of the same key).
     pub async fn get(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
         let kind = key.kind();
-        if !self.freshness.trusted() {
+        let now = Instant::now();
+        if !self.freshness.trusted_at(now) {
             // Boxed: keep the cold path's future off the hot one.
             return Box::pin(self.read_through(key, trace)).await;
         }
         if let Some(entry) = self.cache.get(&key).await {
-            if self.trusted(&key, &entry) {
+            if self.trusted(&key, &entry, now) {
                 self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
                 return Ok(entry.fact);
@@ -436,7 +440,7 @@ impl<S: FactSource> Facts<S> {
                     }
                 },
             };
-            if self.trusted(&key, &entry) {
+            if self.trusted(&key, &entry, Instant::now()) {
                 let filled = *filled_from.lock().unwrap_or_else(|p| p.into_inner());
                 let source = filled.unwrap_or(Source::Coalesced);
                 if source == Source::Coalesced {
@@ -470,7 +474,7 @@ impl<S: FactSource> Facts<S> {
             self.cache
                 .get(&key)
                 .await
-                .filter(|entry| self.trusted(&key, entry))
+                .filter(|entry| self.trusted(&key, entry, Instant::now()))
         } else {
             None
         };

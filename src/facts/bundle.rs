@@ -56,6 +56,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -113,9 +114,9 @@ impl<S: FactSource> Facts<S> {
 
     /// The fact of `key` if L1 holds a trusted entry (a hit is counted and
     /// traced); `None` otherwise, counting nothing.
-    async fn cached(&self, key: &FactKey, trace: &Trace) -> Option<Fact> {
+    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<Fact> {
         let entry = self.cache.get(key).await?;
-        if !self.trusted(key, &entry) {
+        if !self.trusted(key, &entry, now) {
             return None;
         }
         self.lookup(key.kind(), "hit");
@@ -378,12 +379,13 @@ impl<S: FactSource> Gather<'_, S> {
         let Some(target) = self.target.filter(|_| S::LOADS_DECISIONS) else {
             return self.facts.get(key, self.trace).await;
         };
-        if !self.facts.freshness.trusted() {
+        let now = Instant::now();
+        if !self.facts.freshness.trusted_at(now) {
             // Nothing is cached while the feed is untrusted: each fact is
             // read through (and may be served stale) on its own.
             return self.facts.get(key, self.trace).await;
         }
-        if let Some(fact) = self.facts.cached(&key, self.trace).await {
+        if let Some(fact) = self.facts.cached(&key, self.trace, now).await {
             return Ok(fact);
         }
         let bundle = self

@@ -204,6 +204,30 @@ async fn present_entry_outlives_the_negative_ttl() {
 }
 
 #[tokio::test]
+async fn present_entry_past_the_ttl_is_a_miss() {
+    let source = Held::new(MemorySource::new());
+    let id = Uuid::new_v4();
+    source.inner().user(id, UserStatus::Active);
+    let facts = facts(&source);
+    facts.user(id, &Trace::off()).await.expect("fact");
+    source.inner().user(id, UserStatus::Suspended);
+    facts
+        .clock
+        .advance(cache_config().ttl - Duration::from_millis(1));
+    let user = facts.user(id, &Trace::off()).await.expect("fact");
+    assert_eq!(user.map(|u| u.status), Some(UserStatus::Active), "from L1");
+
+    facts.clock.advance(Duration::from_millis(1));
+    let user = facts.user(id, &Trace::off()).await.expect("fact");
+    assert_eq!(
+        user.map(|u| u.status),
+        Some(UserStatus::Suspended),
+        "read again"
+    );
+    assert_eq!(source.inner().loads(), 2);
+}
+
+#[tokio::test]
 async fn postgres_down_serves_cached_facts_and_fails_fast_for_the_rest() {
     // Every user a read below asks for exists and is active.
     let source = MemorySource::new();
