@@ -282,7 +282,8 @@ impl<S: FactSource> Facts<S> {
         &self.breaker
     }
 
-    /// Number of cached entries (approximate, for stats).
+    /// Number of cached entries (approximate, for stats), expired ones
+    /// included until the size bound or a read of their key reclaims them.
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
