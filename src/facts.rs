@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::future::Cache;
 use uuid::Uuid;
 
@@ -71,33 +70,58 @@ enum Fill {
 }
 
 /// A cached fact with the stamps that say whether it may still be trusted.
-#[derive(Debug)]
+///
+/// Held by moka inline (moka already puts each value behind a pointer of its
+/// own) and cloned out on a hit, which costs what cloning the fact costs.
+#[derive(Debug, Clone)]
 struct Entry {
     fact: Fact,
     /// Bucket counter when the fill started.
     stamp: u64,
     /// Cache epoch when the fill started.
     epoch: u64,
+    /// Served until then ([`Clock::at`]): the TTL, shorter for a negative
+    /// entry.
+    expires: u64,
 }
 
-/// Per-entry TTL: the safety net, shorter for negative entries.
-struct FactExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
+/// The time entries expire by: nanoseconds since the cache was made.
+///
+/// The TTLs are checked on read, against the instant the lookup reads for
+/// the feed's freshness anyway, rather than kept by moka: moka's expiry
+/// costs a node per entry (a timer-wheel node for per-entry TTLs, a
+/// write-order node for one TTL), about a tenth of what an entry costs. An
+/// expired entry is never served; its memory waits for the size bound (or
+/// the next read of its key) instead of a timer.
+struct Clock {
+    /// When the cache was made.
+    origin: Instant,
+    /// Added to the elapsed time: how a test moves this clock forward.
+    #[cfg(test)]
+    skew: AtomicU64,
 }
 
-impl Expiry<FactKey, Arc<Entry>> for FactExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &FactKey,
-        value: &Arc<Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(if value.fact.is_negative() {
-            self.negative_ttl
-        } else {
-            self.ttl
-        })
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            origin: Instant::now(),
+            #[cfg(test)]
+            skew: AtomicU64::new(0),
+        }
+    }
+
+    /// `now` on this clock (584 years fit).
+    fn at(&self, now: Instant) -> u64 {
+        let at = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        #[cfg(test)]
+        let at = at + self.skew.load(Ordering::Relaxed);
+        at
+    }
+
+    /// Moves this clock `by` forward.
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        self.skew.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -126,7 +150,13 @@ pub struct Facts<S> {
     /// Our own bound on one query: past it, the query counts as a failure
     /// (no caller of ours waits longer).
     query_timeout: Duration,
-    cache: Cache<FactKey, Arc<Entry>>,
+    cache: Cache<FactKey, Entry>,
+    /// How long an entry is served.
+    ttl: Duration,
+    /// How long a negative entry is served.
+    negative_ttl: Duration,
+    /// What entries expire by.
+    clock: Clock,
     /// Invalidation counters, one per bucket of keys.
     buckets: Box<[AtomicU64]>,
     /// Source of bucket counter values; strictly increasing.
@@ -184,19 +214,16 @@ impl<S: FactSource> Facts<S> {
         breaker: BreakerConfig,
         metrics: Metrics,
     ) -> Facts<S> {
-        let cache = Cache::builder()
-            .max_capacity(config.max_facts)
-            .expire_after(FactExpiry {
-                ttl: config.ttl,
-                negative_ttl: config.negative_ttl,
-            })
-            .build();
+        let cache = Cache::builder().max_capacity(config.max_facts).build();
         Facts {
             source: Arc::new(source),
             l2,
             breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             cache,
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            clock: Clock::new(),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -255,7 +282,8 @@ impl<S: FactSource> Facts<S> {
         &self.breaker
     }
 
-    /// Number of cached entries (approximate, for stats).
+    /// Number of cached entries (approximate, for stats), expired ones
+    /// included until the size bound or a read of their key reclaims them.
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
@@ -339,24 +367,46 @@ impl<S: FactSource> Facts<S> {
         (stamp, epoch)
     }
 
-    fn trusted(&self, key: &FactKey, entry: &Entry) -> bool {
+    /// Whether `entry` may answer for `key` at `now`: no invalidation or
+    /// flush since its fill started, and not past its TTL.
+    fn trusted(&self, key: &FactKey, entry: &Entry, now: Instant) -> bool {
         let (stamp, epoch) = self.stamps(key);
-        entry.stamp == stamp && entry.epoch == epoch
+        entry.stamp == stamp && entry.epoch == epoch && self.clock.at(now) < entry.expires
+    }
+
+    /// `fact` as an L1 entry stamped `stamp`/`epoch`, its TTL from now.
+    fn entry(&self, fact: Fact, stamp: u64, epoch: u64) -> Entry {
+        let ttl = if fact.is_negative() {
+            self.negative_ttl
+        } else {
+            self.ttl
+        };
+        let expires = self
+            .clock
+            .at(Instant::now())
+            .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        Entry {
+            fact,
+            stamp,
+            epoch,
+            expires,
+        }
     }
 
     /// One fact, from L1 when trusted, else from the source (one query for all
     /// concurrent callers of the same key).
     pub async fn get(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
         let kind = key.kind();
-        if !self.freshness.trusted() {
+        let now = Instant::now();
+        if !self.freshness.trusted_at(now) {
             // Boxed: keep the cold path's future off the hot one.
             return Box::pin(self.read_through(key, trace)).await;
         }
         if let Some(entry) = self.cache.get(&key).await {
-            if self.trusted(&key, &entry) {
+            if self.trusted(&key, &entry, now) {
                 self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
-                return Ok(entry.fact.clone());
+                return Ok(entry.fact);
             }
             self.cache.invalidate(&key).await;
         }
@@ -378,7 +428,7 @@ impl<S: FactSource> Facts<S> {
                         return Err(Fill::Uncached(fact, source));
                     }
                     *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
-                    Ok::<_, Fill>(Arc::new(Entry { fact, stamp, epoch }))
+                    Ok::<_, Fill>(self.entry(fact, stamp, epoch))
                 })
                 .await;
             let entry = match entry {
@@ -391,14 +441,14 @@ impl<S: FactSource> Facts<S> {
                     }
                 },
             };
-            if self.trusted(&key, &entry) {
+            if self.trusted(&key, &entry, Instant::now()) {
                 let filled = *filled_from.lock().unwrap_or_else(|p| p.into_inner());
                 let source = filled.unwrap_or(Source::Coalesced);
                 if source == Source::Coalesced {
                     self.lookup(kind, "coalesced");
                 }
                 trace.record(&key, source, &entry.fact);
-                return Ok(entry.fact.clone());
+                return Ok(entry.fact);
             }
             // The fill raced with an invalidation: what it read may predate the
             // change. Drop it and read again.
@@ -425,7 +475,7 @@ impl<S: FactSource> Facts<S> {
             self.cache
                 .get(&key)
                 .await
-                .filter(|entry| self.trusted(&key, entry))
+                .filter(|entry| self.trusted(&key, entry, Instant::now()))
         } else {
             None
         };
@@ -448,7 +498,7 @@ impl<S: FactSource> Facts<S> {
             (Err(_), Some(entry)) => {
                 self.metrics.stale_served.with_label_values(&[kind]).inc();
                 trace.record(&key, Source::Stale, &entry.fact);
-                Ok(entry.fact.clone())
+                Ok(entry.fact)
             }
             (Err(e), None) => Err(e),
         }
@@ -562,7 +612,7 @@ impl<S: FactSource> Facts<S> {
     );
     typed_fact!(
         /// An API key's row, by the hex SHA-256 of the key.
-        api_key(hash: Arc<str>) -> Option<ApiKey> = ApiKey
+        api_key(hash: Arc<str>) -> Option<Arc<ApiKey>> = ApiKey
     );
 
     /// Shares on a resource.

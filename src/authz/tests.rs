@@ -73,14 +73,14 @@ impl World {
         let past = Some(Utc::now() - chrono::Duration::hours(1));
         self.source.set(
             FactKey::ApiKey(key.hash.as_str().into()),
-            Fact::ApiKey(Some(ApiKey {
+            Fact::ApiKey(Some(Arc::new(ApiKey {
                 id: Uuid::new_v4(),
                 user_id: self.owner,
                 key_hash: key.hash.clone(),
                 scopes: None,
                 expires_at: if expired { past } else { None },
                 revoked_at: if revoked { past } else { None },
-            })),
+            }))),
         );
         key.plain
     }

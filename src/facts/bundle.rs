@@ -59,14 +59,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::l2::{L2, L2Get, Ticket};
-use super::{
-    Entry, Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Trace, detached,
-};
+use super::{Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Trace, detached};
 use crate::model::{
     Generation, Grantee, MAX_PARENT_HOPS, Membership, Project, ResourceKind, Share, Team, User,
 };
@@ -118,15 +117,15 @@ impl<S: FactSource> Facts<S> {
 
     /// The fact of `key` if L1 holds a trusted entry (a hit is counted and
     /// traced); `None` otherwise, counting nothing.
-    async fn cached(&self, key: &FactKey, trace: &Trace) -> Option<Fact> {
+    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<Fact> {
         let entry = self.cache.get(key).await?;
-        if !self.trusted(key, &entry) {
+        if !self.trusted(key, &entry, now) {
             return None;
         }
         // A handle resolved at start: no label hashing per fact.
         self.metrics.l1_hit(key.kind());
         trace.record(key, Source::L1, &entry.fact);
-        Some(entry.fact.clone())
+        Some(entry.fact)
     }
 
     /// Every fact of the decision: from Redis if it holds them all, else from
@@ -201,11 +200,7 @@ impl<S: FactSource> Facts<S> {
                 continue;
             }
             if fact.cacheable() {
-                let entry = Arc::new(Entry {
-                    fact: fact.clone(),
-                    stamp,
-                    epoch,
-                });
+                let entry = self.entry(fact.clone(), stamp, epoch);
                 self.cache.insert(key.clone(), entry).await;
             }
             bundle.facts.insert(key, (fact, source));
@@ -478,12 +473,13 @@ impl<S: FactSource> Gather<'_, S> {
         let Some(target) = self.target.filter(|_| S::LOADS_DECISIONS) else {
             return self.facts.get(key, self.trace).await;
         };
-        if !self.facts.freshness.trusted() {
+        let now = Instant::now();
+        if !self.facts.freshness.trusted_at(now) {
             // Nothing is cached while the feed is untrusted: each fact is
             // read through (and may be served stale) on its own.
             return self.facts.get(key, self.trace).await;
         }
-        if let Some(fact) = self.facts.cached(&key, self.trace).await {
+        if let Some(fact) = self.facts.cached(&key, self.trace, now).await {
             return Ok(fact);
         }
         let bundle = self

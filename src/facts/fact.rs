@@ -44,7 +44,9 @@ pub enum Fact {
     Project(Option<Project>),
     Generation(Option<Generation>),
     Shares(Arc<[Share]>),
-    ApiKey(Option<ApiKey>),
+    /// Shared, not inline: the row (two strings, a list, two timestamps) is
+    /// the largest, and inline it would size every cached fact for it.
+    ApiKey(Option<Arc<ApiKey>>),
     Session(Option<Session>),
 }
 
@@ -294,7 +296,7 @@ impl FactSource for Store {
             FactKey::Project(id) => Fact::Project(self.project(*id).await?),
             FactKey::Generation(id) => Fact::Generation(self.generation(*id).await?),
             FactKey::Shares(kind, id) => Fact::Shares(self.shares(*kind, *id).await?.into()),
-            FactKey::ApiKey(hash) => Fact::ApiKey(self.api_key_by_hash(hash).await?),
+            FactKey::ApiKey(hash) => Fact::ApiKey(self.api_key_by_hash(hash).await?.map(Arc::new)),
             FactKey::Session(id) => Fact::Session(self.session(*id).await?),
         })
     }

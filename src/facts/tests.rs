@@ -1,6 +1,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
+use crate::facts::freshness::FreshnessSettings;
 use crate::model::UserStatus;
 use crate::store::StoreError;
 use crate::testkit::{Held, Hold, MemorySource};
@@ -127,6 +128,102 @@ async fn negative_entry_is_cached_until_invalidated() {
     );
     facts.invalidate(&FactKey::User(id)).await;
     assert!(facts.user(id, &Trace::off()).await.expect("fact").is_some());
+    assert_eq!(source.inner().loads(), 2);
+}
+
+#[tokio::test]
+async fn negative_entry_past_its_ttl_is_a_miss() {
+    let source = Held::new(MemorySource::new());
+    let id = Uuid::new_v4();
+    let facts = facts(&source);
+    let negative_ttl = cache_config().negative_ttl;
+    assert_eq!(facts.user(id, &Trace::off()).await.expect("fact"), None);
+    source.inner().user(id, UserStatus::Active);
+
+    facts.clock.advance(negative_ttl - Duration::from_millis(1));
+    assert_eq!(
+        facts.user(id, &Trace::off()).await.expect("fact"),
+        None,
+        "within its TTL: served from L1"
+    );
+    assert_eq!(source.inner().loads(), 1);
+
+    facts.clock.advance(Duration::from_millis(1));
+    let trace = Trace::recording();
+    assert!(
+        facts.user(id, &trace).await.expect("fact").is_some(),
+        "at its TTL: read again"
+    );
+    assert_eq!(source.inner().loads(), 2);
+    let sources: Vec<_> = trace.into_uses().iter().map(|u| u.source).collect();
+    assert_eq!(sources, vec![Source::Postgres]);
+}
+
+#[tokio::test]
+async fn negative_entry_past_its_ttl_is_not_served_stale() {
+    let source = Held::new(MemorySource::new());
+    let id = Uuid::new_v4();
+    let metrics = Metrics::new();
+    let freshness = Arc::new(Freshness::new(
+        FreshnessSettings {
+            max_silence: Duration::from_secs(60),
+            serve_stale_on_outage: Duration::from_secs(600),
+        },
+        metrics.clone(),
+    ));
+    freshness.connected_now();
+    freshness.proven(Instant::now());
+    let facts = Facts::new(source.clone(), &cache_config(), metrics).with_freshness(freshness);
+    assert_eq!(facts.user(id, &Trace::off()).await.expect("fact"), None);
+
+    // The feed is lost and Postgres is down: cached facts answer, stale.
+    facts.freshness().lost();
+    source.inner().set_down(true);
+    assert_eq!(
+        facts.user(id, &Trace::off()).await.expect("served stale"),
+        None
+    );
+    // Not the negative entry past its TTL.
+    facts.clock.advance(cache_config().negative_ttl);
+    assert!(facts.user(id, &Trace::off()).await.is_err());
+}
+
+#[tokio::test]
+async fn present_entry_outlives_the_negative_ttl() {
+    let source = Held::new(MemorySource::new());
+    let id = Uuid::new_v4();
+    source.inner().user(id, UserStatus::Active);
+    let facts = facts(&source);
+    facts.user(id, &Trace::off()).await.expect("fact");
+    facts.clock.advance(cache_config().negative_ttl * 2);
+    let trace = Trace::recording();
+    assert!(facts.user(id, &trace).await.expect("fact").is_some());
+    assert_eq!(source.inner().loads(), 1);
+    let sources: Vec<_> = trace.into_uses().iter().map(|u| u.source).collect();
+    assert_eq!(sources, vec![Source::L1]);
+}
+
+#[tokio::test]
+async fn present_entry_past_the_ttl_is_a_miss() {
+    let source = Held::new(MemorySource::new());
+    let id = Uuid::new_v4();
+    source.inner().user(id, UserStatus::Active);
+    let facts = facts(&source);
+    facts.user(id, &Trace::off()).await.expect("fact");
+    source.inner().user(id, UserStatus::Suspended);
+    facts
+        .clock
+        .advance(cache_config().ttl - Duration::from_millis(1));
+    let user = facts.user(id, &Trace::off()).await.expect("fact");
+    assert_eq!(user.map(|u| u.status), Some(UserStatus::Active), "from L1");
+
+    facts.clock.advance(Duration::from_millis(1));
+    let user = facts.user(id, &Trace::off()).await.expect("fact");
+    assert_eq!(
+        user.map(|u| u.status),
+        Some(UserStatus::Suspended),
+        "read again"
+    );
     assert_eq!(source.inner().loads(), 2);
 }
 

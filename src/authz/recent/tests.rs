@@ -181,14 +181,14 @@ async fn explain_shows_an_api_key_fact_without_its_hash() {
     let key = apikey::generate();
     source.user(user, UserStatus::Active).set(
         FactKey::ApiKey(key.hash.as_str().into()),
-        Fact::ApiKey(Some(ApiKey {
+        Fact::ApiKey(Some(Arc::new(ApiKey {
             id: key_id,
             user_id: user,
             key_hash: key.hash.clone(),
             scopes: Some(vec!["read".to_owned()]),
             expires_at: None,
             revoked_at: None,
-        })),
+        }))),
     );
     let authorizer = AuthorizerBuilder::yaml("").build(source);
     let headers = Headers::from_pairs([("x-api-key", key.plain.as_str())]);
