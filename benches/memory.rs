@@ -29,6 +29,7 @@ use velro_authz::model::{
     Session, Share, Team, User, UserStatus, Visibility,
 };
 use velro_authz::store::StoreError;
+use velro_authz::testkit::procs::rss_bytes;
 use velro_authz::testkit::{AuthorizerBuilder, Check, Token, config};
 
 /// Entries per kind in the per-kind parts.
@@ -181,16 +182,6 @@ impl FactSource for Synth {
     async fn load(&self, key: &FactKey) -> Result<Fact, StoreError> {
         Ok(self.fact(key))
     }
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 fn settings(max_facts: u64) -> CacheSettings {

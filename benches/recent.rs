@@ -17,20 +17,11 @@ use uuid::Uuid;
 use velro_authz::answer::Outcome;
 use velro_authz::authz::{Authorizer, RecentDecisions, Recorded};
 use velro_authz::model::UserStatus;
+use velro_authz::testkit::procs::rss_bytes;
 use velro_authz::testkit::{AuthorizerBuilder, Check, MemorySource, Token, config};
 
 const N: usize = 200_000;
 const ROUNDS: usize = 5;
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 async fn per_check(
     authorizer: &Authorizer<MemorySource>,

@@ -27,52 +27,52 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 machine="$(nproc) cores ($cpu), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r)"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-cargo bench --locked --bench check | tee "$log"
+# Prints the lines of section $1 of the bench output in $log (markers
+# included); nothing when the run printed none.
+section() {
+    sed -n "/^<!-- bench:$1 -->\$/,/^<!-- \\/bench:$1 -->\$/p" "$log"
+}
 
-{
-    echo '<!-- bench:check -->'
-    echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`, \`scripts/bench.sh\`; $machine;"
-    echo "load average $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after it (other work on the same cores counts against both servers alike)."
-    echo
-    echo '| what | result |'
-    echo '|---|---|'
-    sed -n '/^<!-- bench:check -->$/,/^<!-- \/bench:check -->$/p' "$log" | sed '1d'
-} > "$block"
-if ! grep -qx '<!-- bench:check -->' "$log"; then
-    echo "bench.sh: no doc section in this run (VELRO_BENCH_CALLGRIND=only?): $doc left as it was" >&2
-elif [[ "$doc" != /dev/null ]]; then
-    awk -v f="$block" '
+# Replaces section $1 of $doc (between its markers) with the file $block.
+write_section() {
+    [[ "$doc" == /dev/null ]] && return
+    awk -v f="$block" -v from="<!-- bench:$1 -->" -v to="<!-- /bench:$1 -->" '
         BEGIN { while ((getline line < f) > 0) r = r line "\n" }
-        /^<!-- bench:check -->$/ { printf "%s", r; skip = 1; next }
-        /^<!-- \/bench:check -->$/ { skip = 0; next }
+        $0 == from { printf "%s", r; skip = 1; next }
+        $0 == to { skip = 0; next }
         !skip
     ' "$doc" > "$doc.new"
     mv "$doc.new" "$doc"
-    echo "bench.sh: figures written to $doc" >&2
+    echo "bench.sh: $1 figures written to $doc" >&2
+}
+
+cargo bench --locked --bench check | tee "$log"
+if [[ -z "$(section check)" ]]; then
+    echo "bench.sh: no doc section in this run (VELRO_BENCH_CALLGRIND=only?): $doc left as it was" >&2
+else
+    {
+        echo '<!-- bench:check -->'
+        echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`, \`scripts/bench.sh\`; $machine;"
+        echo "load average $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after it (other work on the same cores counts against both servers alike)."
+        echo
+        echo '| what | result |'
+        echo '|---|---|'
+        section check | sed '1d'
+    } > "$block"
+    write_section check
 fi
 
 # Rate limiting with Redis: a Redis call per Check against leases (its own
 # section of the doc, between the `bench:ratelimit` markers).
 if [[ "${VELRO_BENCH_CALLGRIND:-}" != only ]]; then
     cargo bench --locked --bench ratelimit | tee "$log"
-    if grep -qx '<!-- bench:ratelimit -->' "$log"; then
+    if [[ -n "$(section ratelimit)" ]]; then
         {
             echo '<!-- bench:ratelimit -->'
             echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`, \`scripts/bench.sh\`; load average $(cut -d' ' -f1-3 /proc/loadavg) after it."
             echo
-            sed -n '/^<!-- bench:ratelimit -->$/,/^<!-- \/bench:ratelimit -->$/p' "$log" | sed '1d'
+            section ratelimit | sed '1d'
         } > "$block"
-    else
-        : > "$block"
-    fi
-    if [[ "$doc" != /dev/null && -s "$block" ]]; then
-        awk -v f="$block" '
-            BEGIN { while ((getline line < f) > 0) r = r line "\n" }
-            /^<!-- bench:ratelimit -->$/ { printf "%s", r; skip = 1; next }
-            /^<!-- \/bench:ratelimit -->$/ { skip = 0; next }
-            !skip
-        ' "$doc" > "$doc.new"
-        mv "$doc.new" "$doc"
-        echo "bench.sh: rate-limit figures written to $doc" >&2
+        write_section ratelimit
     fi
 fi

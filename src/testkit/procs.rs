@@ -100,6 +100,18 @@ pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T
     }
 }
 
+/// This process's resident memory, bytes (for benches measuring what a
+/// fill or a ring costs).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
 /// Percentiles of a sample of latencies, one line:
 /// `n p50 p90 p99 p99.9 max`.
 pub fn percentiles(samples: &[Duration]) -> String {

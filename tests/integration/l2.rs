@@ -44,6 +44,19 @@ fn l2_of(h: &Harness) -> Arc<L2> {
         .clone()
 }
 
+/// A Redis client and tier of `cfg`'s, outside any sidecar (the caller
+/// starts their tasks).
+fn redis_tier(cfg: &velro_authz::config::Config, metrics: &Metrics) -> (Arc<Redis>, Arc<L2>) {
+    let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
+    let l2 = L2::new(
+        client.clone(),
+        cfg.l2.clone(),
+        cfg.freshness.max_silence,
+        metrics.clone(),
+    );
+    (client, l2)
+}
+
 /// Waits until each sidecar has bumped the epoch after its start and trusts L2.
 async fn until_usable(sidecars: &[&Harness]) {
     for h in sidecars {
@@ -149,13 +162,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
     // A: its own L1 over the held store and the same Redis; no listener of its
     // own, so only Redis's version check stands between its old row and Redis.
     let metrics = Metrics::new();
-    let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
-    let l2 = L2::new(
-        client.clone(),
-        cfg.l2.clone(),
-        cfg.freshness.max_silence,
-        metrics.clone(),
-    );
+    let (client, l2) = redis_tier(&cfg, &metrics);
     let (stop_tx, stop) = watch::channel(false);
     let maintenance = l2.spawn_maintenance(stop.clone());
     let connection = client.spawn_connection(stop);
@@ -615,13 +622,7 @@ async fn l2_a_deep_decision_from_redis_takes_two_round_trips_by_its_chain_hint(p
     // Q: its own L1 over the same Redis, with no background Redis calls once
     // it trusts Redis, so its round trips are its decisions' own.
     let metrics = Metrics::new();
-    let client = Redis::new(cfg.redis.as_ref().expect("redis"), metrics.clone()).expect("redis");
-    let l2 = L2::new(
-        client.clone(),
-        cfg.l2.clone(),
-        cfg.freshness.max_silence,
-        metrics.clone(),
-    );
+    let (client, l2) = redis_tier(&cfg, &metrics);
     let (stop_maintenance, stop) = watch::channel(false);
     let maintenance = l2.spawn_maintenance(stop);
     let (stop_connection, stop) = watch::channel(false);
