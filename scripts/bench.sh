@@ -4,9 +4,11 @@
 # no-op ext_authz server (the floor) over gRPC at 1×1 and 16×16, 10,000
 # streams at once, and instructions per hot Check under callgrind when
 # valgrind is installed; then rate limiting with Redis, a call per Check
-# against leases (benches/ratelimit.rs). ≈ 7 min. Writes the figures into docs/performance.md
-# between the `bench:check` markers (with machine, date and commit); how to
-# read them is the text around the markers.
+# against leases (benches/ratelimit.rs), the cold decision
+# (benches/cold.rs) and memory per cached fact (benches/memory.rs). ≈ 10 min.
+# Writes the figures into docs/performance.md between the `bench:check` and
+# `bench:ratelimit` markers (with machine, date and commit); how to read them
+# is the text around the markers.
 #   VELRO_BENCH_SECONDS=3 VELRO_BENCH_ROUNDS=1 VELRO_BENCH_SOAK_SECONDS=10 \
 #   VELRO_BENCH_CALLGRIND=0 scripts/bench.sh          a quick look
 #   VELRO_BENCH_DOC=/dev/null scripts/bench.sh         measure, write nothing
@@ -75,4 +77,12 @@ if [[ "${VELRO_BENCH_CALLGRIND:-}" != only ]]; then
         } > "$block"
         write_section ratelimit
     fi
+fi
+
+# The cold decision (Postgres only, both tiers missing, Redis hit) and what a
+# cached fact costs in memory: printed here in the same run; their tables in
+# docs/performance.md are copied from this output by hand.
+if [[ "${VELRO_BENCH_CALLGRIND:-}" != only ]]; then
+    cargo bench --locked --bench cold
+    cargo bench --locked --bench memory
 fi
