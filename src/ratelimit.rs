@@ -209,16 +209,6 @@ impl Principal {
     }
 }
 
-/// What spending from a stock came to.
-enum Spent {
-    /// Admitted; start a background lease request when `refill` is set.
-    Allowed { info: RateLimitInfo, refill: bool },
-    /// Refused (held from Redis's last answer).
-    Refused(RateLimitInfo),
-    /// Nothing in stock: ask Redis.
-    Empty,
-}
-
 /// The limiter.
 pub struct RateLimiter {
     config: RateLimitConfig,
@@ -316,7 +306,7 @@ impl RateLimiter {
 
     /// Spends one request from the stock if it holds one (starting the next
     /// lease request in the background when half of it is gone), or answers
-    /// a refusal Redis gave that still holds.
+    /// a refusal Redis gave that still holds; `None` when the stock is empty.
     fn spend(
         &self,
         shared: &Arc<Shared>,
@@ -324,26 +314,20 @@ impl RateLimiter {
         principal: &Arc<Principal>,
     ) -> Option<RateLimitInfo> {
         let now = Instant::now();
-        let spent = {
+        let (info, refill) = {
             let mut stock = principal.stock();
-            take(&mut stock, now, self.config.lease)
-                .map(|refill| (refill, self.allowed(&stock, now)))
-                .map(|(refill, info)| Spent::Allowed { info, refill })
-                .unwrap_or_else(|| match stock.refused_until {
-                    Some(until) if until > now => Spent::Refused(self.refused(until - now)),
-                    _ => Spent::Empty,
-                })
-        };
-        match spent {
-            Spent::Allowed { info, refill } => {
-                if refill {
-                    self.refill(shared.clone(), key, principal.clone());
-                }
-                Some(info)
+            match take(&mut stock, now, self.config.lease) {
+                Some(refill) => (self.allowed(&stock, now), refill),
+                None => match stock.refused_until {
+                    Some(until) if until > now => (self.refused(until - now), false),
+                    _ => return None,
+                },
             }
-            Spent::Refused(info) => Some(info),
-            Spent::Empty => None,
+        };
+        if refill {
+            self.refill(shared.clone(), key, principal.clone());
         }
+        Some(info)
     }
 
     /// Tops the stock up to `lease` in the background. A failure or a
@@ -392,6 +376,7 @@ impl RateLimiter {
         }
     }
 
+    /// A refusal: nothing left, `retry` until the next request refills.
     fn refused(&self, retry: Duration) -> RateLimitInfo {
         RateLimitInfo {
             allowed: false,
@@ -420,14 +405,7 @@ impl RateLimiter {
                     .rate_limited
                     .with_label_values(&["local"])
                     .inc();
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                RateLimitInfo {
-                    allowed: false,
-                    limit: self.config.burst,
-                    remaining: 0,
-                    reset_secs: ceil_secs(self.interval * self.config.burst),
-                    retry_after_secs: ceil_secs(wait).max(1),
-                }
+                self.refused(not_until.wait_time_from(DefaultClock::default().now()))
             }
         }
     }

@@ -172,12 +172,8 @@ impl<S: FactSource> Facts<S> {
         };
         if let Some(l2) = self.l2.as_ref().filter(|l2| l2.usable()) {
             self.spawn_fills(l2, user, target, &loaded, &hits, tickets);
-            let read: Vec<&FactKey> = loaded
-                .iter()
-                .filter(|(_, f)| f.cacheable())
-                .map(|(k, _)| k)
-                .collect();
-            self.spawn_hint(l2, user, target, hint.as_deref(), read.into_iter());
+            let read = loaded.iter().filter(|(_, f)| f.cacheable()).map(|(k, _)| k);
+            self.spawn_hint(l2, user, target, hint.as_deref(), read);
         }
         let facts = loaded.into_iter().map(|(k, f)| (k, f, Source::Postgres));
         Ok(self.keep(facts, s0, epoch).await)

@@ -4,10 +4,35 @@
 
 use std::time::Duration;
 
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface};
 use sqlx::PgPool;
 use velro_authz::testkit::Answer;
 
-use super::support::{attach, config, demo::*, redis_yaml, start_with, unique_prefix};
+use super::support::{attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix};
+
+/// How far ahead of now the principal's GCRA time in Redis is: the
+/// allowance taken from Redis and not yet refilled (Redis runs on this
+/// machine, on this clock).
+async fn taken_ahead(prefix: &str, user: &str) -> Duration {
+    let client = Client::new(
+        fred::types::config::Config::from_url(&redis_url()).expect("REDIS_URL"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("redis reachable at REDIS_URL");
+    let tat: String = client
+        .get(format!("{prefix}rl:u:{user}"))
+        .await
+        .expect("GET");
+    let tat: u64 = tat.parse().expect("µs");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64;
+    Duration::from_micros(tat.saturating_sub(now))
+}
 
 const LIMIT: &str = "rate_limit:\n  per_second: 0.5\n  burst: 3\n";
 
@@ -130,8 +155,15 @@ async fn rate_limit_leases_never_admit_more_than_the_shared_limit(pool: PgPool) 
     let a = start_with(pool.clone(), config(&yaml)).await;
     let b = attach(pool, config(&yaml)).await;
     let path = format!("/api/v1/generations/{GEN_BOB}");
-    let mut allowed = 0;
-    for i in 0..40 {
+    // One Check takes a whole lease from Redis: four requests of 100 s each.
+    assert_eq!(a.check_as(BOB, "GET", &path).await.status, 200);
+    let ahead = taken_ahead(&prefix, BOB).await;
+    assert!(
+        ahead > Duration::from_secs(350) && ahead <= Duration::from_secs(400),
+        "{ahead:?}"
+    );
+    let mut allowed = 1;
+    for i in 1..40 {
         let sidecar = if i % 2 == 0 { &a } else { &b };
         let answer = sidecar.check_as(BOB, "GET", &path).await;
         match answer.status {
