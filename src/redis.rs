@@ -106,6 +106,9 @@ impl Redis {
                 // A timed-out call is not retried: the breaker decides.
                 c.max_command_attempts = 1;
                 c.max_command_buffer_len = 10_000;
+                // Small commands go out at once, not after the previous
+                // one's ACK (Nagle against delayed ACKs: up to 40 ms).
+                c.tcp.nodelay = Some(true);
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
