@@ -189,6 +189,7 @@ fn settings(max_facts: u64) -> CacheSettings {
         max_facts,
         ttl: Duration::from_secs(300),
         negative_ttl: Duration::from_secs(30),
+        max_decisions: 0,
     }
 }
 

@@ -9,16 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use uuid::Uuid;
 
 use crate::answer::{DenyReason, Identity, Outcome, RateLimitInfo};
 use crate::authn::{Authenticator, AuthnError, Principal};
-use crate::facts::{FactError, FactSource, Facts, Trace};
+use crate::facts::{FactError, FactSource, Facts, Gather, StatusAndRole, Trace};
 use crate::identity::{IdentitySigner, SignError};
 use crate::metrics::Metrics;
 use crate::model::{Action, Role, Scopes, UserStatus};
 use crate::policy::{self, Verdict};
 use crate::ratelimit::{FailedAuthLimiter, LimitKey, RateLimiter};
-use crate::routes::{Need, RouteError, RouteTable};
+use crate::routes::{Need, RouteError, RouteTable, TargetKind};
 use crate::telemetry::traces::{DecisionAttributes, DecisionTracer};
 
 mod explain;
@@ -577,9 +578,29 @@ impl<S: FactSource> Authorizer<S> {
             _ => None,
         };
         let facts = self.facts.gather(principal.user_id, target, trace);
-        let status = match facts.user(principal.user_id).await? {
-            Some(user) => user.status,
-            None => return Ok(deny(AuthnError::UnknownUser)),
+        let (status, role) = match (&route.need, route.id) {
+            // 3–4 for a resource: remembered from an earlier decision while
+            // every fact behind it would still be served, else from the facts.
+            (Need::Resource { kind, .. }, Some(id)) => {
+                let remembered =
+                    target.and_then(|t| self.facts.remembered(principal.user_id, t, trace));
+                let known = match remembered {
+                    Some(known) => known,
+                    None => {
+                        let known = status_and_role(&facts, principal.user_id, *kind, id).await?;
+                        facts.remember(known);
+                        known
+                    }
+                };
+                match known {
+                    Some(known) => known,
+                    None => return Ok(deny(AuthnError::UnknownUser)),
+                }
+            }
+            _ => match facts.user(principal.user_id).await? {
+                Some(user) => (user.status, None),
+                None => return Ok(deny(AuthnError::UnknownUser)),
+            },
         };
         let identity = |role| Identity {
             user_id: principal.user_id,
@@ -598,13 +619,7 @@ impl<S: FactSource> Authorizer<S> {
                 }
                 Ok(Outcome::Allow(Some(identity(None))))
             }
-            (Need::Resource { kind, action }, Some(id)) => {
-                // 4. Effective role (skipped for inactive users: step 3 wins).
-                let role = if status == UserStatus::Active {
-                    role::effective_role(&facts, principal.user_id, *kind, id).await?
-                } else {
-                    None
-                };
+            (Need::Resource { action, .. }, Some(_)) => {
                 steps.role = role;
                 // 5–6. Allowed by role and scopes?
                 match policy::decide(status, role, *action, principal.scopes) {
@@ -616,6 +631,26 @@ impl<S: FactSource> Authorizer<S> {
             (Need::Resource { .. }, None) | (Need::Public, _) => Ok(deny(RouteError::NoRoute)),
         }
     }
+}
+
+/// Steps 3 and 4 for a resource: the user's status (`None`: no such user)
+/// and, for an active user, the effective role (skipped for inactive users:
+/// step 3 wins).
+async fn status_and_role<S: FactSource>(
+    facts: &Gather<'_, S>,
+    user_id: Uuid,
+    kind: TargetKind,
+    id: Uuid,
+) -> Result<StatusAndRole, FactError> {
+    let Some(user) = facts.user(user_id).await? else {
+        return Ok(None);
+    };
+    let role = if user.status == UserStatus::Active {
+        role::effective_role(facts, user_id, kind, id).await?
+    } else {
+        None
+    };
+    Ok(Some((user.status, role)))
 }
 
 /// A route's required scope: `ops` must be granted explicitly; an action name

@@ -263,6 +263,7 @@ impl Config {
             max_facts: file.cache.max_facts.unwrap_or(200_000),
             ttl: Duration::from_secs(file.cache.ttl_secs.unwrap_or(300)),
             negative_ttl: Duration::from_secs(file.cache.negative_ttl_secs.unwrap_or(30)),
+            max_decisions: file.cache.max_decisions.unwrap_or(10_000),
         };
         let max_credentials = file.cache.max_credentials.unwrap_or(100_000);
         if cache.max_facts == 0 {

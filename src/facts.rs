@@ -31,10 +31,12 @@ mod bundle;
 mod fact;
 pub mod freshness;
 pub mod l2;
+mod memo;
 
 pub use bundle::Gather;
 use fact::BUCKETS;
 pub use fact::{Fact, FactError, FactKey, FactSource, FactUse, Source, Trace};
+pub use memo::{Stamp, StatusAndRole};
 
 use freshness::Freshness;
 use l2::{L2, L2Get};
@@ -59,6 +61,9 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// TTL of a negative entry (row not found).
     pub negative_ttl: Duration,
+    /// Remembered resource decisions (status and role by user and
+    /// resource, stamped with their facts: [`memo`]); 0 turns them off.
+    pub max_decisions: u64,
 }
 
 /// Why a fill put nothing in L1.
@@ -151,6 +156,8 @@ pub struct Facts<S> {
     /// (no caller of ours waits longer).
     query_timeout: Duration,
     cache: Cache<FactKey, Entry>,
+    /// Remembered decisions, when `max_decisions` is not 0.
+    memo: Option<moka::sync::Cache<memo::MemoKey, Arc<memo::Remembered>>>,
     /// How long an entry is served.
     ttl: Duration,
     /// How long a negative entry is served.
@@ -221,6 +228,11 @@ impl<S: FactSource> Facts<S> {
             breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             cache,
+            memo: (config.max_decisions > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(config.max_decisions)
+                    .build()
+            }),
             ttl: config.ttl,
             negative_ttl: config.negative_ttl,
             clock: Clock::new(),
@@ -348,6 +360,10 @@ impl<S: FactSource> Facts<S> {
         }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cache.invalidate_all();
+        if let Some(memo) = &self.memo {
+            // Freeing memory only: the epoch voids them.
+            memo.invalidate_all();
+        }
         epoch
     }
 
@@ -357,6 +373,10 @@ impl<S: FactSource> Facts<S> {
     pub fn flush_local(&self) -> u64 {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cache.invalidate_all();
+        if let Some(memo) = &self.memo {
+            // Freeing memory only: the epoch voids them.
+            memo.invalidate_all();
+        }
         epoch
     }
 
@@ -396,17 +416,28 @@ impl<S: FactSource> Facts<S> {
     /// One fact, from L1 when trusted, else from the source (one query for all
     /// concurrent callers of the same key).
     pub async fn get(&self, key: FactKey, trace: &Trace) -> Result<Fact, FactError> {
+        Ok(self.get_stamped(key, trace).await?.0)
+    }
+
+    /// [`Facts::get`], and on an L1 hit the stamps the entry was trusted by
+    /// (what a remembered decision rests on: [`memo`]).
+    pub(crate) async fn get_stamped(
+        &self,
+        key: FactKey,
+        trace: &Trace,
+    ) -> Result<(Fact, Option<Stamp>), FactError> {
         let kind = key.kind();
         let now = Instant::now();
         if !self.freshness.trusted_at(now) {
             // Boxed: keep the cold path's future off the hot one.
-            return Box::pin(self.read_through(key, trace)).await;
+            return Ok((Box::pin(self.read_through(key, trace)).await?, None));
         }
         if let Some(entry) = self.cache.get(&key).await {
             if self.trusted(&key, &entry, now) {
                 self.metrics.l1_hit(kind);
                 trace.record(&key, Source::L1, &entry.fact);
-                return Ok(entry.fact);
+                let stamp = Stamp::of(&key, &entry);
+                return Ok((entry.fact, Some(stamp)));
             }
             self.cache.invalidate(&key).await;
         }
@@ -437,7 +468,7 @@ impl<S: FactSource> Facts<S> {
                     Fill::Failed(e) => return Err(e.clone()),
                     Fill::Uncached(fact, source) => {
                         trace.record(&key, *source, fact);
-                        return Ok(fact.clone());
+                        return Ok((fact.clone(), None));
                     }
                 },
             };
@@ -448,7 +479,7 @@ impl<S: FactSource> Facts<S> {
                     self.lookup(kind, "coalesced");
                 }
                 trace.record(&key, source, &entry.fact);
-                return Ok(entry.fact);
+                return Ok((entry.fact, None));
             }
             // The fill raced with an invalidation: what it read may predate the
             // change. Drop it and read again.
@@ -458,7 +489,7 @@ impl<S: FactSource> Facts<S> {
         // without caching it.
         let fact = self.query(&key, trace).await?;
         trace.record(&key, Source::Postgres, &fact);
-        Ok(fact)
+        Ok((fact, None))
     }
 
     /// The feed is down or silent: cached facts may be stale, so read the

@@ -33,11 +33,13 @@ pub struct Metrics {
     pub decisions_shed: IntCounter,
     /// Decision latency, from request received to answer built.
     pub decision_seconds: Histogram,
-    /// Cache lookups by tier (l1 | l2), fact kind and result (hit | miss | coalesced | error).
+    /// Cache lookups by tier (l1 | l2 | memo), fact kind and result (hit | miss | coalesced | error).
     pub cache_lookups: IntCounterVec,
     /// `cache_lookups{tier="l1",result="hit"}` per fact kind, resolved once
     /// (ten of them on a deep hot Check); see [`Metrics::l1_hit`].
     l1_hits: Vec<(&'static str, IntCounter)>,
+    /// `cache_lookups{tier="memo",kind="decision"}`, hit and miss, resolved once.
+    memo_lookups: [IntCounter; 2],
     /// Postgres fact queries by fact kind: proves what a cached Check does not touch.
     pub store_queries: IntCounterVec,
     /// Store query failures by fact kind.
@@ -120,6 +122,10 @@ impl Metrics {
                 .iter()
                 .map(|&kind| (kind, cache_lookups.with_label_values(&["l1", kind, "hit"])))
                 .collect(),
+            memo_lookups: [
+                cache_lookups.with_label_values(&["memo", "decision", "miss"]),
+                cache_lookups.with_label_values(&["memo", "decision", "hit"]),
+            ],
             cache_lookups,
             decisions_shed: IntCounter::new(
                 "velro_authz_decisions_shed_total",
@@ -366,6 +372,12 @@ impl Metrics {
             .flat_map(|c| c.collect())
             .map(|f| (f.name().to_owned(), f.get_field_type()))
             .collect()
+    }
+
+    /// Counts a lookup of a remembered decision: `hit`, or a miss (none
+    /// kept, or no longer trusted).
+    pub fn memo_lookup(&self, hit: bool) {
+        self.memo_lookups[usize::from(hit)].inc();
     }
 
     /// Counts an L1 hit on a fact of `kind` (a `FactKey::kind()` name)

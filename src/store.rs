@@ -76,7 +76,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// The resource a decision is about (SPEC §4 step 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Team(Uuid),
     Project(Uuid),

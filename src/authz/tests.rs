@@ -511,3 +511,44 @@ async fn check_with_source_down_is_unavailable_never_an_allow_or_a_deny() {
     let public = decide(&authorizer, &Check::new("GET", "/health/status")).await;
     assert_eq!(public.outcome, Outcome::Allow(None));
 }
+
+#[tokio::test]
+async fn a_remembered_decision_answers_until_a_fact_it_used_is_invalidated() {
+    let w = world();
+    let metrics = Metrics::new();
+    let authorizer = AuthorizerBuilder::yaml("")
+        .metrics(&metrics)
+        .build(w.source.clone());
+    let check = w.generation("GET").bearer(&token(w.viewer));
+    let memo = |result: &str| {
+        metrics
+            .cache_lookups
+            .with_label_values(&["memo", "decision", result])
+            .get()
+    };
+    // From the source, then from L1 (remembered then), then remembered.
+    for _ in 0..3 {
+        assert_eq!(decide(&authorizer, &check).await.role, Some(Role::Viewer));
+    }
+    assert_eq!((memo("miss"), memo("hit")), (2, 1));
+    let loads = w.source.loads();
+
+    // The share is revoked; until its invalidation is applied the cached
+    // facts (and so the remembered answer) stand, as they would without it.
+    let shares = FactKey::Shares(ResourceKind::Generation, w.generation);
+    w.source.set(shares.clone(), Fact::Shares(Arc::from([])));
+    assert_eq!(decide(&authorizer, &check).await.role, Some(Role::Viewer));
+    assert_eq!(w.source.loads(), loads);
+    authorizer.facts().invalidate(&shares).await;
+    assert_eq!(denied(&authorizer, &check).await, DenyReason::NotFound);
+    assert_eq!(w.source.loads(), loads + 1);
+
+    // The owner, suspended: the user row's invalidation voids theirs too.
+    let owner = w.generation("GET").bearer(&token(w.owner));
+    for _ in 0..3 {
+        assert_eq!(decide(&authorizer, &owner).await.role, Some(Role::Owner));
+    }
+    w.source.user(w.owner, UserStatus::Suspended);
+    authorizer.facts().invalidate(&FactKey::User(w.owner)).await;
+    assert_eq!(denied(&authorizer, &owner).await, DenyReason::UserInactive);
+}

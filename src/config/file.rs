@@ -121,6 +121,7 @@ pub(super) struct FileDatabase {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileCache {
     pub(super) max_facts: Option<u64>,
+    pub(super) max_decisions: Option<u64>,
     pub(super) ttl_secs: Option<u64>,
     pub(super) negative_ttl_secs: Option<u64>,
     pub(super) max_credentials: Option<u64>,

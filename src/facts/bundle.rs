@@ -57,15 +57,18 @@
 //! and L2 is not read while a Redis step is pending.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::l2::{L2, L2Get, Ticket};
-use super::{Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Trace, detached};
+use super::memo::{Deps, StatusAndRole};
+use super::{
+    Fact, FactError, FactKey, FactSource, Facts, FillTask, Source, Stamp, Trace, detached,
+};
 use crate::model::{
     Generation, Grantee, MAX_PARENT_HOPS, Membership, Project, ResourceKind, Share, Team, User,
 };
@@ -89,6 +92,9 @@ pub struct Gather<'a, S> {
     target: Option<Target>,
     /// Loaded at the first L1 miss; empty when loading was not possible.
     bundle: OnceCell<Bundle>,
+    /// What the facts read so far rest on, while the decision may be
+    /// remembered ([`Gather::remember`]); `None` when it may not.
+    deps: Option<Mutex<Deps>>,
 }
 
 /// Facts read for one decision, each with the tier it came from.
@@ -112,12 +118,14 @@ impl<S: FactSource> Facts<S> {
             user,
             target,
             bundle: OnceCell::new(),
+            deps: (target.is_some() && self.memo.is_some()).then(Mutex::default),
         }
     }
 
     /// The fact of `key` if L1 holds a trusted entry (a hit is counted and
-    /// traced); `None` otherwise, counting nothing.
-    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<Fact> {
+    /// traced), with the stamps it was trusted by; `None` otherwise,
+    /// counting nothing.
+    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<(Fact, Stamp)> {
         let entry = self.cache.get(key).await?;
         if !self.trusted(key, &entry, now) {
             return None;
@@ -125,7 +133,8 @@ impl<S: FactSource> Facts<S> {
         // A handle resolved at start: no label hashing per fact.
         self.metrics.l1_hit(key.kind());
         trace.record(key, Source::L1, &entry.fact);
-        Some(entry.fact)
+        let stamp = Stamp::of(key, &entry);
+        Some((entry.fact, stamp))
     }
 
     /// Every fact of the decision: from Redis if it holds them all, else from
@@ -463,26 +472,46 @@ fn next_keys(fact: &Fact) -> Vec<FactKey> {
 impl<S: FactSource> Gather<'_, S> {
     /// One fact: L1, else the bundle (loaded now if not yet), else on its own.
     pub async fn get(&self, key: FactKey) -> Result<Fact, FactError> {
+        let (fact, stamp) = self.read(&key).await?;
+        if let Some(deps) = &self.deps {
+            Deps::read(deps, &key, &fact, stamp);
+        }
+        Ok(fact)
+    }
+
+    /// One fact, and its stamps when it came from L1.
+    async fn read(&self, key: &FactKey) -> Result<(Fact, Option<Stamp>), FactError> {
         if let Some(bundle) = self.bundle.get() {
-            return self.bundled(bundle, key).await;
+            return Ok((self.bundled(bundle, key.clone()).await?, None));
         }
         let Some(target) = self.target.filter(|_| S::LOADS_DECISIONS) else {
-            return self.facts.get(key, self.trace).await;
+            return self.facts.get_stamped(key.clone(), self.trace).await;
         };
         let now = Instant::now();
         if !self.facts.freshness.trusted_at(now) {
             // Nothing is cached while the feed is untrusted: each fact is
             // read through (and may be served stale) on its own.
-            return self.facts.get(key, self.trace).await;
+            return self.facts.get_stamped(key.clone(), self.trace).await;
         }
-        if let Some(fact) = self.facts.cached(&key, self.trace, now).await {
-            return Ok(fact);
+        if let Some((fact, stamp)) = self.facts.cached(key, self.trace, now).await {
+            return Ok((fact, Some(stamp)));
         }
         let bundle = self
             .bundle
             .get_or_try_init(|| Box::pin(self.facts.load_bundle(self.user, target, self.trace)))
             .await?;
-        self.bundled(bundle, key).await
+        Ok((self.bundled(bundle, key.clone()).await?, None))
+    }
+
+    /// Keeps `value`, what this decision computed from the facts it read, as
+    /// the answer for its user on its target — if every one of them came
+    /// from L1 ([`Facts::remembered`] answers it from then on, while they
+    /// would still be served).
+    pub fn remember(self, value: StatusAndRole) {
+        if let (Some(deps), Some(target)) = (self.deps, self.target) {
+            let deps = deps.into_inner().unwrap_or_else(|p| p.into_inner());
+            self.facts.remember(self.user, target, value, deps);
+        }
     }
 
     async fn bundled(&self, bundle: &Bundle, key: FactKey) -> Result<Fact, FactError> {

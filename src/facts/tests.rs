@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicUsize;
 use super::*;
 use crate::facts::freshness::FreshnessSettings;
 use crate::model::UserStatus;
-use crate::store::StoreError;
+use crate::store::{StoreError, Target};
 use crate::testkit::{Held, Hold, MemorySource};
 
 /// The cache under test: over facts in memory, any read of which can be held.
@@ -14,6 +14,7 @@ fn cache_config() -> CacheSettings {
         max_facts: 1000,
         ttl: Duration::from_secs(300),
         negative_ttl: Duration::from_secs(30),
+        max_decisions: 100,
     }
 }
 
@@ -440,4 +441,129 @@ fn buckets_spread_sequential_ids_and_separate_kinds() {
     assert_eq!(per_kind.len(), kinds.len());
     let key = FactKey::ApiKey("ab".repeat(32).into());
     assert_eq!(key.bucket(), key.clone().bucket());
+}
+
+/// What a decision on a generation reads through a [`Gather`]: its user and
+/// the generation row, remembered as (status, no role) when `remember`.
+async fn decide_on(facts: &TestFacts, user: Uuid, generation: Uuid, remember: bool) {
+    let target = Some(Target::Generation(generation));
+    let trace = Trace::off();
+    let gather = facts.gather(user, target, &trace);
+    let status = gather.user(user).await.expect("user").map(|u| u.status);
+    gather.generation(generation).await.expect("generation");
+    if remember {
+        gather.remember(status.map(|s| (s, None)));
+    }
+}
+
+/// A user and a generation in memory, both read into L1 by one decision.
+async fn memo_world() -> (Held<MemorySource>, Arc<TestFacts>, Uuid, Uuid) {
+    let source = Held::new(MemorySource::new());
+    let (user, generation) = (Uuid::new_v4(), Uuid::new_v4());
+    source
+        .inner()
+        .user(user, UserStatus::Active)
+        .generation(generation, user);
+    let facts = facts(&source);
+    // Read from the source: nothing to remember yet.
+    decide_on(&facts, user, generation, true).await;
+    (source, facts, user, generation)
+}
+
+fn remembered(facts: &TestFacts, user: Uuid, generation: Uuid) -> Option<StatusAndRole> {
+    facts.remembered(user, Target::Generation(generation), &Trace::off())
+}
+
+#[tokio::test]
+async fn a_decision_is_remembered_only_when_every_fact_came_from_l1() {
+    let (_source, facts, user, generation) = memo_world().await;
+    // The first decision filled L1 from the source: its facts carry no
+    // stamps that vouch for them, so it was not kept.
+    assert_eq!(remembered(&facts, user, generation), None);
+    // The second read both from L1.
+    decide_on(&facts, user, generation, true).await;
+    let trace = Trace::recording();
+    let known = facts.remembered(user, Target::Generation(generation), &trace);
+    assert_eq!(known, Some(Some((UserStatus::Active, None))));
+    // A hit replays the facts it rests on, as L1 reads, in the order read.
+    let uses: Vec<(FactKey, Source)> = trace
+        .into_uses()
+        .into_iter()
+        .map(|u| (u.key, u.source))
+        .collect();
+    assert_eq!(
+        uses,
+        vec![
+            (FactKey::User(user), Source::L1),
+            (FactKey::Generation(generation), Source::L1)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_invalidation_of_any_fact_a_remembered_decision_used_voids_it() {
+    for which in 0..2 {
+        let (_source, facts, user, generation) = memo_world().await;
+        decide_on(&facts, user, generation, true).await;
+        assert!(remembered(&facts, user, generation).is_some());
+        let key = [FactKey::User(user), FactKey::Generation(generation)][which].clone();
+        facts.invalidate(&key).await;
+        assert_eq!(remembered(&facts, user, generation), None, "{key:?}");
+        // Another user's change voids nothing here.
+        let (_other_source, other, other_user, other_generation) = memo_world().await;
+        decide_on(&other, other_user, other_generation, true).await;
+        other.invalidate(&FactKey::User(Uuid::new_v4())).await;
+        assert!(remembered(&other, other_user, other_generation).is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_flush_a_ttl_or_an_untrusted_feed_voids_a_remembered_decision() {
+    let (_source, facts, user, generation) = memo_world().await;
+    decide_on(&facts, user, generation, true).await;
+    facts.flush_local();
+    assert_eq!(remembered(&facts, user, generation), None);
+
+    let (_source, facts, user, generation) = memo_world().await;
+    decide_on(&facts, user, generation, true).await;
+    facts.clock.advance(cache_config().ttl);
+    assert_eq!(remembered(&facts, user, generation), None);
+
+    let source = Held::new(MemorySource::new());
+    let (user, generation) = (Uuid::new_v4(), Uuid::new_v4());
+    source
+        .inner()
+        .user(user, UserStatus::Active)
+        .generation(generation, user);
+    let metrics = Metrics::new();
+    let freshness = Arc::new(Freshness::new(
+        FreshnessSettings {
+            max_silence: Duration::from_secs(60),
+            serve_stale_on_outage: Duration::ZERO,
+        },
+        metrics.clone(),
+    ));
+    freshness.connected_now();
+    freshness.proven(Instant::now());
+    let facts = Facts::new(source.clone(), &cache_config(), metrics).with_freshness(freshness);
+    decide_on(&facts, user, generation, true).await;
+    decide_on(&facts, user, generation, true).await;
+    assert!(remembered(&facts, user, generation).is_some());
+    facts.freshness().lost();
+    assert_eq!(remembered(&facts, user, generation), None);
+}
+
+#[tokio::test]
+async fn a_decision_that_raced_an_invalidation_is_remembered_with_the_old_stamp_and_never_trusted()
+{
+    let (_source, facts, user, generation) = memo_world().await;
+    // The decision reads both facts from L1, then an invalidation lands
+    // before it is remembered: the entry it keeps is void from the start.
+    let trace = Trace::off();
+    let gather = facts.gather(user, Some(Target::Generation(generation)), &trace);
+    let status = gather.user(user).await.expect("user").map(|u| u.status);
+    gather.generation(generation).await.expect("generation");
+    facts.invalidate(&FactKey::Generation(generation)).await;
+    gather.remember(status.map(|s| (s, None)));
+    assert_eq!(remembered(&facts, user, generation), None);
 }

@@ -19,6 +19,7 @@ fn facts<S: FactSource>(source: S, metrics: &Metrics) -> Arc<Facts<S>> {
         max_facts: 1000,
         ttl: std::time::Duration::from_secs(300),
         negative_ttl: std::time::Duration::from_secs(30),
+        max_decisions: 100,
     };
     Arc::new(Facts::new(source, &config, metrics.clone()))
 }
