@@ -73,11 +73,16 @@ pub(super) struct Remembered {
 /// What one decision has read so far, while it may still be remembered.
 #[derive(Default)]
 pub(super) struct Deps {
-    /// Every read came from L1, in one epoch.
+    /// A read came from elsewhere than L1, or from another epoch than the
+    /// first: the decision is not to be remembered.
     spoiled: bool,
+    /// (bucket, counter) of each fact read.
     stamps: Vec<(u32, u64)>,
+    /// The epoch of the first fact read.
     epoch: Option<u64>,
+    /// The earliest expiry so far.
     expires: u64,
+    /// The facts read, in order.
     uses: Vec<(FactKey, Fact)>,
 }
 

@@ -456,14 +456,20 @@ async fn decide_on(facts: &TestFacts, user: Uuid, generation: Uuid, remember: bo
     }
 }
 
-/// A user and a generation in memory, both read into L1 by one decision.
-async fn memo_world() -> (Held<MemorySource>, Arc<TestFacts>, Uuid, Uuid) {
+/// An active user owning a generation, in memory.
+fn memo_source() -> (Held<MemorySource>, Uuid, Uuid) {
     let source = Held::new(MemorySource::new());
     let (user, generation) = (Uuid::new_v4(), Uuid::new_v4());
     source
         .inner()
         .user(user, UserStatus::Active)
         .generation(generation, user);
+    (source, user, generation)
+}
+
+/// [`memo_source`], both facts read into L1 by one decision.
+async fn memo_world() -> (Held<MemorySource>, Arc<TestFacts>, Uuid, Uuid) {
+    let (source, user, generation) = memo_source();
     let facts = facts(&source);
     // Read from the source: nothing to remember yet.
     decide_on(&facts, user, generation, true).await;
@@ -529,12 +535,7 @@ async fn a_flush_a_ttl_or_an_untrusted_feed_voids_a_remembered_decision() {
     facts.clock.advance(cache_config().ttl);
     assert_eq!(remembered(&facts, user, generation), None);
 
-    let source = Held::new(MemorySource::new());
-    let (user, generation) = (Uuid::new_v4(), Uuid::new_v4());
-    source
-        .inner()
-        .user(user, UserStatus::Active)
-        .generation(generation, user);
+    let (source, user, generation) = memo_source();
     let metrics = Metrics::new();
     let freshness = Arc::new(Freshness::new(
         FreshnessSettings {
