@@ -176,6 +176,20 @@ impl Nginx {
         std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
+    /// The access log once it holds `line`, or as it is after 5 s: nginx
+    /// writes a request's line when it finalizes the request, which may be
+    /// just after the client has the whole reply.
+    async fn access_log_with(&self, line: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.access_log();
+            if log.contains(line) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn get(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
         send(self.addr, method, target, headers, Vec::new()).await
     }
@@ -283,13 +297,9 @@ async fn nginx_allowed_requests_reach_upstream_with_our_identity_only(pool: PgPo
     // so an x-velro-* name velro-authz never sets reaches the upstream; the
     // sidecar names it (logged here) and upstreams must read only our four.
     assert_eq!(one(&got, "x-velro-admin"), Some("1"));
-    assert!(
-        nginx
-            .access_log()
-            .contains(&format!("200 GET {target} unremoved=\"x-velro-admin\"")),
-        "{}",
-        nginx.access_log()
-    );
+    let line = format!("200 GET {target} unremoved=\"x-velro-admin\"");
+    let log = nginx.access_log_with(&line).await;
+    assert!(log.contains(&line), "{log}");
 
     // Authenticated-only route: no role, so the client's x-velro-role is dropped.
     let reply = nginx.get("GET", "/api/v1/users/profile", &spoofed).await;
