@@ -21,19 +21,9 @@ use velro_authz::store::Store;
 use velro_authz::testkit::{AuthorizerBuilder, Held, Token};
 
 use super::support::{
-    Harness, attach, config, decide_get, demo::*, redis_url, redis_yaml, start_with, unique_prefix,
+    Harness, attach, config, decide_get, demo::*, redis_client, redis_yaml, start_with,
+    unique_prefix,
 };
-
-async fn redis() -> Client {
-    let client = Client::new(
-        fred::types::config::Config::from_url(&redis_url()).expect("REDIS_URL"),
-        None,
-        None,
-        None,
-    );
-    client.init().await.expect("redis reachable at REDIS_URL");
-    client
-}
 
 fn l2_of(h: &Harness) -> Arc<L2> {
     h.running
@@ -222,7 +212,7 @@ async fn l2_race_fill_reading_old_row_cannot_write_after_invalidation(pool: PgPo
         "the decision in flight started before the change: {outcome:?}"
     );
     facts.fills_settled().await;
-    let raw: Option<Vec<u8>> = redis()
+    let raw: Option<Vec<u8>> = redis_client()
         .await
         .get(format!("{prefix}f:memberships:{BOB}"))
         .await
@@ -271,7 +261,7 @@ async fn l2_listener_gap_voids_entries_written_before_it(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("a change in the gap");
-    let raw = redis().await;
+    let raw = redis_client().await;
     let stored: Option<Vec<u8>> = raw
         .get(format!("{prefix}f:memberships:{CAROL}"))
         .await
@@ -450,7 +440,7 @@ async fn l2_planted_values_are_counted_misses_never_trusted(pool: PgPool) {
     assert_eq!(check(&h, BOB, &path).await, 200);
     assert_eq!(check(&h, ERIN, &path).await, 404);
 
-    let redis = redis().await;
+    let redis = redis_client().await;
     let erins = format!("{prefix}f:memberships:{ERIN}");
     let bobs: Vec<u8> = redis
         .get(format!("{prefix}f:memberships:{BOB}"))
@@ -546,7 +536,7 @@ async fn l2_wiped_redis_gets_a_fresh_epoch_and_never_trusts_a_restored_entry(poo
     let l2 = l2_of(&h);
     assert!(matches!(l2.get(&key).await, L2Get::Hit(_)));
 
-    let redis = redis().await;
+    let redis = redis_client().await;
     let (entry, version) = (
         format!("{prefix}f:memberships:{BOB}"),
         format!("{prefix}v:memberships:{BOB}"),
@@ -671,7 +661,7 @@ async fn l2_a_deep_decision_from_redis_takes_two_round_trips_by_its_chain_hint(p
 
     // A hint naming other facts costs the levels it misses, not the answer,
     // and is written anew after it.
-    let raw = redis().await;
+    let raw = redis_client().await;
     let name = format!("{prefix}h:generation:{GEN_GRANDCHILD}");
     let planted = format!("team:{}", Uuid::new_v4());
     let _: () = raw

@@ -4,25 +4,20 @@
 
 use std::time::Duration;
 
-use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::KeysInterface;
 use sqlx::PgPool;
 use velro_authz::testkit::Answer;
 
-use super::support::{attach, config, demo::*, redis_url, redis_yaml, start_with, unique_prefix};
+use super::support::{
+    attach, config, demo::*, redis_client, redis_yaml, start_with, unique_prefix,
+};
 
 /// How far ahead of now the principal's GCRA time in Redis is: the
 /// allowance taken from Redis and not yet refilled (Redis runs on this
 /// machine, on this clock).
 async fn taken_ahead(prefix: &str, user: &str) -> Duration {
-    let client = Client::new(
-        fred::types::config::Config::from_url(&redis_url()).expect("REDIS_URL"),
-        None,
-        None,
-        None,
-    );
-    client.init().await.expect("redis reachable at REDIS_URL");
-    let tat: String = client
+    let tat: String = redis_client()
+        .await
         .get(format!("{prefix}rl:u:{user}"))
         .await
         .expect("GET");

@@ -57,6 +57,20 @@ pub fn redis_url() -> String {
         .expect("REDIS_URL must point at a running Redis (scripts/test.sh sets it)")
 }
 
+/// A connected client of the Redis at [`redis_url`], for reading or writing
+/// the sidecars' keys directly.
+pub async fn redis_client() -> fred::clients::Client {
+    use fred::interfaces::ClientLike;
+    let client = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&redis_url()).expect("REDIS_URL"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("redis reachable at REDIS_URL");
+    client
+}
+
 /// The key that authenticates the test sidecars' values in Redis.
 pub const L2_HMAC_KEY: &str = "integration-test-l2-hmac-key-0123456789abcdef";
 
