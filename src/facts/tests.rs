@@ -23,6 +23,22 @@ fn facts(source: &Held<MemorySource>) -> Arc<TestFacts> {
     Arc::new(Facts::new(source.clone(), &config, Metrics::new()))
 }
 
+/// A cache over `source` that trusts its facts only while its feed is live
+/// (connected and just proven), serving stale for `serve_stale` when it is not.
+fn behind_a_live_feed(source: &Held<MemorySource>, serve_stale: Duration) -> TestFacts {
+    let metrics = Metrics::new();
+    let freshness = Arc::new(Freshness::new(
+        FreshnessSettings {
+            max_silence: Duration::from_secs(60),
+            serve_stale_on_outage: serve_stale,
+        },
+        metrics.clone(),
+    ));
+    freshness.connected_now();
+    freshness.proven(Instant::now());
+    Facts::new(source.clone(), &cache_config(), metrics).with_freshness(freshness)
+}
+
 /// A source holding one user row, armed to hold the next read once it has
 /// the row (`reached`: row read, fill held; then `release`).
 fn armed(status: UserStatus) -> (Held<MemorySource>, Uuid, Hold) {
@@ -164,17 +180,7 @@ async fn negative_entry_past_its_ttl_is_a_miss() {
 async fn negative_entry_past_its_ttl_is_not_served_stale() {
     let source = Held::new(MemorySource::new());
     let id = Uuid::new_v4();
-    let metrics = Metrics::new();
-    let freshness = Arc::new(Freshness::new(
-        FreshnessSettings {
-            max_silence: Duration::from_secs(60),
-            serve_stale_on_outage: Duration::from_secs(600),
-        },
-        metrics.clone(),
-    ));
-    freshness.connected_now();
-    freshness.proven(Instant::now());
-    let facts = Facts::new(source.clone(), &cache_config(), metrics).with_freshness(freshness);
+    let facts = behind_a_live_feed(&source, Duration::from_secs(600));
     assert_eq!(facts.user(id, &Trace::off()).await.expect("fact"), None);
 
     // The feed is lost and Postgres is down: cached facts answer, stale.
@@ -536,17 +542,7 @@ async fn a_flush_a_ttl_or_an_untrusted_feed_voids_a_remembered_decision() {
     assert_eq!(remembered(&facts, user, generation), None);
 
     let (source, user, generation) = memo_source();
-    let metrics = Metrics::new();
-    let freshness = Arc::new(Freshness::new(
-        FreshnessSettings {
-            max_silence: Duration::from_secs(60),
-            serve_stale_on_outage: Duration::ZERO,
-        },
-        metrics.clone(),
-    ));
-    freshness.connected_now();
-    freshness.proven(Instant::now());
-    let facts = Facts::new(source.clone(), &cache_config(), metrics).with_freshness(freshness);
+    let facts = behind_a_live_feed(&source, Duration::ZERO);
     decide_on(&facts, user, generation, true).await;
     decide_on(&facts, user, generation, true).await;
     assert!(remembered(&facts, user, generation).is_some());
