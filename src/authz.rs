@@ -577,7 +577,6 @@ impl<S: FactSource> Authorizer<S> {
             (Need::Resource { kind, .. }, Some(id)) => Some(role::target(*kind, id)),
             _ => None,
         };
-        let facts = self.facts.gather(principal.user_id, target, trace);
         let (status, role) = match (&route.need, route.id) {
             // 3–4 for a resource: remembered from an earlier decision while
             // every fact behind it would still be served, else from the facts.
@@ -587,6 +586,7 @@ impl<S: FactSource> Authorizer<S> {
                 let known = match remembered {
                     Some(known) => known,
                     None => {
+                        let facts = self.facts.gather(principal.user_id, target, trace);
                         let known = status_and_role(&facts, principal.user_id, *kind, id).await?;
                         facts.remember(known);
                         known
@@ -597,7 +597,7 @@ impl<S: FactSource> Authorizer<S> {
                     None => return Ok(deny(AuthnError::UnknownUser)),
                 }
             }
-            _ => match facts.user(principal.user_id).await? {
+            _ => match self.facts.user(principal.user_id, trace).await? {
                 Some(user) => (user.status, None),
                 None => return Ok(deny(AuthnError::UnknownUser)),
             },

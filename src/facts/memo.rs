@@ -163,9 +163,4 @@ impl<S: FactSource> Facts<S> {
             }),
         );
     }
-
-    /// Remembered answers held (approximate, for stats).
-    pub fn remembered_entries(&self) -> u64 {
-        self.memo.as_ref().map_or(0, |m| m.entry_count())
-    }
 }
