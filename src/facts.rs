@@ -3,7 +3,8 @@
 //! A fact is one row-shaped piece of truth (a user's status, a generation's
 //! owner/project/parent, a user's memberships, ...). Facts are read from the
 //! [`FactSource`] (Postgres today; a Redis tier slots in as another source) and
-//! held in moka, bounded, with single-flight fills.
+//! held in moka, several to a moka entry ([`l1`]), bounded, with single-flight
+//! fills.
 //!
 //! Freshness does not rest on deleting entries in time. Every entry is stamped,
 //! when its fill *starts*, with the invalidation counter of its key's bucket and
@@ -30,6 +31,7 @@ use crate::telemetry::traces::Fetch;
 mod bundle;
 mod fact;
 pub mod freshness;
+mod l1;
 pub mod l2;
 mod memo;
 
@@ -39,6 +41,7 @@ pub use fact::{Fact, FactError, FactKey, FactSource, FactUse, Source, Trace};
 pub use memo::{Stamp, StatusAndRole};
 
 use freshness::Freshness;
+use l1::L1;
 use l2::{L2, L2Get};
 
 /// How long Postgres may take before a cached fact answers instead, when the
@@ -72,12 +75,14 @@ enum Fill {
     Failed(FactError),
     /// Read, but not to be kept: the waiters of this fill get it, nobody else.
     Uncached(Fact, Source),
+    /// Read and put in L1: the waiters of this fill get the entry from here.
+    Kept(Entry),
 }
 
 /// A cached fact with the stamps that say whether it may still be trusted.
 ///
-/// Held by moka inline (moka already puts each value behind a pointer of its
-/// own) and cloned out on a hit, which costs what cloning the fact costs.
+/// Held inline in its group ([`l1`]) and cloned out on a hit, which costs
+/// what cloning the fact costs.
 #[derive(Debug, Clone)]
 struct Entry {
     fact: Fact,
@@ -155,7 +160,13 @@ pub struct Facts<S> {
     /// Our own bound on one query: past it, the query counts as a failure
     /// (no caller of ours waits longer).
     query_timeout: Duration,
-    cache: Cache<FactKey, Entry>,
+    /// L1: facts in groups in moka.
+    cache: L1,
+    /// Fills under way, one per key: moka's single-flight, over a cache that
+    /// never keeps a value (a fill hands its entry to its waiters as the
+    /// `Err` side, which moka does not store), since the facts live in
+    /// `cache`.
+    flights: Cache<FactKey, Entry>,
     /// Remembered decisions, when `max_decisions` is not 0.
     memo: Option<moka::sync::Cache<memo::MemoKey, Arc<memo::Remembered>>>,
     /// How long an entry is served.
@@ -221,13 +232,13 @@ impl<S: FactSource> Facts<S> {
         breaker: BreakerConfig,
         metrics: Metrics,
     ) -> Facts<S> {
-        let cache = Cache::builder().max_capacity(config.max_facts).build();
         Facts {
             source: Arc::new(source),
             l2,
             breaker: Arc::new(Breaker::new("postgres", breaker, metrics.clone())),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
-            cache,
+            cache: L1::new(config.max_facts),
+            flights: Cache::builder().build(),
             memo: (config.max_decisions > 0).then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(config.max_decisions)
@@ -294,10 +305,16 @@ impl<S: FactSource> Facts<S> {
         &self.breaker
     }
 
-    /// Number of cached entries (approximate, for stats), expired ones
+    /// Number of cached facts (approximate, for stats), expired ones
     /// included until the size bound or a read of their key reclaims them.
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.cache.len()
+    }
+
+    /// Lets L1 finish its pending bookkeeping, so that [`Facts::entry_count`]
+    /// counts every write so far (benchmarks and tests).
+    pub async fn settle(&self) {
+        self.cache.settle().await;
     }
 
     /// Current epoch.
@@ -342,7 +359,7 @@ impl<S: FactSource> Facts<S> {
         async move {
             // Freeing memory only: correctness came from the bucket stamps.
             for key in &keys {
-                cache.invalidate(key).await;
+                cache.remove(key).await;
             }
             if let Some((l2, pending)) = pending {
                 l2.invalidate(&keys).await;
@@ -359,7 +376,7 @@ impl<S: FactSource> Facts<S> {
             l2.mark_dirty();
         }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.cache.invalidate_all();
+        self.cache.clear();
         if let Some(memo) = &self.memo {
             // Freeing memory only: the epoch voids them.
             memo.invalidate_all();
@@ -372,7 +389,7 @@ impl<S: FactSource> Facts<S> {
     /// and in benchmarks that measure the Redis tier.
     pub fn flush_local(&self) -> u64 {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.cache.invalidate_all();
+        self.cache.clear();
         if let Some(memo) = &self.memo {
             // Freeing memory only: the epoch voids them.
             memo.invalidate_all();
@@ -439,14 +456,14 @@ impl<S: FactSource> Facts<S> {
                 let stamp = Stamp::of(&key, &entry);
                 return Ok((entry.fact, Some(stamp)));
             }
-            self.cache.invalidate(&key).await;
+            self.cache.remove(&key).await;
         }
         self.lookup(kind, "miss");
 
         for _ in 0..MAX_FILL_ATTEMPTS {
             let filled_from = Mutex::new(None);
             let entry = self
-                .cache
+                .flights
                 .try_get_with(key.clone(), async {
                     let (stamp, epoch) = self.stamps(&key);
                     // Boxed: the Redis and Postgres futures are large, and
@@ -459,7 +476,10 @@ impl<S: FactSource> Facts<S> {
                         return Err(Fill::Uncached(fact, source));
                     }
                     *filled_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
-                    Ok::<_, Fill>(self.entry(fact, stamp, epoch))
+                    let entry = self.entry(fact, stamp, epoch);
+                    self.cache.insert(key.clone(), entry.clone()).await;
+                    // Never `Ok`: `flights` keeps no value (see its field).
+                    Err::<Entry, _>(Fill::Kept(entry))
                 })
                 .await;
             let entry = match entry {
@@ -470,6 +490,7 @@ impl<S: FactSource> Facts<S> {
                         trace.record(&key, *source, fact);
                         return Ok((fact.clone(), None));
                     }
+                    Fill::Kept(entry) => entry.clone(),
                 },
             };
             if self.trusted(&key, &entry, Instant::now()) {
@@ -483,7 +504,7 @@ impl<S: FactSource> Facts<S> {
             }
             // The fill raced with an invalidation: what it read may predate the
             // change. Drop it and read again.
-            self.cache.invalidate(&key).await;
+            self.cache.remove(&key).await;
         }
         // Invalidations keep landing on this key: answer from a fresh read
         // without caching it.

@@ -380,6 +380,22 @@ impl FactKey {
     /// a spurious refill. Deterministic within a process, like the SipHash
     /// with fixed keys it replaces.
     pub(super) fn bucket(&self) -> usize {
+        (self.hash() >> (64 - BUCKETS.trailing_zeros())) as usize
+    }
+
+    /// Which of `groups` groups L1 keeps this key's fact in ([`super::l1`]):
+    /// the key's hash mixed once more (so that a group's keys are not one
+    /// bucket's), onto `0..groups` by a multiply-shift.
+    pub(super) fn group(&self, groups: u64) -> u64 {
+        let h = self.hash();
+        let h = (h ^ (h >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let h = h ^ (h >> 29);
+        ((u128::from(h) * u128::from(groups)) >> 64) as u64
+    }
+
+    /// The multiply-and-fold hash behind [`FactKey::bucket`]: its top bits
+    /// are the well-mixed ones.
+    fn hash(&self) -> u64 {
         let (tag, id): (u64, u128) = match self {
             FactKey::User(id) => (1, id.as_u128()),
             FactKey::Team(id) => (2, id.as_u128()),
@@ -395,11 +411,9 @@ impl FactKey {
                 (9, u128::from(h.finish()))
             }
         };
-        // Fold the 128 bits, mix in the kind, and keep the top bits of a
-        // multiplicative hash (the well-mixed ones).
+        // Fold the 128 bits, mix in the kind, multiply.
         let folded = (id as u64) ^ ((id >> 64) as u64) ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mixed = folded.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        (mixed >> (64 - BUCKETS.trailing_zeros())) as usize
+        folded.wrapping_mul(0xD6E8_FEB8_6659_FD93)
     }
 }
 
