@@ -17,6 +17,7 @@ use crate::facts::freshness::Freshness;
 use crate::facts::l2::L2;
 use crate::facts::{FactSource, Facts};
 use crate::grpc::admin::ADMIN_DESCRIPTOR;
+use crate::grpc::socket::OneWrite;
 use crate::grpc::{AUTHORIZATION_SERVICE, Admin, ExtAuthz, REFLECTION_DESCRIPTOR};
 use crate::http::{HttpState, ops_router, router};
 use crate::invalidate;
@@ -527,8 +528,15 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
-fn tokio_stream_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// A gRPC listener's connections: `TCP_NODELAY`, each answer in one write
+/// ([`OneWrite`]).
+fn tokio_stream_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<OneWrite>> {
+    use tokio_stream::StreamExt as _;
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(OneWrite))
 }
 
 async fn wait_true(mut rx: watch::Receiver<bool>) {

@@ -27,6 +27,7 @@ use crate::authz::{Authorizer, CheckError, Decision, Headers};
 use crate::facts::FactSource;
 
 pub mod admin;
+pub mod socket;
 
 pub use admin::{Admin, admin_pb};
 
