@@ -116,6 +116,9 @@ async fn bench() -> Result<(), BoxError> {
     let callgrind = callgrind_only || setting("VELRO_BENCH_CALLGRIND", 1)? == 1;
     let db = TestDb::from_env("bench").await;
     let mut doc = String::new();
+    if let Ok(dir) = std::env::var("VELRO_BENCH_HOLD") {
+        return hold(&db, Path::new(&dir)).await;
+    }
     if callgrind_only {
         let pool = db.pool().await;
         velro_authz::store::MIGRATOR.run(&pool).await?;
@@ -328,6 +331,39 @@ async fn bench() -> Result<(), BoxError> {
         floor_overload.max().as_secs_f64() / floor_overload.mean().as_secs_f64().max(1e-9),
     )?;
     println!("\n<!-- bench:check -->\n{doc}<!-- /bench:check -->");
+    Ok(())
+}
+
+/// `VELRO_BENCH_HOLD=<dir>`: the sidecar and the floor as step 3 runs them,
+/// held until this process is killed, for a profiler or another load client
+/// (`perf stat -p`, `h2load`). Writes the bench Check as a gRPC message body
+/// to `<dir>/check.grpc` and prints both servers' addresses and pids.
+async fn hold(db: &TestDb, dir: &Path) -> Result<(), BoxError> {
+    use prost::Message as _;
+    let pool = db.pool().await;
+    velro_authz::store::MIGRATOR.run(&pool).await?;
+    velro_authz::demo::seed(&pool).await?;
+    pool.close().await;
+    let options = SidecarOptions::new(BIN, "bench", &db.url);
+    let sidecar = Sidecar::start(&options).await;
+    let floor = Floor::start(None)?;
+    let message = bench_check().encode_to_vec();
+    // gRPC framing: uncompressed, 4-byte big-endian length, the message.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    body.extend_from_slice(&message);
+    let path = dir.join("check.grpc");
+    std::fs::write(&path, body)?;
+    println!("sidecar grpc {} pid {}", sidecar.grpc_addr, sidecar.pid());
+    println!("floor grpc {} pid {}", floor.addr, floor.pid());
+    let h2load = format!(
+        "h2load -d {} -H 'content-type: application/grpc' -H 'te: trailers' -m 1 -c 1 -D 10",
+        path.display()
+    );
+    println!("load: {h2load} http://<addr>/envoy.service.auth.v3.Authorization/Check");
+    tokio::signal::ctrl_c().await?;
+    drop(sidecar);
+    drop(floor);
     Ok(())
 }
 
