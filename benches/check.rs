@@ -29,6 +29,9 @@
 //! `VELRO_BENCH_ROUNDS` (default 3), `VELRO_BENCH_SOAK_SECONDS` (default 60),
 //! `VELRO_BENCH_SIDECAR_PRELOAD=<lib.so>` runs the sidecar (not the floor)
 //! with that library preloaded, for an allocator A/B without a rebuild.
+//! `VELRO_BENCH_HOLD=<dir>` runs none of the steps: it starts the sidecar and
+//! the floor, writes the Check as a gRPC body for `h2load` to
+//! `<dir>/check.grpc`, and holds both for a profiler until interrupted.
 //! `VELRO_BENCH_CALLGRIND=0` to skip step 5, `=only` to run step 5 alone
 //! (printing its figure, not the doc section; `VELRO_BENCH_CALLGRIND_DIR`
 //! keeps the profiles for `callgrind_annotate`). The last lines printed are a
