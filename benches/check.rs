@@ -13,6 +13,8 @@
 //!    client (`check/load.rs`: N connections × M streams), 1×1 and 16×16,
 //!    rounds alternating between the two; throughput, latency percentiles and
 //!    server CPU per Check from `/proc/<pid>/stat`, and the ratios to the floor.
+//!    3b. When `h2load` (nghttp2's load client) is installed, the same
+//!    shapes and 100 × 100 again with it: a lighter client than tonic's.
 //! 4. Overload: 100 connections × 100 streams against the sidecar for 60 s:
 //!    errors by code, mean and max latency, RSS before and after; then the
 //!    same against the floor, whose max / mean is the load's own.
@@ -200,6 +202,20 @@ async fn bench() -> Result<(), BoxError> {
         table.push(((conns, streams), floors, ours));
     }
 
+    // 3b. The same with h2load (when installed), and 10,000 streams at once.
+    let h2load = if load::h2load_installed() {
+        // (conns, streams, seconds, rounds): the long one once.
+        let shapes = [
+            (1, 1, seconds, rounds.min(2)),
+            (16, 16, seconds, rounds.min(2)),
+            (100, 100, soak, 1),
+        ];
+        Some(h2load_runs(&sidecar, &floor, &shapes).await?)
+    } else {
+        println!("h2load: skipped (not installed; Debian: apt-get install nghttp2-client)\n");
+        None
+    };
+
     // 4. 10,000 streams at once.
     let shape = Shape {
         conns: 100,
@@ -333,6 +349,68 @@ async fn bench() -> Result<(), BoxError> {
         ms(floor_overload.max()),
         floor_overload.max().as_secs_f64() / floor_overload.mean().as_secs_f64().max(1e-9),
     )?;
+    if let Some(tables) = &h2load {
+        writeln!(doc)?;
+        writeln!(
+            doc,
+            "The same servers with `h2load` (nghttp2's load client: C, one thread, lighter than the tonic client), no warm-up of its own, {} round(s) alternating (the 100×100 run once); latency mean / max of the run with the largest max / mean:\n",
+            rounds.min(2)
+        )?;
+        writeln!(
+            doc,
+            "| load | floor Checks/s | sidecar Checks/s | **ratio** | floor CPU/Check | sidecar CPU/Check | **ratio** | floor mean / max | sidecar mean / max | sidecar failed |"
+        )?;
+        writeln!(doc, "|---|---|---|---|---|---|---|---|---|---|")?;
+        for ((conns, streams, secs, _), floors, ours) in tables {
+            let best =
+                |runs: &[load::H2loadRun]| runs.iter().map(|r| r.rate).fold(f64::MIN, f64::max);
+            let range = |runs: &[load::H2loadRun]| {
+                let lo = runs.iter().map(|r| r.rate).fold(f64::MAX, f64::min);
+                format!("{lo:.0}–{:.0}", best(runs))
+            };
+            let cpu = |runs: &[load::H2loadRun]| {
+                runs.iter()
+                    .map(|r| us(r.cpu_per_check()))
+                    .fold(f64::MAX, f64::min)
+            };
+            let tail = |runs: &[load::H2loadRun]| {
+                let spread =
+                    |r: &load::H2loadRun| r.max.as_secs_f64() / r.mean.as_secs_f64().max(1e-9);
+                let Some(r) = runs.iter().max_by(|a, b| spread(a).total_cmp(&spread(b))) else {
+                    return String::new();
+                };
+                let (mean, max) = (r.mean.as_secs_f64(), r.max.as_secs_f64());
+                if mean < 0.01 {
+                    format!(
+                        "{:.0} / {:.0} µs ({:.1}×)",
+                        mean * 1e6,
+                        max * 1e6,
+                        max / mean.max(1e-9)
+                    )
+                } else {
+                    format!(
+                        "{:.0} / {:.0} ms ({:.1}×)",
+                        mean * 1e3,
+                        max * 1e3,
+                        max / mean.max(1e-9)
+                    )
+                }
+            };
+            let failed: u64 = ours.iter().map(|r| r.failed).sum();
+            writeln!(
+                doc,
+                "| {conns}×{streams}, {secs} s | {} | {} | **{:.2}×** | {:.1} µs | {:.1} µs | **{:.2}×** | {} | {} | {failed} |",
+                range(floors),
+                range(ours),
+                best(ours) / best(floors),
+                cpu(floors),
+                cpu(ours),
+                cpu(ours) / cpu(floors),
+                tail(floors),
+                tail(ours),
+            )?;
+        }
+    }
     println!("\n<!-- bench:check -->\n{doc}<!-- /bench:check -->");
     Ok(())
 }
@@ -342,7 +420,6 @@ async fn bench() -> Result<(), BoxError> {
 /// (`perf stat -p`, `h2load`). Writes the bench Check as a gRPC message body
 /// to `<dir>/check.grpc` and prints both servers' addresses and pids.
 async fn hold(db: &TestDb, dir: &Path) -> Result<(), BoxError> {
-    use prost::Message as _;
     let pool = db.pool().await;
     velro_authz::store::MIGRATOR.run(&pool).await?;
     velro_authz::demo::seed(&pool).await?;
@@ -350,13 +427,7 @@ async fn hold(db: &TestDb, dir: &Path) -> Result<(), BoxError> {
     let options = SidecarOptions::new(BIN, "bench", &db.url);
     let sidecar = Sidecar::start(&options).await;
     let floor = Floor::start(None)?;
-    let message = bench_check().encode_to_vec();
-    // gRPC framing: uncompressed, 4-byte big-endian length, the message.
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
-    body.extend_from_slice(&message);
-    let path = dir.join("check.grpc");
-    std::fs::write(&path, body)?;
+    let path = write_grpc_body(dir)?;
     println!("sidecar grpc {} pid {}", sidecar.grpc_addr, sidecar.pid());
     println!("floor grpc {} pid {}", floor.addr, floor.pid());
     let h2load = format!(
@@ -369,6 +440,88 @@ async fn hold(db: &TestDb, dir: &Path) -> Result<(), BoxError> {
     drop(floor);
     Ok(())
 }
+
+/// Writes the bench Check as a gRPC message body (what `h2load -d` sends)
+/// to `<dir>/check.grpc`, and returns that path.
+fn write_grpc_body(dir: &Path) -> Result<std::path::PathBuf, BoxError> {
+    use prost::Message as _;
+    let message = bench_check().encode_to_vec();
+    // gRPC framing: uncompressed, 4-byte big-endian length, the message.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    body.extend_from_slice(&message);
+    let path = dir.join("check.grpc");
+    std::fs::write(&path, body)?;
+    Ok(path)
+}
+
+/// Step 3b: `shapes` with h2load, rounds alternating floor / sidecar;
+/// returns, per shape, the floor's runs and the sidecar's. h2load counts an
+/// HTTP 200 as a success, and a gRPC error comes as a 200 too: so a
+/// sidecar's decision that was not an allow, or an answer with no allow
+/// behind it (by its metrics), counts as failed.
+async fn h2load_runs(
+    sidecar: &Sidecar,
+    floor: &Floor,
+    shapes: &[(usize, usize, u64, u64)],
+) -> Result<Vec<H2loadTable>, BoxError> {
+    let dir = TempDir::new("h2load");
+    let body = write_grpc_body(dir.path())?;
+    let mut tables = Vec::new();
+    for &(conns, streams, seconds, rounds) in shapes {
+        let (mut floors, mut ours) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let f = load::h2load(floor.addr, floor.pid(), &body, conns, streams, seconds)?;
+            println!(
+                "{conns:>2}×{streams:<2} round {round} h2load floor:   {}",
+                f.line()
+            );
+            let decisions = |scrape: &velro_authz::testkit::sidecar::Scrape| {
+                let all = scrape
+                    .sum("velro_authz_decisions_total", &[])
+                    .unwrap_or(0.0);
+                let allowed = scrape
+                    .sum("velro_authz_decisions_total", &[("outcome", "allow")])
+                    .unwrap_or(0.0);
+                (all, allowed)
+            };
+            let before = decisions(&sidecar.metrics().await);
+            let mut s = load::h2load(
+                sidecar.grpc_addr,
+                sidecar.pid(),
+                &body,
+                conns,
+                streams,
+                seconds,
+            )?;
+            let after = decisions(&sidecar.metrics().await);
+            let (all, allowed) = (after.0 - before.0, after.1 - before.1);
+            // A decision the sidecar made may be one h2load stopped waiting
+            // for at the end (it counts those as neither): more allows than
+            // answers is expected, an answer without an allow is not.
+            let not_allowed =
+                (all - allowed).max(0.0) as u64 + (s.succeeded as f64 - allowed).max(0.0) as u64;
+            s.failed += not_allowed;
+            s.succeeded = s.succeeded.saturating_sub(not_allowed);
+            println!(
+                "{conns:>2}×{streams:<2} round {round} h2load sidecar: {}",
+                s.line()
+            );
+            floors.push(f);
+            ours.push(s);
+        }
+        tables.push(((conns, streams, seconds, rounds), floors, ours));
+    }
+    Ok(tables)
+}
+
+/// One shape's h2load runs: (conns, streams, seconds, rounds), the floor's,
+/// the sidecar's.
+type H2loadTable = (
+    (usize, usize, u64, u64),
+    Vec<load::H2loadRun>,
+    Vec<load::H2loadRun>,
+);
 
 /// The Check every gRPC step sends: bob's token, generation 07.
 fn bench_check() -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {

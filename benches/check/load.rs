@@ -235,3 +235,124 @@ async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
         .connect()
         .await
 }
+
+/// What one `h2load` run saw (nghttp2's load client: C, one thread, far
+/// lighter than the tonic client above, so more of the 2 cores is left to
+/// the server).
+pub struct H2loadRun {
+    /// Requests answered with HTTP 200 (gRPC answers come as 200 with the
+    /// status in the trailers: the caller checks the decisions themselves).
+    pub succeeded: u64,
+    /// Requests that failed, errored or timed out.
+    pub failed: u64,
+    /// Answers per second over the run.
+    pub rate: f64,
+    /// Mean and largest request time.
+    pub mean: Duration,
+    pub max: Duration,
+    /// Server CPU time (user + system) during the run.
+    pub server_cpu: Duration,
+}
+
+impl H2loadRun {
+    /// Server CPU per answered Check.
+    pub fn cpu_per_check(&self) -> Duration {
+        self.server_cpu.div_f64(self.succeeded.max(1) as f64)
+    }
+
+    /// One line: rate, latency, CPU, failures.
+    pub fn line(&self) -> String {
+        format!(
+            "{:>8.0} /s  mean {:>8.1?}  max {:>8.1?}  server CPU {:>5.1} µs/Check  {} failed",
+            self.rate,
+            self.mean,
+            self.max,
+            self.cpu_per_check().as_secs_f64() * 1e6,
+            self.failed,
+        )
+    }
+}
+
+/// Whether `h2load` can be run.
+pub fn h2load_installed() -> bool {
+    std::process::Command::new("h2load")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `h2load` for `seconds` with `conns` × `streams`, each request the
+/// gRPC message body in the file `body`, against the server at `addr`
+/// (process `pid`). No warm-up of its own: run it on a warm server.
+pub fn h2load(
+    addr: SocketAddr,
+    pid: u32,
+    body: &std::path::Path,
+    conns: usize,
+    streams: usize,
+    seconds: u64,
+) -> Result<H2loadRun, Box<dyn std::error::Error>> {
+    let cpu_before = cpu_time(pid);
+    let out = std::process::Command::new("h2load")
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-c", &conns.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &seconds.to_string()])
+        .arg(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .output()?;
+    let server_cpu = cpu_time(pid).saturating_sub(cpu_before);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("h2load failed: {text}").into());
+    }
+    parse_h2load(&text, server_cpu).ok_or_else(|| format!("h2load said: {text}").into())
+}
+
+/// The figures of an `h2load` report.
+fn parse_h2load(text: &str, server_cpu: Duration) -> Option<H2loadRun> {
+    let line = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix));
+    // "finished in 10.00s, 7396.75 req/s, 1.2MB/s"
+    let rate = line("finished in ")?
+        .split(", ")
+        .nth(1)?
+        .strip_suffix(" req/s")?
+        .parse()
+        .ok()?;
+    // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+    let requests = line("requests: ")?;
+    let count = |what: &str| -> Option<u64> {
+        requests
+            .split(", ")
+            .find_map(|part| part.strip_suffix(what))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let succeeded = count(" succeeded")?;
+    let failed = count(" failed")? + count(" errored")? + count(" timeout")?;
+    // "time for request:  min  max  mean  sd  +/- sd"
+    let times: Vec<&str> = line("time for request:")?.split_whitespace().collect();
+    let duration = |v: &str| -> Option<Duration> {
+        let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+            (n, 1e-6)
+        } else if let Some(n) = v.strip_suffix("ms") {
+            (n, 1e-3)
+        } else {
+            (v.strip_suffix('s')?, 1.0)
+        };
+        Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
+    };
+    Some(H2loadRun {
+        succeeded,
+        failed,
+        rate,
+        max: duration(times.get(1)?)?,
+        mean: duration(times.get(2)?)?,
+        server_cpu,
+    })
+}
