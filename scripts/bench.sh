@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The decision benchmark (release build) against a project-local Postgres:
 # in process (L1 hot, L1 flushed), cold start to ready, the sidecar against a
-# no-op ext_authz server (the floor) over gRPC at 1×1 and 16×16, 10,000
-# streams at once, and instructions per hot Check under callgrind when
-# valgrind is installed; then rate limiting with Redis, a call per Check
-# against leases (benches/ratelimit.rs), the cold decision
-# (benches/cold.rs) and memory per cached fact (benches/memory.rs). ≈ 10 min.
+# no-op ext_authz server (the floor) over gRPC at 1×1 and 16×16 (the same
+# again, and 10,000 streams, with h2load when it is installed: Debian's
+# nghttp2-client), 10,000 streams at once, and instructions per hot Check
+# under callgrind when valgrind is installed; then rate limiting with Redis,
+# a call per Check against leases (benches/ratelimit.rs), the cold decision
+# (benches/cold.rs) and memory per cached fact (benches/memory.rs). ≈ 15 min.
 # Writes the figures into docs/performance.md between the `bench:check` and
 # `bench:ratelimit` markers (with machine, date and commit); how to read them
 # is the text around the markers.
