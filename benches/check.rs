@@ -83,12 +83,7 @@ fn main() -> Result<(), BoxError> {
         println!("benchmark: run it with `cargo bench --bench check` (scripts/bench.sh)");
         return Ok(());
     }
-    // The load client's runtime takes from its shared queue at every turn,
-    // as the servers' do: with tokio's default, the client's own scheduling
-    // made some of 10,000 streams wait several times the mean, which would
-    // be counted against the servers.
     tokio::runtime::Builder::new_multi_thread()
-        .global_queue_interval(1)
         .enable_all()
         .build()?
         .block_on(bench())
