@@ -185,10 +185,9 @@ pub enum ApikeyCommand {
 
 /// Runs every command but `migrate` with the loaded configuration (read
 /// from `config_path`, if any, which `serve` rereads on SIGHUP), on a
-/// multi-threaded runtime ([`serving_runtime`]); returns the process exit
-/// code.
+/// multi-threaded runtime; returns the process exit code.
 pub fn run(command: Command, config: Config, config_path: Option<PathBuf>) -> ExitCode {
-    let Some(runtime) = runtime(serving_runtime()) else {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
     match runtime.block_on(execute(command, config, config_path)) {
@@ -361,24 +360,6 @@ async fn apply_migrations(
 ) -> anyhow::Result<()> {
     let pool = store::connect(database)?;
     migrate::run(&pool, reader).await
-}
-
-/// The runtime `serve` runs on: tokio's multi-threaded one, each worker
-/// taking from the shared queue at every turn (`global_queue_interval(1)`;
-/// tokio's default is every 31 turns, or as tuned by how long tasks take).
-///
-/// Under overload (10,000 Checks in flight on 100 connections) a worker
-/// with the default keeps running what it woke itself, its local queue,
-/// while tasks woken elsewhere wait in the shared one: the Checks of some
-/// connections then waited 5–7× the mean. Taking from the shared queue at
-/// every turn serves them closer to the order they came in (max 2.3–3.3×
-/// the mean on the no-op floor under `h2load -c 100 -m 100`, at the same
-/// throughput); it costs a check of an atomic length per turn when the
-/// queue is empty. docs/performance.md has the figures.
-pub fn serving_runtime() -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.global_queue_interval(1);
-    builder
 }
 
 fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {

@@ -33,9 +33,12 @@ impl Authorization for AlwaysOk {
 }
 
 /// Binds 127.0.0.1 on a free port, prints `listening <addr>` on stdout and
-/// serves until killed. The runtime is the one `velro-authz serve` runs on.
+/// serves until killed. The runtime is tokio's default multi-threaded one, as
+/// in `velro-authz serve`.
 pub fn serve() -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = velro_authz::cli::serving_runtime().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         println!("listening {}", listener.local_addr()?);
