@@ -43,20 +43,28 @@ pub struct Run {
     pub server_rss: (u64, u64),
 }
 
+/// What both load clients' runs report, for the tables against the floor.
+pub trait Measured {
+    /// Answers per second.
+    fn rate(&self) -> f64;
+    /// Server CPU per answered Check.
+    fn cpu_per_check(&self) -> Duration;
+}
+
+impl Measured for Run {
+    fn rate(&self) -> f64 {
+        self.total() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_per_check(&self) -> Duration {
+        self.server_cpu.div_f64(self.total().max(1) as f64)
+    }
+}
+
 impl Run {
     /// Every answer in the window.
     pub fn total(&self) -> u64 {
         self.allowed + self.failures.values().sum::<u64>()
-    }
-
-    /// Answers per second.
-    pub fn rate(&self) -> f64 {
-        self.total() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Server CPU per answered Check.
-    pub fn cpu_per_check(&self) -> Duration {
-        self.server_cpu.div_f64(self.total().max(1) as f64)
     }
 
     /// Latency at quantile `q` (0..=1).
@@ -254,12 +262,17 @@ pub struct H2loadRun {
     pub server_cpu: Duration,
 }
 
-impl H2loadRun {
-    /// Server CPU per answered Check.
-    pub fn cpu_per_check(&self) -> Duration {
-        self.server_cpu.div_f64(self.succeeded.max(1) as f64)
+impl Measured for H2loadRun {
+    fn rate(&self) -> f64 {
+        self.rate
     }
 
+    fn cpu_per_check(&self) -> Duration {
+        self.server_cpu.div_f64(self.succeeded.max(1) as f64)
+    }
+}
+
+impl H2loadRun {
     /// One line: rate, latency, CPU, failures.
     pub fn line(&self) -> String {
         format!(
