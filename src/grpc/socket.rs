@@ -10,8 +10,10 @@
 //! frame under 1 KiB into its buffer instead, and the headers, the message
 //! and the trailers go in one `write`: a syscall and a TCP segment fewer per
 //! Check, and one wake-up fewer for the client (Envoy) waiting for the
-//! trailers. A larger message (reflection's descriptors) is still written
-//! from where it lies, in writes of its own.
+//! trailers. Our answers are 0.2–0.35 KiB, ≈ 0.8 KiB with the signed
+//! identity token. A message of 1 KiB or more (reflection's descriptors) is
+//! still written from where it lies: its head, the message and the trailers
+//! in three writes, one more than with vectored writes.
 
 use std::io;
 use std::pin::Pin;
