@@ -9,7 +9,7 @@ use velro_authz::cli::{self, Cli, Command};
 use velro_authz::config::{Config, ConfigError, EXIT_BAD_CONFIG};
 
 /// With the `jemalloc` feature (the container image), jemalloc serves every
-/// allocation: less CPU per Check than glibc's malloc under this load.
+/// allocation (docs/performance.md, "Allocator", has what it changes).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
