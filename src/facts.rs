@@ -411,6 +411,21 @@ impl<S: FactSource> Facts<S> {
         entry.stamp == stamp && entry.epoch == epoch && self.clock.at(now) < entry.expires
     }
 
+    /// The fact of `key` if L1 holds a trusted entry (a hit is counted and
+    /// traced), with the stamps it was trusted by; `None` otherwise,
+    /// counting nothing.
+    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<(Fact, Stamp)> {
+        let entry = self.cache.get(key).await?;
+        if !self.trusted(key, &entry, now) {
+            return None;
+        }
+        // A handle resolved at start: no label hashing per fact.
+        self.metrics.l1_hit(key.kind());
+        trace.record(key, Source::L1, &entry.fact);
+        let stamp = Stamp::of(key, &entry);
+        Some((entry.fact, stamp))
+    }
+
     /// `fact` as an L1 entry stamped `stamp`/`epoch`, its TTL from now.
     fn entry(&self, fact: Fact, stamp: u64, epoch: u64) -> Entry {
         let ttl = if fact.is_negative() {
@@ -449,15 +464,12 @@ impl<S: FactSource> Facts<S> {
             // Boxed: keep the cold path's future off the hot one.
             return Ok((Box::pin(self.read_through(key, trace)).await?, None));
         }
-        if let Some(entry) = self.cache.get(&key).await {
-            if self.trusted(&key, &entry, now) {
-                self.metrics.l1_hit(kind);
-                trace.record(&key, Source::L1, &entry.fact);
-                let stamp = Stamp::of(&key, &entry);
-                return Ok((entry.fact, Some(stamp)));
-            }
-            self.cache.remove(&key).await;
+        if let Some((fact, stamp)) = self.cached(&key, trace, now).await {
+            return Ok((fact, Some(stamp)));
         }
+        // An untrusted entry is not removed first: it is never served, and
+        // the fill below replaces it (a removal would rebuild its group once
+        // more).
         self.lookup(kind, "miss");
 
         for _ in 0..MAX_FILL_ATTEMPTS {
@@ -503,8 +515,8 @@ impl<S: FactSource> Facts<S> {
                 return Ok((entry.fact, None));
             }
             // The fill raced with an invalidation: what it read may predate the
-            // change. Drop it and read again.
-            self.cache.remove(&key).await;
+            // change. Read again (the next fill replaces this entry, which
+            // is never served meanwhile).
         }
         // Invalidations keep landing on this key: answer from a fresh read
         // without caching it.

@@ -122,21 +122,6 @@ impl<S: FactSource> Facts<S> {
         }
     }
 
-    /// The fact of `key` if L1 holds a trusted entry (a hit is counted and
-    /// traced), with the stamps it was trusted by; `None` otherwise,
-    /// counting nothing.
-    async fn cached(&self, key: &FactKey, trace: &Trace, now: Instant) -> Option<(Fact, Stamp)> {
-        let entry = self.cache.get(key).await?;
-        if !self.trusted(key, &entry, now) {
-            return None;
-        }
-        // A handle resolved at start: no label hashing per fact.
-        self.metrics.l1_hit(key.kind());
-        trace.record(key, Source::L1, &entry.fact);
-        let stamp = Stamp::of(key, &entry);
-        Some((entry.fact, stamp))
-    }
-
     /// Every fact of the decision: from Redis if it holds them all, else from
     /// Postgres in one statement (Redis filled afterwards, in the background).
     async fn load_bundle(
