@@ -203,7 +203,7 @@ async fn bench() -> Result<(), BoxError> {
     }
 
     // 3b. The same with h2load (when installed), and 10,000 streams at once.
-    let h2load = if load::h2load_installed() {
+    let h2load = if load::installed("h2load") {
         // (conns, streams, seconds, rounds): the long one once.
         let shapes = [
             (1, 1, seconds, rounds.min(2)),
@@ -257,7 +257,7 @@ async fn bench() -> Result<(), BoxError> {
     drop(floor);
 
     // 5. Instructions per Check.
-    let per_check = if callgrind && valgrind_installed() {
+    let per_check = if callgrind && load::installed("valgrind") {
         Some(instructions(&options, &check).await?)
     } else {
         println!("callgrind: skipped (VELRO_BENCH_CALLGRIND=0 or no valgrind)");
@@ -686,14 +686,6 @@ impl Drop for Floor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn valgrind_installed() -> bool {
-    Command::new("valgrind")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The instruction total callgrind wrote to `file`.

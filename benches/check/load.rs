@@ -286,9 +286,9 @@ impl H2loadRun {
     }
 }
 
-/// Whether `h2load` can be run.
-pub fn h2load_installed() -> bool {
-    std::process::Command::new("h2load")
+/// Whether `tool --version` runs (valgrind, h2load).
+pub fn installed(tool: &str) -> bool {
+    std::process::Command::new(tool)
         .arg("--version")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
